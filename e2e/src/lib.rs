@@ -1,0 +1,227 @@
+//! Test harness: starts ingest, processor and projector in this process against the real
+//! stack (broker, S3 server, Postgres from `scripts/stack`), each test in its own namespace:
+//! a unique topic and consumer-group prefix, database schema and object-key prefix. Nothing
+//! is mocked.
+//!
+//! The stack's addresses come from the same `IMGPIPE_*` variables the services read
+//! (`scripts/test` exports `.stack/env`); the defaults match `scripts/stack`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use imgpipe_infra::storage::ObjectStore;
+use imgpipe_infra::telemetry::LogConfig;
+use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
+use imgpipe_ingest::auth::ApiKeys;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The corpus of real images beside the project (`../shared/corpus`).
+pub fn corpus_dir() -> PathBuf {
+    std::env::var_os("IMGPIPE_CORPUS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/corpus"))
+}
+
+/// Every file in a corpus folder, sorted.
+pub fn corpus_files(folder: &str) -> Vec<PathBuf> {
+    let dir = corpus_dir().join(folder);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("corpus folder {} is missing: {e}", dir.display()))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.is_file())
+        .collect();
+    files.sort();
+    files
+}
+
+/// One isolated pipeline.
+pub struct Pipeline {
+    pub namespace: String,
+    pub base_url: String,
+    pub api_key: String,
+    pub other_api_key: String,
+    pub http: reqwest::Client,
+    pub store: ObjectStore,
+    pub kafka: KafkaConfig,
+    pub database: DatabaseConfig,
+    shutdown: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Pipeline {
+    /// Creates the namespace (topics, schema) and starts the three services.
+    pub async fn start() -> anyhow::Result<Self> {
+        let log = LogConfig {
+            format: "pretty".into(),
+        };
+        imgpipe_infra::telemetry::init(&log);
+        let namespace = format!("t{}", Uuid::now_v7().simple());
+        let mut kafka = KafkaConfig::from_env()?;
+        kafka.topic_prefix = format!("{namespace}.");
+        kafka.produce_timeout_ms = 10_000;
+        let mut s3 = S3Config::from_env()?;
+        s3.key_prefix = format!("{namespace}/");
+        let mut database = DatabaseConfig::from_env()?;
+        database.schema = namespace.clone();
+        database.max_connections = 4;
+
+        kafka::ensure_topics(&kafka, &topics::bundled()?)
+            .await
+            .context("creating topics (is the stack up? scripts/stack up)")?;
+        let store = ObjectStore::connect(&s3).await;
+        store.ensure_bucket().await.context("creating the bucket")?;
+        imgpipe_projector::db::migrate(&database)
+            .await
+            .context("migrating")?;
+
+        let api_key = format!("key-{}", Uuid::new_v4());
+        let other_api_key = format!("key-{}", Uuid::new_v4());
+        let ingest_config = imgpipe_ingest::Config {
+            ingest: imgpipe_ingest::config::IngestSettings {
+                listen_addr: "127.0.0.1:0".into(),
+                api_keys: format!(
+                    "{},{}",
+                    ApiKeys::entry_for("client-a", &api_key),
+                    ApiKeys::entry_for("client-b", &other_api_key)
+                ),
+                max_upload_bytes: 25_000_000,
+                max_pixels: 50_000_000,
+                max_side: 20_000,
+            },
+            kafka: kafka.clone(),
+            s3: s3.clone(),
+            database: database.clone(),
+            log: log.clone(),
+        };
+        let processor_config = imgpipe_processor::Config {
+            processor: imgpipe_processor::config::ProcessorSettings {
+                ops_addr: "127.0.0.1:0".into(),
+                variants: "thumb:256,medium:1024,large:2048".into(),
+                spec_version: 1,
+                webp_quality: 80.0,
+                max_pixels: 50_000_000,
+                max_side: 20_000,
+                max_attempts: 5,
+                cpu_jobs: 0,
+            },
+            kafka: kafka.clone(),
+            s3: s3.clone(),
+            log: log.clone(),
+        };
+        let projector_config = imgpipe_projector::Config {
+            projector: imgpipe_projector::config::ProjectorSettings {
+                ops_addr: "127.0.0.1:0".into(),
+            },
+            kafka: kafka.clone(),
+            database: database.clone(),
+            log,
+        };
+
+        let shutdown = CancellationToken::new();
+        let ingest = imgpipe_ingest::Application::build(&ingest_config).await?;
+        let base_url = format!("http://127.0.0.1:{}", ingest.port());
+        let processor = imgpipe_processor::Processor::build(&processor_config).await?;
+        let projector = imgpipe_projector::Projector::build(&projector_config).await?;
+        let tasks = vec![
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    ingest.run(shutdown).await.expect("ingest runs");
+                }
+            }),
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    processor.run(shutdown).await.expect("processor runs");
+                }
+            }),
+            tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    projector.run(shutdown).await.expect("projector runs");
+                }
+            }),
+        ];
+        Ok(Self {
+            namespace,
+            base_url,
+            api_key,
+            other_api_key,
+            // No connection reuse: the server may close a connection whose request it
+            // rejected before reading the body, and a reused one would then fail the next
+            // request at random.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()?,
+            store,
+            kafka,
+            database,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// `POST /v1/images` with a raw body and the first client's key.
+    pub async fn upload(&self, body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .post(self.url("/v1/images"))
+            .bearer_auth(&self.api_key)
+            .header("content-type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// `GET /v1/images/{id}` as the first client.
+    pub async fn image(&self, id: &str) -> anyhow::Result<(u16, Value)> {
+        let response = self
+            .http
+            .get(self.url(&format!("/v1/images/{id}")))
+            .bearer_auth(&self.api_key)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        Ok((status, response.json().await?))
+    }
+
+    /// Polls until the image is `ready` or `failed`, or `timeout` passes.
+    pub async fn wait_until_settled(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (status, body) = self.image(id).await?;
+            if status == 200 && matches!(body["status"].as_str(), Some("ready" | "failed")) {
+                return Ok(body);
+            }
+            if Instant::now() > deadline {
+                bail!("image {id} not settled after {timeout:?}: {status} {body}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Stops the services and drops the namespace's database schema. Its topics stay: Tansu
+    /// 0.6 panics (and stops serving) when a topic is deleted while a fetch for it is in
+    /// flight, and unique names keep later runs apart anyway.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        for task in self.tasks {
+            task.await.context("a service task panicked")?;
+        }
+        let pool = self.database.pool()?;
+        sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", self.namespace))
+            .execute(&pool)
+            .await?;
+        Ok(())
+    }
+}

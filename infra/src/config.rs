@@ -1,0 +1,154 @@
+//! Typed configuration from `IMGPIPE_*` environment variables (documented in `.env.example`).
+//!
+//! Each struct reads the variables under its own prefix, so a service config is a handful of
+//! small structs rather than one flat list, and `env_vars()` can list every variable a service
+//! reads (the compose test checks compose.yaml against it).
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use crate::InfraError;
+
+/// A config struct filled from the environment variables under `PREFIX`.
+pub trait FromEnv: DeserializeOwned {
+    /// E.g. `IMGPIPE_KAFKA_`; the field `brokers` is then read from `IMGPIPE_KAFKA_BROKERS`.
+    const PREFIX: &'static str;
+
+    fn from_env() -> Result<Self, InfraError> {
+        Self::from_iter(std::env::vars())
+    }
+
+    /// Like [`FromEnv::from_env`] but from given pairs, for tests.
+    fn from_iter(vars: impl IntoIterator<Item = (String, String)>) -> Result<Self, InfraError> {
+        envy::prefixed(Self::PREFIX)
+            .from_iter(vars)
+            .map_err(|error| {
+                // envy names the variable without its prefix; put it back so the message
+                // names exactly what to fix.
+                let message = error
+                    .to_string()
+                    .replace("provided by ", &format!("provided by {}", Self::PREFIX))
+                    .replace("for field ", &format!("for {}", Self::PREFIX));
+                InfraError::Config(message)
+            })
+    }
+
+    /// Every environment variable this struct reads.
+    fn env_vars() -> Vec<String> {
+        serde_aux::serde_introspection::serde_introspect::<Self>()
+            .iter()
+            .map(|field| format!("{}{}", Self::PREFIX, field.to_uppercase()))
+            .collect()
+    }
+}
+
+/// The Kafka-API broker (Redpanda in compose, Tansu locally).
+#[derive(Debug, Clone, Deserialize)]
+pub struct KafkaConfig {
+    /// Comma-separated host:port list.
+    #[serde(default = "default_brokers")]
+    pub brokers: String,
+    /// Put in front of every topic and consumer group name, so several deployments (or test
+    /// runs) can share one broker.
+    #[serde(default)]
+    pub topic_prefix: String,
+    /// How long a produce may wait for the broker's acknowledgement before it fails.
+    #[serde(default = "default_produce_timeout_ms")]
+    pub produce_timeout_ms: u64,
+}
+
+impl FromEnv for KafkaConfig {
+    const PREFIX: &'static str = "IMGPIPE_KAFKA_";
+}
+
+fn default_brokers() -> String {
+    "127.0.0.1:19092".into()
+}
+
+fn default_produce_timeout_ms() -> u64 {
+    10_000
+}
+
+/// The S3-compatible object store.
+#[derive(Debug, Clone, Deserialize)]
+pub struct S3Config {
+    /// Endpoint URL for S3-compatible servers; unset means AWS.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+    /// Static credentials; unset means the AWS default chain.
+    #[serde(default)]
+    pub access_key_id: Option<String>,
+    #[serde(default)]
+    pub secret_access_key: Option<String>,
+    /// Put in front of every object key, so several deployments can share a bucket.
+    #[serde(default)]
+    pub key_prefix: String,
+    /// Path-style URLs (`endpoint/bucket/key`), which most S3-compatible servers need.
+    #[serde(default = "default_true")]
+    pub force_path_style: bool,
+}
+
+impl FromEnv for S3Config {
+    const PREFIX: &'static str = "IMGPIPE_S3_";
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+
+fn default_bucket() -> String {
+    "imgpipe".into()
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn reads_prefixed_variables_and_defaults_the_rest() {
+        let kafka = KafkaConfig::from_iter(vars(&[
+            ("IMGPIPE_KAFKA_BROKERS", "b:9092"),
+            ("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS", "250"),
+            ("IMGPIPE_S3_BUCKET", "not-mine"),
+        ]))
+        .unwrap();
+        assert_eq!(kafka.brokers, "b:9092");
+        assert_eq!(kafka.produce_timeout_ms, 250);
+        assert_eq!(kafka.topic_prefix, "");
+    }
+
+    #[test]
+    fn a_malformed_value_names_the_variable() {
+        let error = KafkaConfig::from_iter(vars(&[("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS", "soon")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS"),
+            "{error}"
+        );
+        assert!(error.contains("soon"), "{error}");
+    }
+
+    #[test]
+    fn lists_every_variable_it_reads() {
+        let vars = S3Config::env_vars();
+        assert!(vars.contains(&"IMGPIPE_S3_ENDPOINT".to_string()));
+        assert!(vars.contains(&"IMGPIPE_S3_FORCE_PATH_STYLE".to_string()));
+        assert_eq!(vars.len(), 7);
+    }
+}

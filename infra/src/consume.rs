@@ -1,0 +1,294 @@
+//! The at-least-once consume loop shared by the workers.
+//!
+//! For each record: decode the event, run the handler, and store the record's offset only once
+//! the handler's outputs are durable (librdkafka commits stored offsets in the background).
+//! Transient handler errors are retried with exponential backoff and jitter; a record that
+//! cannot be decoded, a permanent error, or a transient one that outlived its attempts goes to
+//! the dead-letter topic, and only then is its offset stored. Records are handled one at a
+//! time, so the offset stored is always the highest one fully done.
+
+use std::future::Future;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use imgpipe_schemas::Event;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::InfraError;
+
+/// Where a record sits in the log.
+#[derive(Debug, Clone)]
+pub struct RecordPosition {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A handler failure, classified so the loop knows whether retrying can help.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The infrastructure did not answer (S3 5xx or timeout, broker, database): retry.
+    #[error("{class}: {message}")]
+    Transient {
+        class: &'static str,
+        message: String,
+    },
+    /// Retrying gives the same answer: dead-letter at once.
+    #[error("{class}: {message}")]
+    Permanent {
+        class: &'static str,
+        message: String,
+    },
+}
+
+impl HandlerError {
+    pub fn transient(class: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Transient {
+            class,
+            message: error.to_string(),
+        }
+    }
+
+    pub fn permanent(class: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Permanent {
+            class,
+            message: error.to_string(),
+        }
+    }
+
+    fn class(&self) -> &'static str {
+        match self {
+            Self::Transient { class, .. } | Self::Permanent { class, .. } => class,
+        }
+    }
+}
+
+/// What a worker does with one event.
+pub trait EventHandler: Send + Sync {
+    fn handle(
+        &self,
+        event: &Event,
+        position: &RecordPosition,
+    ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// How hard to retry transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// `None`: retry until it works or the service stops (for handlers whose only dependency
+    /// is one the whole service needs, like the projector's database).
+    pub max_attempts: Option<usize>,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    fn backoff(&self) -> ExponentialBuilder {
+        let builder = ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter();
+        match self.max_attempts {
+            Some(attempts) => builder.with_max_times(attempts.saturating_sub(1)),
+            None => builder.without_max_times(),
+        }
+    }
+}
+
+/// Header names on dead-lettered records. The record keeps its key, value and headers.
+pub mod dead_letter_headers {
+    pub const ORIGINAL_TOPIC: &str = "dlq-original-topic";
+    pub const ORIGINAL_PARTITION: &str = "dlq-original-partition";
+    pub const ORIGINAL_OFFSET: &str = "dlq-original-offset";
+    pub const ERROR_CLASS: &str = "dlq-error-class";
+    pub const ERROR_MESSAGE: &str = "dlq-error-message";
+    pub const ATTEMPTS: &str = "dlq-attempts";
+    pub const CONSUMER_GROUP: &str = "dlq-consumer-group";
+}
+
+/// Runs the loop until `shutdown` is cancelled, then closes the consumer on a blocking thread
+/// (dropping one can block for the session timeout when the broker is gone).
+pub async fn run<H: EventHandler>(
+    consumer: StreamConsumer,
+    handler: H,
+    dead_letters: DeadLetterProducer,
+    retry: RetryPolicy,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = consumer.recv() => message,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                tracing::warn!(error = %error, "kafka receive failed");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        let done = tokio::select! {
+            () = shutdown.cancelled() => false,
+            done = process(&message, &handler, &dead_letters, retry) => done,
+        };
+        if !done {
+            // Stopped mid-record: leave its offset unstored so it is handled again.
+            break;
+        }
+        if let Err(error) = consumer.store_offset_from_message(&message) {
+            // After a rebalance the partition may belong to another member; it will redo it.
+            tracing::warn!(error = %error, "could not store offset");
+        }
+    }
+    close(consumer).await;
+}
+
+/// Returns true once the record is finished (handled or dead-lettered).
+async fn process<H: EventHandler>(
+    message: &BorrowedMessage<'_>,
+    handler: &H,
+    dead_letters: &DeadLetterProducer,
+    retry: RetryPolicy,
+) -> bool {
+    let position = RecordPosition {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+    };
+    let event = match imgpipe_schemas::decode(message.payload().unwrap_or_default()) {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(
+                topic = %position.topic, partition = position.partition,
+                offset = position.offset, error = %error,
+                "undecodable record, dead-lettering it"
+            );
+            let failure = HandlerError::permanent("undecodable-record", &error);
+            return dead_letters.send(message, &failure, 1).await;
+        }
+    };
+    let mut attempts = 0usize;
+    let result = (|| {
+        attempts += 1;
+        handler.handle(&event, &position)
+    })
+    .retry(retry.backoff())
+    .when(|error| matches!(error, HandlerError::Transient { .. }))
+    .notify(|error, delay| {
+        tracing::warn!(
+            image_id = %event.image_id, event_id = %event.event_id, error = %error,
+            retry_in_ms = delay.as_millis() as u64, "transient failure, retrying"
+        );
+    })
+    .await;
+    match result {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::error!(
+                image_id = %event.image_id, event_id = %event.event_id,
+                event_type = %event.event_type(), error = %error, attempts,
+                "handler gave up, dead-lettering the record"
+            );
+            dead_letters.send(message, &error, attempts).await
+        }
+    }
+}
+
+async fn close(consumer: StreamConsumer) {
+    consumer.unsubscribe();
+    if let Err(error) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+        tracing::warn!(error = %error, "closing the consumer failed");
+    }
+}
+
+/// Copies failed records to the dead-letter topic with headers saying where they came from
+/// and why.
+#[derive(Clone)]
+pub struct DeadLetterProducer {
+    producer: FutureProducer,
+    topic: String,
+    group: String,
+}
+
+impl DeadLetterProducer {
+    pub fn new(
+        config: &crate::KafkaConfig,
+        client_id: &str,
+        group: &str,
+    ) -> Result<Self, InfraError> {
+        let producer = config
+            .client_config(client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: config.topics().dead_letter,
+            group: config.group_id(group),
+        })
+    }
+
+    /// Returns true once the broker has the copy. Retries until then: losing a record here
+    /// would break the promise that every image ends processed or failed.
+    async fn send(
+        &self,
+        message: &BorrowedMessage<'_>,
+        error: &HandlerError,
+        attempts: usize,
+    ) -> bool {
+        use dead_letter_headers::*;
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let attempts = attempts.to_string();
+        let text = error.to_string();
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = message.headers() {
+            for header in original.iter() {
+                headers = headers.insert(Header {
+                    key: header.key,
+                    value: header.value,
+                });
+            }
+        }
+        for (key, value) in [
+            (ORIGINAL_TOPIC, message.topic()),
+            (ORIGINAL_PARTITION, partition.as_str()),
+            (ORIGINAL_OFFSET, offset.as_str()),
+            (ERROR_CLASS, error.class()),
+            (ERROR_MESSAGE, text.as_str()),
+            (ATTEMPTS, attempts.as_str()),
+            (CONSUMER_GROUP, self.group.as_str()),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        loop {
+            let mut record = FutureRecord::to(&self.topic).headers(headers.clone());
+            if let Some(key) = message.key() {
+                record = record.key(key);
+            }
+            if let Some(payload) = message.payload() {
+                record = record.payload(payload);
+            }
+            match self
+                .producer
+                .send(record, Timeout::After(Duration::from_secs(10)))
+                .await
+            {
+                Ok(_) => return true,
+                Err((error, _)) => {
+                    tracing::error!(error = %error, "dead-letter produce failed, retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,198 @@
+//! Kafka clients configured the one way imgpipe uses them.
+
+use std::time::Duration;
+
+use imgpipe_schemas::{headers, Event, CONTENT_TYPE};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::topics::{self, TopicSpec};
+use crate::{InfraError, KafkaConfig};
+
+/// Topic names with the deployment's prefix applied.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub events: String,
+    pub dead_letter: String,
+}
+
+impl KafkaConfig {
+    pub fn topics(&self) -> Topics {
+        Topics {
+            events: self.topic(topics::EVENTS),
+            dead_letter: self.topic(topics::DEAD_LETTER),
+        }
+    }
+
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{base}", self.topic_prefix)
+    }
+
+    /// Consumer groups share the topic prefix so isolated deployments never share offsets.
+    pub fn group_id(&self, base: &str) -> String {
+        format!("{}{base}", self.topic_prefix)
+    }
+
+    pub fn client_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.brokers)
+            .set("client.id", client_id)
+            // Fail over quickly to another broker address instead of waiting on a dead one.
+            .set("socket.connection.setup.timeout.ms", "5000");
+        config
+    }
+
+    /// A consumer in `group` that stores offsets only when told to (at-least-once): the
+    /// caller calls `store_offset*` once the record's outputs are durable, and librdkafka
+    /// commits the stored offsets in the background.
+    pub fn consumer_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set("group.id", self.group_id(group))
+            .set("enable.auto.commit", "true")
+            .set("auto.commit.interval.ms", "1000")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("session.timeout.ms", "10000")
+            .set("enable.partition.eof", "false");
+        config
+    }
+}
+
+/// Where an event landed in the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// Appends events to the events topic: idempotent, acknowledged by all in-sync replicas, keyed
+/// by image id so one image's events stay in order.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    topic: String,
+    timeout: Duration,
+}
+
+impl EventProducer {
+    pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, InfraError> {
+        let timeout = Duration::from_millis(config.produce_timeout_ms);
+        let producer: FutureProducer = config
+            .client_config(client_id)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", config.produce_timeout_ms.to_string())
+            .set("linger.ms", "5")
+            .create()?;
+        Ok(Self {
+            producer,
+            topic: config.topics().events,
+            timeout,
+        })
+    }
+
+    /// Appends one event and waits for the broker's acknowledgement.
+    pub async fn publish(&self, event: &Event) -> Result<Delivery, InfraError> {
+        self.publish_to(&self.topic, event).await
+    }
+
+    pub async fn publish_to(&self, topic: &str, event: &Event) -> Result<Delivery, InfraError> {
+        let payload = imgpipe_schemas::encode(event)?;
+        let key = event.image_id.to_string();
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&payload)
+            .headers(event_headers(event));
+        let delivery = self
+            .producer
+            .send(record, Timeout::After(self.timeout))
+            .await
+            .map_err(|(error, _)| InfraError::Kafka(error))?;
+        Ok(Delivery {
+            partition: delivery.partition,
+            offset: delivery.offset,
+        })
+    }
+
+    /// Checks the broker answers a metadata request for the events topic.
+    pub async fn ping(&self) -> Result<(), InfraError> {
+        let producer = self.producer.clone();
+        let topic = self.topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(3))
+                .map(|_| ())
+        })
+        .await
+        .map_err(|error| InfraError::Config(format!("metadata task: {error}")))??;
+        Ok(())
+    }
+
+    /// Waits for in-flight produces; call on shutdown. Blocks, so it runs on a blocking thread.
+    pub async fn flush(&self, timeout: Duration) {
+        let producer = self.producer.clone();
+        let result =
+            tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
+        if let Ok(Err(error)) = result {
+            tracing::warn!(error = %error, "producer flush did not complete");
+        }
+    }
+}
+
+fn event_headers(event: &Event) -> OwnedHeaders {
+    OwnedHeaders::new()
+        .insert(Header {
+            key: headers::EVENT_TYPE,
+            value: Some(event.event_type().as_str()),
+        })
+        .insert(Header {
+            key: headers::CORRELATION_ID,
+            value: Some(event.correlation_id.as_str()),
+        })
+        .insert(Header {
+            key: headers::CONTENT_TYPE,
+            value: Some(CONTENT_TYPE),
+        })
+}
+
+/// Creates the topics that do not exist yet; existing ones are left as they are.
+pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<(), InfraError> {
+    let admin: AdminClient<DefaultClientContext> =
+        config.client_config("imgpipe-setup").create()?;
+    let names: Vec<String> = specs.iter().map(|s| config.topic(&s.name)).collect();
+    let new_topics: Vec<NewTopic<'_>> = specs
+        .iter()
+        .zip(&names)
+        .map(|(spec, name)| {
+            spec.configs.iter().fold(
+                NewTopic::new(
+                    name,
+                    spec.partitions,
+                    TopicReplication::Fixed(spec.replication),
+                ),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in admin.create_topics(&new_topics, &options).await? {
+        match result {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                tracing::debug!(topic = %name, "topic exists")
+            }
+            Err((name, code)) => {
+                return Err(InfraError::Topics(format!("creating {name}: {code}")));
+            }
+        }
+    }
+    Ok(())
+}

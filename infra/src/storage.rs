@@ -1,0 +1,181 @@
+//! The S3-compatible object store, and the layout of imgpipe's keys in it.
+
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::config::{Credentials, Region};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::{InfraError, S3Config};
+
+#[derive(Clone)]
+pub struct ObjectStore {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    key_prefix: String,
+}
+
+impl ObjectStore {
+    pub async fn connect(config: &S3Config) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(Region::new(config.region.clone()));
+        if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                id.clone(),
+                secret.clone(),
+                None,
+                None,
+                "imgpipe-config",
+            ));
+        }
+        if let Some(endpoint) = &config.endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let shared = loader.load().await;
+        let s3_config = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(config.force_path_style)
+            .build();
+        Self {
+            client: aws_sdk_s3::Client::from_conf(s3_config),
+            bucket: config.bucket.clone(),
+            key_prefix: config.key_prefix.clone(),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Where an upload's original bytes live.
+    pub fn original_key(&self, image_id: Uuid) -> String {
+        format!("{}originals/{image_id}", self.key_prefix)
+    }
+
+    /// Where a variant lives. Deterministic, so processing an event twice overwrites the same
+    /// object instead of leaving a second one; the spec version keeps variants of different
+    /// specs apart.
+    pub fn variant_key(&self, image_id: Uuid, spec_version: i32, name: &str, ext: &str) -> String {
+        format!(
+            "{}variants/{image_id}/v{spec_version}/{name}.{ext}",
+            self.key_prefix
+        )
+    }
+
+    pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), InfraError> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|error| storage_error("put", key, error))?;
+        Ok(())
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Bytes, InfraError> {
+        let output = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|error| storage_error("get", key, error))?;
+        let body = output
+            .body
+            .collect()
+            .await
+            .map_err(|error| InfraError::Storage {
+                operation: "read",
+                key: key.to_string(),
+                message: error.to_string(),
+                not_found: false,
+            })?;
+        Ok(body.into_bytes())
+    }
+
+    /// Whether an object exists.
+    pub async fn exists(&self, key: &str) -> Result<bool, InfraError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(error) => {
+                let error = storage_error("head", key, error);
+                if error.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Checks the bucket answers.
+    pub async fn ping(&self) -> Result<(), InfraError> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|error| storage_error("head-bucket", &self.bucket, error))?;
+        Ok(())
+    }
+
+    /// Creates the bucket unless it exists.
+    pub async fn ensure_bucket(&self) -> Result<(), InfraError> {
+        if self.ping().await.is_ok() {
+            return Ok(());
+        }
+        match self
+            .client
+            .create_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error)
+                if matches!(
+                    error.code(),
+                    Some("BucketAlreadyOwnedByYou" | "BucketAlreadyExists")
+                ) =>
+            {
+                Ok(())
+            }
+            Err(error) => Err(storage_error("create-bucket", &self.bucket, error)),
+        }
+    }
+}
+
+fn storage_error<E>(
+    operation: &'static str,
+    key: &str,
+    error: SdkError<E, HttpResponse>,
+) -> InfraError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let status = error
+        .raw_response()
+        .map(|response| response.status().as_u16());
+    let not_found = status == Some(404)
+        || matches!(
+            error.code(),
+            Some("NoSuchKey" | "NotFound" | "NoSuchBucket")
+        );
+    InfraError::Storage {
+        operation,
+        key: key.to_string(),
+        message: DisplayErrorContext(&error).to_string(),
+        not_found,
+    }
+}

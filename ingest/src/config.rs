@@ -1,0 +1,69 @@
+use imgpipe_infra::telemetry::LogConfig;
+use imgpipe_infra::{DatabaseConfig, FromEnv, InfraError, KafkaConfig, S3Config};
+use serde::Deserialize;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub ingest: IngestSettings,
+    pub kafka: KafkaConfig,
+    pub s3: S3Config,
+    pub database: DatabaseConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct IngestSettings {
+    #[serde(default = "default_listen_addr")]
+    pub listen_addr: String,
+    /// `client-id=sha256-hex-of-key` pairs, comma-separated. Only hashes are configured; the
+    /// keys themselves are never stored.
+    #[serde(default)]
+    pub api_keys: String,
+    #[serde(default = "default_max_upload_bytes")]
+    pub max_upload_bytes: u64,
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    #[serde(default = "default_max_side")]
+    pub max_side: u64,
+}
+
+impl FromEnv for IngestSettings {
+    const PREFIX: &'static str = "IMGPIPE_INGEST_";
+}
+
+fn default_listen_addr() -> String {
+    "127.0.0.1:18080".into()
+}
+fn default_max_upload_bytes() -> u64 {
+    25_000_000
+}
+fn default_max_pixels() -> u64 {
+    50_000_000
+}
+fn default_max_side() -> u64 {
+    20_000
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, InfraError> {
+        Ok(Self {
+            ingest: IngestSettings::from_env()?,
+            kafka: KafkaConfig::from_env()?,
+            s3: S3Config::from_env()?,
+            database: DatabaseConfig::from_env()?,
+            log: LogConfig::from_env()?,
+        })
+    }
+
+    /// Every environment variable ingest reads.
+    pub fn env_vars() -> Vec<String> {
+        [
+            IngestSettings::env_vars(),
+            KafkaConfig::env_vars(),
+            S3Config::env_vars(),
+            DatabaseConfig::env_vars(),
+            LogConfig::env_vars(),
+        ]
+        .concat()
+    }
+}

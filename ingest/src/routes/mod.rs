@@ -1,0 +1,73 @@
+//! The HTTP surface: `/v1` for apps, `/healthz` and `/readyz` for operators.
+
+mod images;
+mod readiness;
+
+use std::sync::Arc;
+
+use axum::http::{HeaderName, Request};
+use axum::Router;
+use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::storage::ObjectStore;
+use sqlx::PgPool;
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::ApiKeys;
+use crate::config::IngestSettings;
+
+pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: ObjectStore,
+    pub events: EventProducer,
+    pub pool: PgPool,
+    pub api_keys: Arc<ApiKeys>,
+    pub settings: Arc<IngestSettings>,
+}
+
+pub fn router(state: AppState) -> Router {
+    let readiness = Arc::new(readiness::Dependencies::from(&state));
+    Router::new()
+        .nest("/v1", images::router())
+        .with_state(state)
+        .merge(imgpipe_infra::ops::router(readiness))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                let request_id = request
+                    .headers()
+                    .get(&REQUEST_ID)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                tracing::info_span!(
+                    "request",
+                    method = %request.method(),
+                    path = %request.uri().path(),
+                    request_id = %request_id,
+                )
+            }),
+        )
+        .layer(SetRequestIdLayer::new(
+            REQUEST_ID.clone(),
+            TimeOrderedRequestId,
+        ))
+}
+
+/// Generates a UUIDv7 request id when the client sent none.
+#[derive(Clone, Copy)]
+struct TimeOrderedRequestId;
+
+impl MakeRequestId for TimeOrderedRequestId {
+    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
+        uuid::Uuid::now_v7()
+            .to_string()
+            .parse()
+            .ok()
+            .map(RequestId::new)
+    }
+}

@@ -1,0 +1,49 @@
+use std::future::Future;
+use std::pin::Pin;
+
+use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::ops::Readiness;
+use imgpipe_infra::storage::ObjectStore;
+use sqlx::PgPool;
+
+use super::AppState;
+use crate::db;
+
+/// Ready when the broker, the bucket and the database all answer.
+pub(super) struct Dependencies {
+    store: ObjectStore,
+    events: EventProducer,
+    pool: PgPool,
+}
+
+impl From<&AppState> for Dependencies {
+    fn from(state: &AppState) -> Self {
+        Self {
+            store: state.store.clone(),
+            events: state.events.clone(),
+            pool: state.pool.clone(),
+        }
+    }
+}
+
+impl Readiness for Dependencies {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            let (broker, storage, database) =
+                tokio::join!(self.events.ping(), self.store.ping(), db::ping(&self.pool));
+            let failures: Vec<String> = [
+                broker.err().map(|e| format!("broker: {e}")),
+                storage.err().map(|e| format!("storage: {e}")),
+                database.err().map(|e| format!("database: {e}")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            if failures.is_empty() {
+                Ok(())
+            } else {
+                Err(failures.join("; "))
+            }
+        })
+    }
+}

@@ -1,0 +1,64 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::storage::ObjectStore;
+use imgpipe_infra::InfraError;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::ApiKeys;
+use crate::routes::{self, AppState};
+use crate::Config;
+
+/// A built ingest service: its listener bound, not yet serving.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: &Config) -> Result<Self, BuildError> {
+        let api_keys = ApiKeys::parse(&config.ingest.api_keys).map_err(BuildError::ApiKeys)?;
+        if api_keys.is_empty() {
+            tracing::warn!("IMGPIPE_INGEST_API_KEYS is empty: every upload will be refused");
+        }
+        let state = AppState {
+            store: ObjectStore::connect(&config.s3).await,
+            events: EventProducer::new(&config.kafka, "imgpipe-ingest")?,
+            pool: config.database.pool()?,
+            api_keys: Arc::new(api_keys),
+            settings: Arc::new(config.ingest.clone()),
+        };
+        let listener = TcpListener::bind(&config.ingest.listen_addr).await?;
+        Ok(Self { listener, state })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Serves until `shutdown` is cancelled: stops accepting, lets in-flight requests finish,
+    /// then flushes the producer.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        let events = self.state.events.clone();
+        let pool = self.state.pool.clone();
+        let address = self.listener.local_addr()?;
+        tracing::info!(%address, "ingest listening");
+        imgpipe_infra::ops::serve(self.listener, routes::router(self.state), shutdown).await?;
+        events.flush(Duration::from_secs(10)).await;
+        pool.close().await;
+        tracing::info!("ingest stopped");
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("IMGPIPE_INGEST_API_KEYS: {0}")]
+    ApiKeys(String),
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+    #[error("binding the listener: {0}")]
+    Bind(#[from] std::io::Error),
+}

@@ -1,0 +1,130 @@
+use imgpipe_infra::telemetry::LogConfig;
+use imgpipe_infra::{FromEnv, InfraError, KafkaConfig, S3Config};
+use serde::Deserialize;
+
+use crate::render::{Limits, VariantSize, VariantSpec};
+use crate::ProcessorError;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub processor: ProcessorSettings,
+    pub kafka: KafkaConfig,
+    pub s3: S3Config,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProcessorSettings {
+    /// Address of /healthz and /readyz.
+    #[serde(default = "default_ops_addr")]
+    pub ops_addr: String,
+    /// `name:longest-edge` pairs, comma-separated.
+    #[serde(default = "default_variants")]
+    pub variants: String,
+    /// Goes into every result event; bump it when `variants` or `webp_quality` change.
+    #[serde(default = "default_spec_version")]
+    pub spec_version: i32,
+    #[serde(default = "default_webp_quality")]
+    pub webp_quality: f32,
+    /// Images over this many pixels fail with `image-too-large` before they are decoded.
+    #[serde(default = "default_max_pixels")]
+    pub max_pixels: u64,
+    #[serde(default = "default_max_side")]
+    pub max_side: u32,
+    /// Attempts for a transient failure (S3, broker) before the record is dead-lettered.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: usize,
+    /// Concurrent decode/resize/encode jobs; 0 means one per core.
+    #[serde(default)]
+    pub cpu_jobs: usize,
+}
+
+impl FromEnv for ProcessorSettings {
+    const PREFIX: &'static str = "IMGPIPE_PROCESSOR_";
+}
+
+fn default_ops_addr() -> String {
+    "127.0.0.1:18081".into()
+}
+fn default_variants() -> String {
+    "thumb:256,medium:1024,large:2048".into()
+}
+fn default_spec_version() -> i32 {
+    1
+}
+fn default_webp_quality() -> f32 {
+    80.0
+}
+fn default_max_pixels() -> u64 {
+    50_000_000
+}
+fn default_max_side() -> u32 {
+    20_000
+}
+fn default_max_attempts() -> usize {
+    8
+}
+
+impl ProcessorSettings {
+    pub fn spec(&self) -> Result<VariantSpec, ProcessorError> {
+        let sizes = self
+            .variants
+            .split(',')
+            .map(|pair| {
+                let (name, edge) = pair
+                    .trim()
+                    .split_once(':')
+                    .ok_or_else(|| ProcessorError::Spec(format!("{pair:?} is not name:edge")))?;
+                let max_edge = edge
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|edge| *edge > 0 && *edge <= 16_383)
+                    .ok_or_else(|| ProcessorError::Spec(format!("{edge:?} is not 1..=16383")))?;
+                Ok(VariantSize {
+                    name: name.to_string(),
+                    max_edge,
+                })
+            })
+            .collect::<Result<Vec<_>, ProcessorError>>()?;
+        if sizes.is_empty() {
+            return Err(ProcessorError::Spec("no variants".into()));
+        }
+        if !(0.0..=100.0).contains(&self.webp_quality) {
+            return Err(ProcessorError::Spec("webp_quality must be 0..=100".into()));
+        }
+        Ok(VariantSpec {
+            version: self.spec_version,
+            sizes,
+            webp_quality: self.webp_quality,
+        })
+    }
+
+    pub fn limits(&self) -> Limits {
+        Limits {
+            max_pixels: self.max_pixels,
+            max_side: self.max_side,
+        }
+    }
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, InfraError> {
+        Ok(Self {
+            processor: ProcessorSettings::from_env()?,
+            kafka: KafkaConfig::from_env()?,
+            s3: S3Config::from_env()?,
+            log: LogConfig::from_env()?,
+        })
+    }
+
+    /// Every environment variable the processor reads.
+    pub fn env_vars() -> Vec<String> {
+        [
+            ProcessorSettings::env_vars(),
+            KafkaConfig::env_vars(),
+            S3Config::env_vars(),
+            LogConfig::env_vars(),
+        ]
+        .concat()
+    }
+}

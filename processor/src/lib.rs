@@ -1,0 +1,12 @@
+//! The processor: a stateless consumer-group member that turns each `ImageUploaded` event into
+//! stored variants and an `ImageProcessed` (or `ImageFailed`) event.
+
+pub mod config;
+mod error;
+mod handler;
+pub mod render;
+pub mod startup;
+
+pub use config::Config;
+pub use error::ProcessorError;
+pub use startup::Processor;

@@ -1,0 +1,259 @@
+//! Pure image work: decode once, apply EXIF orientation, resize in a cascade, encode lossy
+//! WebP. No IO; the caller runs it on a blocking thread.
+
+use std::io::Cursor;
+
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::{DynamicImage, ImageDecoder, ImageReader};
+
+/// What to render: every size at most `max_edge` on its longest edge, never upscaled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantSpec {
+    pub version: i32,
+    pub sizes: Vec<VariantSize>,
+    pub webp_quality: f32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct VariantSize {
+    pub name: String,
+    pub max_edge: u32,
+}
+
+/// Checked against the header before any pixel is decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_pixels: u64,
+    pub max_side: u32,
+}
+
+/// Why an image cannot be rendered. Each is permanent: the same bytes fail the same way.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("not an image format imgpipe decodes")]
+    UnsupportedFormat,
+    #[error("{width}x{height} is over the limit")]
+    TooLarge { width: u32, height: u32 },
+    #[error("cannot decode the image: {0}")]
+    Undecodable(String),
+    #[error("cannot encode the variant: {0}")]
+    Encode(String),
+}
+
+impl RenderError {
+    /// The stable reason code that goes into `ImageFailed`.
+    pub fn reason_code(&self) -> &'static str {
+        match self {
+            RenderError::UnsupportedFormat => "unsupported-format",
+            RenderError::TooLarge { .. } => "image-too-large",
+            RenderError::Undecodable(_) => "undecodable",
+            RenderError::Encode(_) => "encode-failed",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Rendered {
+    /// After orientation.
+    pub width: u32,
+    pub height: u32,
+    pub variants: Vec<RenderedVariant>,
+}
+
+#[derive(Debug)]
+pub struct RenderedVariant {
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub webp: Vec<u8>,
+}
+
+/// Renders every variant of `spec` from the original's bytes.
+pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Rendered, RenderError> {
+    let image = decode_oriented(bytes, limits)?;
+    let (width, height) = (image.width(), image.height());
+    let has_alpha = image.color().has_alpha();
+    let (pixels, pixel_type, bytes_per_pixel) = if has_alpha {
+        (image.into_rgba8().into_raw(), PixelType::U8x4, 4)
+    } else {
+        (image.into_rgb8().into_raw(), PixelType::U8x3, 3)
+    };
+    let original = Image::from_vec_u8(width, height, pixels, pixel_type)
+        .map_err(|e| RenderError::Undecodable(e.to_string()))?;
+
+    // Largest first, each resized from the previous one: a cascade does most of the work on
+    // already-small images, and no variant is ever upscaled.
+    let mut order: Vec<&VariantSize> = spec.sizes.iter().collect();
+    order.sort_by_key(|size| std::cmp::Reverse(size.max_edge));
+    let mut resizer = Resizer::new();
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+    let mut source = original;
+    let mut variants = Vec::with_capacity(order.len());
+    for size in order {
+        let (w, h) = fit(width, height, size.max_edge);
+        let resized = if (w, h) == (source.width(), source.height()) {
+            source.copy()
+        } else {
+            let mut target = Image::new(w, h, pixel_type);
+            resizer
+                .resize(&source, &mut target, &options)
+                .map_err(|e| RenderError::Encode(e.to_string()))?;
+            target
+        };
+        let encoder = if bytes_per_pixel == 4 {
+            webp::Encoder::from_rgba(resized.buffer(), w, h)
+        } else {
+            webp::Encoder::from_rgb(resized.buffer(), w, h)
+        };
+        let webp = encoder
+            .encode_simple(false, spec.webp_quality)
+            .map_err(|e| RenderError::Encode(format!("{e:?}")))?
+            .to_vec();
+        variants.push(RenderedVariant {
+            name: size.name.clone(),
+            width: w,
+            height: h,
+            webp,
+        });
+        source = resized;
+    }
+    // Report in the spec's order, not the cascade's.
+    variants.sort_by_key(|v| spec.sizes.iter().position(|s| s.name == v.name));
+    Ok(Rendered {
+        width,
+        height,
+        variants,
+    })
+}
+
+/// Decodes with limits checked on the header first, then applies the EXIF orientation.
+pub fn decode_oriented(bytes: &[u8], limits: Limits) -> Result<DynamicImage, RenderError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| RenderError::Undecodable(e.to_string()))?;
+    if reader.format().is_none() {
+        return Err(RenderError::UnsupportedFormat);
+    }
+    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    let (width, height) = decoder.dimensions();
+    if width > limits.max_side
+        || height > limits.max_side
+        || u64::from(width) * u64::from(height) > limits.max_pixels
+    {
+        return Err(RenderError::TooLarge { width, height });
+    }
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    image.apply_orientation(orientation);
+    Ok(image)
+}
+
+fn decode_error(error: image::ImageError) -> RenderError {
+    match error {
+        image::ImageError::Unsupported(_) => RenderError::UnsupportedFormat,
+        other => RenderError::Undecodable(other.to_string()),
+    }
+}
+
+/// The size that fits in a `max_edge` square keeping the aspect ratio; never larger than the
+/// original, never zero.
+pub fn fit(width: u32, height: u32, max_edge: u32) -> (u32, u32) {
+    let longest = width.max(height);
+    if longest <= max_edge {
+        return (width, height);
+    }
+    let scale = f64::from(max_edge) / f64::from(longest);
+    let w = ((f64::from(width) * scale).round() as u32).clamp(1, max_edge);
+    let h = ((f64::from(height) * scale).round() as u32).clamp(1, max_edge);
+    (w, h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VariantSpec {
+        VariantSpec {
+            version: 1,
+            sizes: vec![
+                VariantSize {
+                    name: "thumb".into(),
+                    max_edge: 64,
+                },
+                VariantSize {
+                    name: "large".into(),
+                    max_edge: 1000,
+                },
+            ],
+            webp_quality: 80.0,
+        }
+    }
+
+    const LIMITS: Limits = Limits {
+        max_pixels: 1_000_000,
+        max_side: 4_000,
+    };
+
+    fn png(width: u32, height: u32, alpha: bool) -> Vec<u8> {
+        let image = if alpha {
+            DynamicImage::new_rgba8(width, height)
+        } else {
+            DynamicImage::new_rgb8(width, height)
+        };
+        let mut out = Cursor::new(Vec::new());
+        image
+            .write_to(&mut out, image::ImageFormat::Png)
+            .expect("encode test png");
+        out.into_inner()
+    }
+
+    #[test]
+    fn fit_keeps_aspect_and_never_upscales() {
+        assert_eq!(fit(2560, 1600, 256), (256, 160));
+        assert_eq!(fit(1600, 2560, 256), (160, 256));
+        assert_eq!(fit(100, 50, 256), (100, 50));
+        assert_eq!(fit(10_000, 1, 256), (256, 1));
+    }
+
+    #[test]
+    fn renders_every_size_in_spec_order_as_webp() {
+        let rendered = render(&png(300, 200, false), &spec(), LIMITS).unwrap();
+        assert_eq!((rendered.width, rendered.height), (300, 200));
+        let names: Vec<_> = rendered.variants.iter().map(|v| v.name.as_str()).collect();
+        assert_eq!(names, ["thumb", "large"]);
+        let thumb = &rendered.variants[0];
+        assert_eq!((thumb.width, thumb.height), (64, 43));
+        assert_eq!(&thumb.webp[..4], b"RIFF");
+        assert_eq!(&thumb.webp[8..12], b"WEBP");
+        // Not upscaled: the 1000 px variant keeps the original size.
+        let large = &rendered.variants[1];
+        assert_eq!((large.width, large.height), (300, 200));
+        let decoded = image::load_from_memory(&large.webp).unwrap();
+        assert_eq!((decoded.width(), decoded.height()), (300, 200));
+    }
+
+    #[test]
+    fn keeps_alpha() {
+        let rendered = render(&png(100, 100, true), &spec(), LIMITS).unwrap();
+        let decoded = image::load_from_memory(&rendered.variants[0].webp).unwrap();
+        assert!(decoded.color().has_alpha());
+    }
+
+    #[test]
+    fn rejects_over_limit_before_decoding() {
+        let error = render(&png(2_000, 1_000, false), &spec(), LIMITS).unwrap_err();
+        assert_eq!(error.reason_code(), "image-too-large");
+    }
+
+    #[test]
+    fn text_and_truncated_images_fail_with_a_reason() {
+        let error = render(b"hello, this is not an image", &spec(), LIMITS).unwrap_err();
+        assert_eq!(error.reason_code(), "unsupported-format");
+        let bytes = png(300, 200, false);
+        let error = render(&bytes[..bytes.len() / 2], &spec(), LIMITS).unwrap_err();
+        assert_eq!(error.reason_code(), "undecodable");
+    }
+}

@@ -1,0 +1,120 @@
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use imgpipe_infra::consume::{self, DeadLetterProducer, RetryPolicy};
+use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::ops::{self, Readiness};
+use imgpipe_infra::storage::ObjectStore;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::handler::VariantHandler;
+use crate::{Config, ProcessorError};
+
+const GROUP: &str = "imgpipe-processor";
+
+/// A built processor: subscribed, its ops endpoint bound, not yet consuming.
+pub struct Processor {
+    consumer: StreamConsumer,
+    dead_letters: DeadLetterProducer,
+    handler: VariantHandler,
+    retry: RetryPolicy,
+    ops_listener: TcpListener,
+}
+
+impl Processor {
+    pub async fn build(config: &Config) -> Result<Self, ProcessorError> {
+        let settings = &config.processor;
+        let spec = settings.spec()?;
+        let consumer: StreamConsumer = config
+            .kafka
+            .consumer_config("imgpipe-processor", GROUP)
+            // An image can take seconds; give slow ones room before the group evicts us.
+            .set("max.poll.interval.ms", "600000")
+            .create()
+            .map_err(imgpipe_infra::InfraError::from)?;
+        consumer
+            .subscribe(&[&config.kafka.topics().events])
+            .map_err(imgpipe_infra::InfraError::from)?;
+        let cpu_jobs = match settings.cpu_jobs {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let handler = VariantHandler {
+            store: ObjectStore::connect(&config.s3).await,
+            events: EventProducer::new(&config.kafka, "imgpipe-processor")?,
+            spec: Arc::new(spec),
+            limits: settings.limits(),
+            cpu: Arc::new(Semaphore::new(cpu_jobs)),
+        };
+        Ok(Self {
+            consumer,
+            dead_letters: DeadLetterProducer::new(&config.kafka, "imgpipe-processor", GROUP)?,
+            handler,
+            retry: RetryPolicy {
+                max_attempts: Some(settings.max_attempts.max(1)),
+                min_delay: Duration::from_millis(200),
+                max_delay: Duration::from_secs(10),
+            },
+            ops_listener: TcpListener::bind(&settings.ops_addr).await?,
+        })
+    }
+
+    pub fn ops_port(&self) -> u16 {
+        self.ops_listener
+            .local_addr()
+            .map(|a| a.port())
+            .unwrap_or(0)
+    }
+
+    /// Consumes until `shutdown` is cancelled; the image in flight is finished or left for a
+    /// redelivery, never half-announced.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProcessorError> {
+        let readiness = Arc::new(Dependencies {
+            store: self.handler.store.clone(),
+            events: self.handler.events.clone(),
+        });
+        let ops = tokio::spawn(ops::serve(
+            self.ops_listener,
+            ops::router(readiness),
+            shutdown.clone(),
+        ));
+        let events = self.handler.events.clone();
+        tracing::info!(
+            spec_version = self.handler.spec.version,
+            "processor consuming"
+        );
+        consume::run(
+            self.consumer,
+            self.handler,
+            self.dead_letters,
+            self.retry,
+            shutdown,
+        )
+        .await;
+        events.flush(Duration::from_secs(10)).await;
+        if let Ok(Err(error)) = ops.await {
+            tracing::warn!(error = %error, "ops endpoint stopped with an error");
+        }
+        tracing::info!("processor stopped");
+        Ok(())
+    }
+}
+
+struct Dependencies {
+    store: ObjectStore,
+    events: EventProducer,
+}
+
+impl Readiness for Dependencies {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move {
+            self.store.ping().await.map_err(|e| e.to_string())?;
+            self.events.ping().await.map_err(|e| e.to_string())
+        })
+    }
+}

@@ -1,0 +1,136 @@
+//! The read models: schema migrations and applying one event.
+
+use imgpipe_infra::consume::RecordPosition;
+use imgpipe_infra::DatabaseConfig;
+use imgpipe_schemas::{Event, Payload};
+use sqlx::{PgConnection, PgPool};
+
+use crate::ProjectorError;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Applies pending migrations. An explicit step (`imgpipe migrate`), never run implicitly by
+/// every replica at start.
+pub async fn migrate(config: &DatabaseConfig) -> Result<(), ProjectorError> {
+    let pool = config.pool()?;
+    config.ensure_schema(&pool).await?;
+    MIGRATOR.run(&pool).await?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Applies one event inside the caller's transaction. Returns false when the event was
+/// applied before (its id is already in the timeline), in which case nothing changes.
+pub async fn apply(
+    tx: &mut PgConnection,
+    event: &Event,
+    position: &RecordPosition,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        r#"INSERT INTO image_events
+               (event_id, image_id, event_type, topic, partition, "offset", occurred_at,
+                correlation_id, causation_id)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+           ON CONFLICT (event_id) DO NOTHING"#,
+    )
+    .bind(event.event_id)
+    .bind(event.image_id)
+    .bind(event.event_type().as_str())
+    .bind(&position.topic)
+    .bind(position.partition)
+    .bind(position.offset)
+    .bind(event.occurred_at)
+    .bind(&event.correlation_id)
+    .bind(event.causation_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if !inserted {
+        return Ok(false);
+    }
+    match &event.payload {
+        Payload::ImageUploaded(uploaded) => {
+            sqlx::query(
+                "INSERT INTO images
+                     (image_id, owner, status, format, bytes, sha256, width, height,
+                      original_key, uploaded_at, updated_at)
+                 VALUES ($1, $2, 'uploaded', $3, $4, $5, $6, $7, $8, $9, $9)
+                 ON CONFLICT (image_id) DO NOTHING",
+            )
+            .bind(event.image_id)
+            .bind(&uploaded.owner)
+            .bind(&uploaded.format)
+            .bind(uploaded.bytes)
+            .bind(&uploaded.sha256)
+            .bind(uploaded.width)
+            .bind(uploaded.height)
+            .bind(&uploaded.original_key)
+            .bind(event.occurred_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Payload::ImageProcessed(processed) => {
+            let updated = sqlx::query(
+                "UPDATE images
+                 SET status = 'ready', spec_version = $2, width = $3, height = $4,
+                     failure_code = NULL, failure_reason = NULL, updated_at = $5
+                 WHERE image_id = $1 AND status <> 'deleted'",
+            )
+            .bind(event.image_id)
+            .bind(processed.spec_version)
+            .bind(processed.original_width)
+            .bind(processed.original_height)
+            .bind(event.occurred_at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                tracing::warn!(image_id = %event.image_id, "ImageProcessed for an unknown or deleted image");
+                return Ok(true);
+            }
+            sqlx::query("DELETE FROM variants WHERE image_id = $1")
+                .bind(event.image_id)
+                .execute(&mut *tx)
+                .await?;
+            for variant in &processed.variants {
+                sqlx::query(
+                    "INSERT INTO variants
+                         (image_id, name, object_key, format, width, height, bytes, sha256,
+                          spec_version)
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(event.image_id)
+                .bind(&variant.name)
+                .bind(&variant.key)
+                .bind(&variant.format)
+                .bind(variant.width)
+                .bind(variant.height)
+                .bind(variant.bytes)
+                .bind(&variant.sha256)
+                .bind(processed.spec_version)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        Payload::ImageFailed(failed) => {
+            sqlx::query(
+                "UPDATE images
+                 SET status = 'failed', failure_code = $2, failure_reason = $3, updated_at = $4
+                 WHERE image_id = $1 AND status <> 'deleted'",
+            )
+            .bind(event.image_id)
+            .bind(&failed.reason_code)
+            .bind(&failed.message)
+            .bind(event.occurred_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    Ok(true)
+}
+
+/// Checks the database answers.
+pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
+}

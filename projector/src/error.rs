@@ -1,0 +1,11 @@
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error(transparent)]
+    Infra(#[from] imgpipe_infra::InfraError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    #[error("ops endpoint: {0}")]
+    Io(#[from] std::io::Error),
+}

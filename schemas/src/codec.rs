@@ -1,0 +1,257 @@
+//! Wire format: Avro single-object encoding (`C3 01`, the 8-byte little-endian CRC-64-AVRO
+//! fingerprint of the writer schema, then the Avro binary body). It needs no registry: the
+//! fingerprint names the writer schema, which every reader ships in [`WRITER_SCHEMAS`].
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use apache_avro::rabin::Rabin;
+use apache_avro::types::Value;
+use apache_avro::Schema;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::events::{Event, EventType, Payload, Producer};
+use crate::SchemaError;
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Value of the `content-type` record header.
+pub const CONTENT_TYPE: &str = "application/vnd.apache.avro+binary; encoding=single-object";
+
+const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
+const HEADER_LEN: usize = 10;
+
+/// Every released version of the event schema, oldest first. Never remove or edit one: records
+/// written with it stay in the log forever.
+pub const WRITER_SCHEMAS: &[(i32, &str)] =
+    &[(1, include_str!("../avro/v1/imgpipe.events.Event.avsc"))];
+
+struct Schemas {
+    current: Schema,
+    current_fingerprint: [u8; 8],
+    by_fingerprint: HashMap<[u8; 8], Schema>,
+}
+
+fn schemas() -> &'static Schemas {
+    static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        let mut by_fingerprint = HashMap::new();
+        let mut current = None;
+        for (version, text) in WRITER_SCHEMAS {
+            // The schemas are compiled in and covered by tests, so a parse failure is a build
+            // defect, not a runtime condition.
+            #[allow(clippy::expect_used)]
+            let schema = Schema::parse_str(text).expect("bundled Avro schema parses");
+            let fingerprint = fingerprint(&schema);
+            if *version == SCHEMA_VERSION {
+                current = Some((schema.clone(), fingerprint));
+            }
+            by_fingerprint.insert(fingerprint, schema);
+        }
+        #[allow(clippy::expect_used)]
+        let (current, current_fingerprint) = current.expect("current schema version is bundled");
+        Schemas {
+            current,
+            current_fingerprint,
+            by_fingerprint,
+        }
+    })
+}
+
+/// CRC-64-AVRO (Rabin) fingerprint of the schema's parsing canonical form, little-endian.
+pub fn fingerprint(schema: &Schema) -> [u8; 8] {
+    let bytes = schema.fingerprint::<Rabin>().bytes;
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&bytes[..8]);
+    out
+}
+
+/// The schema this build writes.
+pub fn current_schema() -> &'static Schema {
+    &schemas().current
+}
+
+/// Encodes an event with the current schema.
+pub fn encode(event: &Event) -> Result<Vec<u8>, SchemaError> {
+    let schemas = schemas();
+    let body = apache_avro::to_avro_datum(&schemas.current, event_to_value(event)?)?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&SINGLE_OBJECT_MARKER);
+    out.extend_from_slice(&schemas.current_fingerprint);
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a record written with any released schema version into the current model.
+pub fn decode(bytes: &[u8]) -> Result<Event, SchemaError> {
+    if bytes.len() < HEADER_LEN {
+        return Err(SchemaError::TooShort(bytes.len()));
+    }
+    if bytes[..2] != SINGLE_OBJECT_MARKER {
+        return Err(SchemaError::BadMagic);
+    }
+    let mut fingerprint = [0u8; 8];
+    fingerprint.copy_from_slice(&bytes[2..HEADER_LEN]);
+    let schemas = schemas();
+    let writer = schemas
+        .by_fingerprint
+        .get(&fingerprint)
+        .ok_or_else(|| SchemaError::UnknownSchema(hex_string(&fingerprint)))?;
+    let mut body = &bytes[HEADER_LEN..];
+    let value = apache_avro::from_avro_datum(writer, &mut body, Some(&schemas.current))?;
+    if !body.is_empty() {
+        return Err(SchemaError::TrailingBytes(body.len()));
+    }
+    value_to_event(value)
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn micros(at: OffsetDateTime) -> i64 {
+    // i64 microseconds cover ±292,000 years; the cast cannot truncate for real clocks.
+    (at.unix_timestamp_nanos() / 1_000) as i64
+}
+
+fn event_to_value(event: &Event) -> Result<Value, SchemaError> {
+    let event_type = event.event_type();
+    let payload = match &event.payload {
+        Payload::ImageUploaded(p) => apache_avro::to_value(p)?,
+        Payload::ImageProcessed(p) => apache_avro::to_value(p)?,
+        Payload::ImageFailed(p) => apache_avro::to_value(p)?,
+    };
+    let causation = match event.causation_id {
+        None => Value::Union(0, Box::new(Value::Null)),
+        Some(id) => Value::Union(1, Box::new(Value::Uuid(id))),
+    };
+    Ok(Value::Record(vec![
+        ("event_id".into(), Value::Uuid(event.event_id)),
+        (
+            "event_type".into(),
+            Value::String(event_type.as_str().into()),
+        ),
+        ("schema_version".into(), Value::Int(SCHEMA_VERSION)),
+        ("image_id".into(), Value::Uuid(event.image_id)),
+        (
+            "occurred_at".into(),
+            Value::TimestampMicros(micros(event.occurred_at)),
+        ),
+        (
+            "correlation_id".into(),
+            Value::String(event.correlation_id.clone()),
+        ),
+        ("causation_id".into(), causation),
+        (
+            "producer".into(),
+            Value::Record(vec![
+                (
+                    "service".into(),
+                    Value::String(event.producer.service.clone()),
+                ),
+                (
+                    "version".into(),
+                    Value::String(event.producer.version.clone()),
+                ),
+            ]),
+        ),
+        (
+            "payload".into(),
+            Value::Union(event_type.union_index(), Box::new(payload)),
+        ),
+    ]))
+}
+
+fn malformed(what: impl Into<String>) -> SchemaError {
+    SchemaError::Malformed(what.into())
+}
+
+/// Field access on a decoded record, with errors that say which field was wrong.
+struct Fields(HashMap<String, Value>);
+
+impl Fields {
+    fn of(value: Value, what: &str) -> Result<Self, SchemaError> {
+        match value {
+            Value::Record(fields) => Ok(Self(fields.into_iter().collect())),
+            other => Err(malformed(format!("{what} is not a record: {other:?}"))),
+        }
+    }
+
+    fn take(&mut self, name: &str) -> Result<Value, SchemaError> {
+        self.0
+            .remove(name)
+            .ok_or_else(|| malformed(format!("missing field {name}")))
+    }
+
+    fn uuid(&mut self, name: &str) -> Result<Uuid, SchemaError> {
+        match self.take(name)? {
+            Value::Uuid(id) => Ok(id),
+            Value::String(s) => Uuid::parse_str(&s).map_err(|e| malformed(format!("{name}: {e}"))),
+            other => Err(malformed(format!("{name} is not a uuid: {other:?}"))),
+        }
+    }
+
+    fn string(&mut self, name: &str) -> Result<String, SchemaError> {
+        match self.take(name)? {
+            Value::String(s) => Ok(s),
+            other => Err(malformed(format!("{name} is not a string: {other:?}"))),
+        }
+    }
+}
+
+fn value_to_event(value: Value) -> Result<Event, SchemaError> {
+    let mut fields = Fields::of(value, "event")?;
+    let event_id = fields.uuid("event_id")?;
+    let image_id = fields.uuid("image_id")?;
+    let occurred_at = match fields.take("occurred_at")? {
+        Value::TimestampMicros(us) | Value::Long(us) => {
+            OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1_000)
+                .map_err(|e| malformed(format!("occurred_at: {e}")))?
+        }
+        other => return Err(malformed(format!("occurred_at: {other:?}"))),
+    };
+    let correlation_id = fields.string("correlation_id")?;
+    let causation_id = match fields.take("causation_id")? {
+        Value::Union(_, inner) => match *inner {
+            Value::Null => None,
+            Value::Uuid(id) => Some(id),
+            other => return Err(malformed(format!("causation_id: {other:?}"))),
+        },
+        other => return Err(malformed(format!("causation_id: {other:?}"))),
+    };
+    let producer: Producer = apache_avro::from_value(&fields.take("producer")?)?;
+    let payload = match fields.take("payload")? {
+        Value::Union(index, inner) => payload_from_union(index, *inner)?,
+        other => return Err(malformed(format!("payload is not a union: {other:?}"))),
+    };
+    let declared = fields.string("event_type")?;
+    if declared != payload.event_type().as_str() {
+        return Err(malformed(format!(
+            "event_type {declared} does not match payload {}",
+            payload.event_type()
+        )));
+    }
+    Ok(Event {
+        event_id,
+        image_id,
+        occurred_at,
+        correlation_id,
+        causation_id,
+        producer,
+        payload,
+    })
+}
+
+fn payload_from_union(index: u32, value: Value) -> Result<Payload, SchemaError> {
+    let event_type = EventType::ALL
+        .into_iter()
+        .find(|t| t.union_index() == index)
+        .ok_or_else(|| malformed(format!("unknown payload union branch {index}")))?;
+    Ok(match event_type {
+        EventType::ImageUploaded => Payload::ImageUploaded(apache_avro::from_value(&value)?),
+        EventType::ImageProcessed => Payload::ImageProcessed(apache_avro::from_value(&value)?),
+        EventType::ImageFailed => Payload::ImageFailed(apache_avro::from_value(&value)?),
+    })
+}

@@ -1,0 +1,16 @@
+/// Why bytes could not be turned into an [`crate::Event`] or back.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
+    TooShort(usize),
+    #[error("record does not start with the Avro single-object marker C3 01")]
+    BadMagic,
+    #[error("record was written with an unknown schema (fingerprint {0})")]
+    UnknownSchema(String),
+    #[error("record body is not valid for its schema: {0}")]
+    Avro(#[from] apache_avro::Error),
+    #[error("record has {0} trailing bytes after the body")]
+    TrailingBytes(usize),
+    #[error("record decoded but does not match the event model: {0}")]
+    Malformed(String),
+}

@@ -1,0 +1,171 @@
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// One entry of the log: the envelope every event shares plus what happened.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// UUIDv7, so ids sort by creation time.
+    pub event_id: Uuid,
+    /// The record key; all events of one image stay in order on one partition.
+    pub image_id: Uuid,
+    pub occurred_at: OffsetDateTime,
+    /// The request id of the API call that started this chain of events.
+    pub correlation_id: String,
+    /// The event this one reacts to, if any.
+    pub causation_id: Option<Uuid>,
+    pub producer: Producer,
+    pub payload: Payload,
+}
+
+impl Event {
+    /// A new event happening now, with a fresh UUIDv7 id.
+    pub fn new(
+        image_id: Uuid,
+        correlation_id: impl Into<String>,
+        causation_id: Option<Uuid>,
+        producer: Producer,
+        payload: impl Into<Payload>,
+    ) -> Self {
+        Self {
+            event_id: Uuid::now_v7(),
+            image_id,
+            // Avro stores microseconds; truncate now so an encode/decode round trip is exact.
+            occurred_at: truncate_to_micros(OffsetDateTime::now_utc()),
+            correlation_id: correlation_id.into(),
+            causation_id,
+            producer,
+            payload: payload.into(),
+        }
+    }
+
+    pub fn event_type(&self) -> EventType {
+        self.payload.event_type()
+    }
+}
+
+fn truncate_to_micros(at: OffsetDateTime) -> OffsetDateTime {
+    let nanos = at.nanosecond();
+    at.replace_nanosecond(nanos - nanos % 1_000).unwrap_or(at)
+}
+
+/// Which service (and build) wrote an event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Producer {
+    pub service: String,
+    pub version: String,
+}
+
+/// What happened. The variant order is the order of the Avro union and must never change:
+/// new events are appended at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Payload {
+    ImageUploaded(ImageUploaded),
+    ImageProcessed(ImageProcessed),
+    ImageFailed(ImageFailed),
+}
+
+impl Payload {
+    pub fn event_type(&self) -> EventType {
+        match self {
+            Payload::ImageUploaded(_) => EventType::ImageUploaded,
+            Payload::ImageProcessed(_) => EventType::ImageProcessed,
+            Payload::ImageFailed(_) => EventType::ImageFailed,
+        }
+    }
+}
+
+/// The names of the payload records, as they appear in the `event-type` header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventType {
+    ImageUploaded,
+    ImageProcessed,
+    ImageFailed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 3] = [
+        EventType::ImageUploaded,
+        EventType::ImageProcessed,
+        EventType::ImageFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventType::ImageUploaded => "ImageUploaded",
+            EventType::ImageProcessed => "ImageProcessed",
+            EventType::ImageFailed => "ImageFailed",
+        }
+    }
+
+    /// Position of this type's record in the payload union.
+    pub(crate) fn union_index(self) -> u32 {
+        match self {
+            EventType::ImageUploaded => 0,
+            EventType::ImageProcessed => 1,
+            EventType::ImageFailed => 2,
+        }
+    }
+}
+
+impl std::fmt::Display for EventType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The original is durable in object storage and the upload was accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageUploaded {
+    /// Client id of the API key that uploaded the image.
+    pub owner: String,
+    pub original_key: String,
+    /// Format sniffed from the magic bytes (`jpeg`, `png`, ...).
+    pub format: String,
+    pub bytes: i64,
+    /// Lowercase hex sha256 of the original.
+    pub sha256: String,
+    pub width: i32,
+    pub height: i32,
+}
+
+/// Every variant of the spec is durable in object storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageProcessed {
+    pub spec_version: i32,
+    /// Dimensions after EXIF orientation was applied.
+    pub original_width: i32,
+    pub original_height: i32,
+    pub variants: Vec<Variant>,
+}
+
+/// One stored rendition of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Variant {
+    pub name: String,
+    pub key: String,
+    pub format: String,
+    pub width: i32,
+    pub height: i32,
+    pub bytes: i64,
+    pub sha256: String,
+}
+
+/// Processing ended for good.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFailed {
+    /// Stable kebab-case code, e.g. `undecodable`.
+    pub reason_code: String,
+    pub message: String,
+}
+
+macro_rules! payload_from {
+    ($($ty:ident),*) => {$(
+        impl From<$ty> for Payload {
+            fn from(value: $ty) -> Self {
+                Payload::$ty(value)
+            }
+        }
+    )*};
+}
+payload_from!(ImageUploaded, ImageProcessed, ImageFailed);

@@ -1,0 +1,22 @@
+//! The imgpipe event contract.
+//!
+//! Every record on an imgpipe topic is one [`Event`]: an envelope (ids, time, correlation,
+//! producer) around a [`Payload`]. The Avro schemas in `avro/vN/` are the source of truth; the
+//! Rust types here mirror them and [`codec`] converts between the two. This crate does no IO.
+
+pub mod codec;
+mod error;
+mod events;
+
+pub use codec::{decode, encode, CONTENT_TYPE, SCHEMA_VERSION};
+pub use error::SchemaError;
+pub use events::{
+    Event, EventType, ImageFailed, ImageProcessed, ImageUploaded, Payload, Producer, Variant,
+};
+
+/// Record header names every producer sets, so `rpk topic consume` shows what a record is.
+pub mod headers {
+    pub const EVENT_TYPE: &str = "event-type";
+    pub const CORRELATION_ID: &str = "correlation-id";
+    pub const CONTENT_TYPE: &str = "content-type";
+}
