@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# One image with every imgpipe binary; compose picks the command per service.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bins \
+    && mkdir -p /out \
+    && cp target/release/imgpipe target/release/imgpipe-ingest \
+          target/release/imgpipe-processor target/release/imgpipe-projector /out/
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 imgpipe
+COPY --from=build /out/ /usr/local/bin/
+USER imgpipe
+ENV IMGPIPE_LOG_FORMAT=json
+CMD ["imgpipe", "--help"]
