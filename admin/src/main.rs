@@ -8,6 +8,9 @@ use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
 use imgpipe_ingest::auth::ApiKeys;
 use rand::RngCore;
+use uuid::Uuid;
+
+mod events;
 
 #[derive(Parser)]
 #[command(name = "imgpipe", version, about = "Operate an imgpipe deployment")]
@@ -27,6 +30,11 @@ enum Command {
     },
     /// Apply pending database migrations.
     Migrate,
+    /// Read events as JSON lines (partition, offset, key, headers, decoded value).
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
     /// Mint a new API key for a client: prints the key (give it to the client) and the
     /// IMGPIPE_INGEST_API_KEYS entry (give it to ingest).
     ApiKey {
@@ -35,6 +43,29 @@ enum Command {
         #[arg(long)]
         plain: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum EventsCommand {
+    /// Print the records of a topic, then stop (or keep following with --follow).
+    Tail {
+        /// `events`, `dlq`, or a full topic name.
+        #[arg(long, default_value = "events")]
+        topic: String,
+        /// `beginning`, `end`, an offset (on every partition) or an RFC 3339 time.
+        #[arg(long, default_value = "beginning")]
+        from: events::Start,
+        /// Only this image's records.
+        #[arg(long)]
+        image: Option<Uuid>,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Decode base64 values from stdin, one per line:
+    /// `rpk topic consume imgpipe.events -f '%v{base64}\n' | imgpipe events decode`.
+    Decode,
+    /// Every record of one image on the events and dead-letter topics, oldest first.
+    History { image: Uuid },
 }
 
 #[tokio::main]
@@ -67,6 +98,7 @@ async fn main() -> anyhow::Result<()> {
             migrate().await?;
         }
         Command::Migrate => migrate().await?,
+        Command::Events { command } => run_events(command).await?,
         Command::ApiKey { client, plain } => {
             let mut secret = [0u8; 24];
             rand::rng().fill_bytes(&mut secret);
@@ -90,4 +122,68 @@ async fn migrate() -> anyhow::Result<()> {
         .context("applying migrations")?;
     println!("database schema {}: migrated", database.schema);
     Ok(())
+}
+
+/// History across topics, oldest first (each topic alone is already in log order).
+trait SortedByTime: Iterator<Item = serde_json::Value> + Sized {
+    fn sorted_by_time(self) -> std::vec::IntoIter<serde_json::Value> {
+        let mut lines: Vec<_> = self.collect();
+        lines.sort_by_key(|line| line["timestamp"].as_i64().unwrap_or(i64::MAX));
+        lines.into_iter()
+    }
+}
+
+impl<I: Iterator<Item = serde_json::Value>> SortedByTime for I {}
+
+async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
+    if let EventsCommand::Decode = command {
+        let stdin = std::io::stdin();
+        events::decode_lines(&mut stdin.lock(), &mut std::io::stdout().lock())?;
+        return Ok(());
+    }
+    let config = KafkaConfig::from_env()?;
+    let topics = config.topics();
+    let tail = match command {
+        EventsCommand::Tail {
+            topic,
+            from,
+            image,
+            follow,
+        } => events::Tail {
+            topics: vec![match topic.as_str() {
+                "events" => topics.events,
+                "dlq" => topics.dead_letter,
+                other => other.to_string(),
+            }],
+            start: from,
+            image,
+            follow,
+        },
+        EventsCommand::History { image } => {
+            let tail = events::Tail {
+                topics: vec![topics.events, topics.dead_letter],
+                start: events::Start::Beginning,
+                image: Some(image),
+                follow: false,
+            };
+            let mut buffer = Vec::new();
+            tokio::task::spawn_blocking(move || {
+                events::tail(&config, &tail, &mut buffer).map(|_| buffer)
+            })
+            .await??
+            .split(|b| *b == b'\n')
+            .filter(|line| !line.is_empty())
+            .map(serde_json::from_slice::<serde_json::Value>)
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .sorted_by_time()
+            .for_each(|line| println!("{line}"));
+            return Ok(());
+        }
+        EventsCommand::Decode => unreachable!("handled above"),
+    };
+    tokio::task::spawn_blocking(move || {
+        events::tail(&config, &tail, &mut std::io::stdout().lock()).map(|_| ())
+    })
+    .await?
 }

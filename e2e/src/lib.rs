@@ -105,7 +105,7 @@ impl Pipeline {
                 webp_quality: 80.0,
                 max_pixels: 50_000_000,
                 max_side: 20_000,
-                max_attempts: 5,
+                max_attempts: 0,
                 cpu_jobs: 0,
             },
             kafka: kafka.clone(),

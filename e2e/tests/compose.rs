@@ -1,6 +1,7 @@
 //! No Docker engine runs here, so compose.yaml is checked against the code instead: every
 //! variable a service gets is one its config reads, the init job creates exactly the topics
 //! in redpanda/topics.conf, and every service has a healthcheck and resource limits.
+#![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -88,6 +88,9 @@ impl EventProducer {
             .client_config(client_id)
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // The Java client's key hashing, so Redpanda tooling and any other client put an
+            // image's records on the same partition as imgpipe does.
+            .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", config.produce_timeout_ms.to_string())
             .set("linger.ms", "5")
             .create()?;

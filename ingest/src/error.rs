@@ -16,7 +16,7 @@ pub enum IngestError {
     EmptyBody,
     #[error("the body is over the {limit}-byte upload limit")]
     PayloadTooLarge { limit: u64 },
-    #[error("the body is not an image in a supported format (JPEG, PNG, WebP, GIF, AVIF, TIFF)")]
+    #[error("the body is not an image in a supported format (JPEG, PNG, WebP, GIF, TIFF)")]
     UnsupportedMediaType,
     #[error("the image header cannot be read: {0}")]
     UnreadableImage(String),
@@ -33,6 +33,10 @@ pub enum IngestError {
     InvalidImageId(String),
     #[error("no image with that id")]
     ImageNotFound,
+    #[error("no such route; the API is under /v1")]
+    RouteNotFound,
+    #[error("this route does not take that method")]
+    MethodNotAllowed,
     #[error("the event log is unavailable; the upload was not accepted, retry later")]
     EventLogUnavailable(String),
     #[error("object storage is unavailable; the upload was not accepted, retry later")]
@@ -60,6 +64,8 @@ impl IngestError {
             Self::BodyRead(_) => "body-read-failed",
             Self::InvalidImageId(_) => "invalid-image-id",
             Self::ImageNotFound => "image-not-found",
+            Self::RouteNotFound => "route-not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
             Self::EventLogUnavailable(_) => "event-log-unavailable",
             Self::StorageUnavailable(_) => "storage-unavailable",
             Self::DatabaseUnavailable(_) => "database-unavailable",
@@ -77,7 +83,8 @@ impl IngestError {
             Self::UnreadableImage(_) | Self::ImageTooLarge { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::ImageNotFound => StatusCode::NOT_FOUND,
+            Self::ImageNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
             | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -27,7 +27,6 @@ pub fn sniff(bytes: &[u8]) -> Result<Sniffed, IngestError> {
         Ok(ImageType::Webp) => "webp",
         Ok(ImageType::Gif) => "gif",
         Ok(ImageType::Tiff) => "tiff",
-        Ok(ImageType::Heif(imagesize::Compression::Av1)) => "avif",
         Ok(_) | Err(_) => return Err(IngestError::UnsupportedMediaType),
     };
     let size = imagesize::blob_size(bytes)

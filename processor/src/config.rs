@@ -31,8 +31,10 @@ pub struct ProcessorSettings {
     pub max_pixels: u64,
     #[serde(default = "default_max_side")]
     pub max_side: u32,
-    /// Attempts for a transient failure (S3, broker) before the record is dead-lettered.
-    #[serde(default = "default_max_attempts")]
+    /// Attempts for a transient failure (S3, broker) before the record is dead-lettered;
+    /// 0 (the default) retries until it works, so an outage delays images but never strands
+    /// them in the dead-letter topic.
+    #[serde(default)]
     pub max_attempts: usize,
     /// Concurrent decode/resize/encode jobs; 0 means one per core.
     #[serde(default)]
@@ -61,9 +63,6 @@ fn default_max_pixels() -> u64 {
 fn default_max_side() -> u32 {
     20_000
 }
-fn default_max_attempts() -> usize {
-    8
-}
 
 impl ProcessorSettings {
     pub fn spec(&self) -> Result<VariantSpec, ProcessorError> {
@@ -86,6 +85,28 @@ impl ProcessorSettings {
                 })
             })
             .collect::<Result<Vec<_>, ProcessorError>>()?;
+        let mut names: Vec<&str> = sizes
+            .iter()
+            .map(|s: &VariantSize| s.name.as_str())
+            .collect();
+        names.sort_unstable();
+        if names.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(ProcessorError::Spec(format!(
+                "variant names repeat: {}",
+                self.variants
+            )));
+        }
+        if names.iter().any(|name| {
+            name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            return Err(ProcessorError::Spec(format!(
+                "variant names must be [A-Za-z0-9_-]+: {}",
+                self.variants
+            )));
+        }
         if sizes.is_empty() {
             return Err(ProcessorError::Spec("no variants".into()));
         }
@@ -126,5 +147,47 @@ impl Config {
             LogConfig::env_vars(),
         ]
         .concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(variants: &str) -> ProcessorSettings {
+        ProcessorSettings::from_iter([(
+            "IMGPIPE_PROCESSOR_VARIANTS".to_string(),
+            variants.to_string(),
+        )])
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_the_default_spec() {
+        let spec = ProcessorSettings::from_iter(Vec::new())
+            .unwrap()
+            .spec()
+            .unwrap();
+        let edges: Vec<(&str, u32)> = spec
+            .sizes
+            .iter()
+            .map(|s| (s.name.as_str(), s.max_edge))
+            .collect();
+        assert_eq!(edges, [("thumb", 256), ("medium", 1024), ("large", 2048)]);
+        assert_eq!(spec.version, 1);
+    }
+
+    #[test]
+    fn rejects_bad_specs() {
+        for bad in [
+            "thumb:256,thumb:512",
+            "thumb",
+            "thumb:0",
+            "thumb:99999",
+            "a/b:10",
+            ":10",
+        ] {
+            assert!(settings(bad).spec().is_err(), "{bad} must be rejected");
+        }
     }
 }

@@ -56,7 +56,7 @@ impl Processor {
             dead_letters: DeadLetterProducer::new(&config.kafka, "imgpipe-processor", GROUP)?,
             handler,
             retry: RetryPolicy {
-                max_attempts: Some(settings.max_attempts.max(1)),
+                max_attempts: (settings.max_attempts > 0).then_some(settings.max_attempts),
                 min_delay: Duration::from_millis(200),
                 max_delay: Duration::from_secs(10),
             },

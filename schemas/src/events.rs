@@ -1,3 +1,4 @@
+use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -50,7 +51,8 @@ fn truncate_to_micros(at: OffsetDateTime) -> OffsetDateTime {
 }
 
 /// Which service (and build) wrote an event.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
 pub struct Producer {
     pub service: String,
     pub version: String,
@@ -115,7 +117,8 @@ impl std::fmt::Display for EventType {
 }
 
 /// The original is durable in object storage and the upload was accepted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
 pub struct ImageUploaded {
     /// Client id of the API key that uploaded the image.
     pub owner: String,
@@ -130,7 +133,8 @@ pub struct ImageUploaded {
 }
 
 /// Every variant of the spec is durable in object storage.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
 pub struct ImageProcessed {
     pub spec_version: i32,
     /// Dimensions after EXIF orientation was applied.
@@ -140,7 +144,8 @@ pub struct ImageProcessed {
 }
 
 /// One stored rendition of an image.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
 pub struct Variant {
     pub name: String,
     pub key: String,
@@ -152,7 +157,8 @@ pub struct Variant {
 }
 
 /// Processing ended for good.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
 pub struct ImageFailed {
     /// Stable kebab-case code, e.g. `undecodable`.
     pub reason_code: String,

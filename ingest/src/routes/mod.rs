@@ -4,6 +4,7 @@ mod images;
 mod readiness;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::http::{HeaderName, Request};
 use axum::Router;
@@ -13,10 +14,12 @@ use sqlx::PgPool;
 use tower_http::request_id::{
     MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
 };
+use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
+use crate::IngestError;
 
 pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -36,6 +39,10 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", images::router())
         .with_state(state)
         .merge(imgpipe_infra::ops::router(readiness))
+        .fallback(|| async { IngestError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { IngestError::MethodNotAllowed })
+        // A client that stops sending mid-body gets 408 instead of holding a handler forever.
+        .layer(RequestBodyTimeoutLayer::new(Duration::from_secs(60)))
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {

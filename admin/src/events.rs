@@ -1,0 +1,249 @@
+//! `imgpipe events`: read topics as JSON lines, one record a line, with the Avro value decoded.
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use imgpipe_infra::KafkaConfig;
+use imgpipe_schemas::{Event, Payload};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{BorrowedMessage, Headers};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::{json, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Where reading starts on every partition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Start {
+    Beginning,
+    End,
+    Offset(i64),
+    /// Records whose timestamp is at or after this time. Brokers' ListOffsets-by-timestamp is
+    /// not trusted (Tansu 0.6 answers 0 even for a future time): reading starts at the
+    /// beginning and earlier records are skipped by their own timestamps.
+    Time(OffsetDateTime),
+}
+
+impl std::str::FromStr for Start {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "beginning" | "start" => Ok(Start::Beginning),
+            "end" => Ok(Start::End),
+            _ => {
+                if let Ok(offset) = text.parse::<i64>() {
+                    return Ok(Start::Offset(offset));
+                }
+                OffsetDateTime::parse(text, &Rfc3339)
+                    .map(Start::Time)
+                    .map_err(|_| {
+                        format!("{text:?}: expected beginning, end, an offset or an RFC 3339 time")
+                    })
+            }
+        }
+    }
+}
+
+pub struct Tail {
+    pub topics: Vec<String>,
+    pub start: Start,
+    pub image: Option<Uuid>,
+    pub follow: bool,
+}
+
+/// Reads the topics and writes matching records to `out` as JSON lines. Without `follow`, it
+/// stops once every partition is read up to where it ended when reading began.
+pub fn tail(config: &KafkaConfig, tail: &Tail, out: &mut dyn Write) -> anyhow::Result<u64> {
+    let consumer: BaseConsumer = config
+        .client_config("imgpipe-events")
+        .set("group.id", "imgpipe-events-reader")
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .context("creating the consumer")?;
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: Vec<(String, i32, i64)> = Vec::new();
+    for topic in &tail.topics {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("reading metadata of {topic}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            bail!("topic {topic} does not exist");
+        }
+        for partition in partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(topic, partition, Duration::from_secs(10))
+                .with_context(|| format!("reading watermarks of {topic}/{partition}"))?;
+            let offset = match tail.start {
+                Start::Beginning | Start::Time(_) => Offset::Offset(low),
+                Start::End => Offset::Offset(high),
+                Start::Offset(n) => Offset::Offset(n.clamp(low, high)),
+            };
+            let first = match offset {
+                Offset::Offset(n) => n,
+                _ => low,
+            };
+            if first < high {
+                remaining.push((topic.clone(), partition, high));
+            }
+            assignment.add_partition_offset(topic, partition, offset)?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut written = 0;
+    while tail.follow || !remaining.is_empty() {
+        let Some(result) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = result.context("reading a record")?;
+        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
+        remaining.retain(|(t, p, high)| !(t == topic && *p == partition && offset + 1 >= *high));
+        if let Start::Time(since) = tail.start {
+            let at = message.timestamp().to_millis().unwrap_or(i64::MIN);
+            if i128::from(at) * 1_000_000 < since.unix_timestamp_nanos() {
+                continue;
+            }
+        }
+        let line = record_json(&message);
+        if let Some(image) = tail.image {
+            if line["key"] != json!(image.to_string())
+                && line["value"]["image_id"] != json!(image.to_string())
+            {
+                continue;
+            }
+        }
+        writeln!(out, "{line}")?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+fn record_json(message: &BorrowedMessage<'_>) -> Value {
+    let headers: serde_json::Map<String, Value> = message
+        .headers()
+        .map(|headers| {
+            headers
+                .iter()
+                .map(|h| {
+                    let value = h.value.map(|v| String::from_utf8_lossy(v).into_owned());
+                    (h.key.to_string(), json!(value))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "topic": message.topic(),
+        "partition": message.partition(),
+        "offset": message.offset(),
+        "timestamp": message.timestamp().to_millis(),
+        "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+        "headers": headers,
+        "value": value_json(message.payload().unwrap_or_default()),
+    })
+}
+
+/// The decoded event, or `{"error": ...}` for bytes that are not one.
+pub fn value_json(bytes: &[u8]) -> Value {
+    match imgpipe_schemas::decode(bytes) {
+        Ok(event) => event_json(&event),
+        Err(error) => json!({ "error": error.to_string(), "bytes": bytes.len() }),
+    }
+}
+
+pub fn event_json(event: &Event) -> Value {
+    let payload = match &event.payload {
+        Payload::ImageUploaded(p) => serde_json::to_value(p),
+        Payload::ImageProcessed(p) => serde_json::to_value(p),
+        Payload::ImageFailed(p) => serde_json::to_value(p),
+    }
+    .unwrap_or(Value::Null);
+    json!({
+        "event_id": event.event_id,
+        "event_type": event.event_type().as_str(),
+        "image_id": event.image_id,
+        "occurred_at": event.occurred_at.format(&Rfc3339).unwrap_or_default(),
+        "correlation_id": event.correlation_id,
+        "causation_id": event.causation_id,
+        "producer": { "service": event.producer.service, "version": event.producer.version },
+        "payload": payload,
+    })
+}
+
+/// Decodes base64 values, one per line (`rpk topic consume T -f '%v{base64}\n'`).
+pub fn decode_lines(input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Result<u64> {
+    use base64::Engine;
+    let mut written = 0;
+    for line in input.lines() {
+        let line = line?;
+        let text = line.trim();
+        if text.is_empty() {
+            continue;
+        }
+        let value = match base64::engine::general_purpose::STANDARD.decode(text) {
+            Ok(bytes) => value_json(&bytes),
+            Err(error) => json!({ "error": format!("not base64: {error}") }),
+        };
+        writeln!(out, "{value}")?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imgpipe_schemas::{ImageFailed, Producer};
+
+    #[test]
+    fn start_parses_every_form() {
+        assert_eq!("beginning".parse::<Start>().unwrap(), Start::Beginning);
+        assert_eq!("end".parse::<Start>().unwrap(), Start::End);
+        assert_eq!("42".parse::<Start>().unwrap(), Start::Offset(42));
+        assert!(matches!(
+            "2026-11-22T06:00:00Z".parse::<Start>().unwrap(),
+            Start::Time(_)
+        ));
+        assert!("yesterday".parse::<Start>().is_err());
+    }
+
+    #[test]
+    fn decodes_base64_lines_and_reports_bad_ones() {
+        use base64::Engine;
+        let event = Event::new(
+            Uuid::now_v7(),
+            "req-7",
+            None,
+            Producer {
+                service: "t".into(),
+                version: "0".into(),
+            },
+            ImageFailed {
+                reason_code: "undecodable".into(),
+                message: "eof".into(),
+            },
+        );
+        let encoded = base64::engine::general_purpose::STANDARD
+            .encode(imgpipe_schemas::encode(&event).unwrap());
+        let input = format!("{encoded}\n\nnot-base64!\n");
+        let mut out = Vec::new();
+        let count = decode_lines(&mut input.as_bytes(), &mut out).unwrap();
+        assert_eq!(count, 2);
+        let lines: Vec<Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines[0]["event_type"], "ImageFailed");
+        assert_eq!(lines[0]["correlation_id"], "req-7");
+        assert_eq!(lines[0]["payload"]["reason_code"], "undecodable");
+        assert!(lines[1]["error"].as_str().unwrap().contains("base64"));
+    }
+}
