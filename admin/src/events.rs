@@ -4,6 +4,7 @@ use std::io::{BufRead, Write};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
 use imgpipe_schemas::{Event, Payload};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -56,7 +57,14 @@ pub struct Tail {
 
 /// Reads the topics and writes matching records to `out` as JSON lines. Without `follow`, it
 /// stops once every partition is read up to where it ended when reading began.
-pub fn tail(config: &KafkaConfig, tail: &Tail, out: &mut dyn Write) -> anyhow::Result<u64> {
+///
+/// Runs on a blocking thread inside the runtime (it may ask the schema registry for ids).
+pub fn tail(
+    config: &KafkaConfig,
+    codec: &EventCodec,
+    tail: &Tail,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
     let consumer: BaseConsumer = config
         .client_config("imgpipe-events")
         .set("group.id", "imgpipe-events-reader")
@@ -112,7 +120,7 @@ pub fn tail(config: &KafkaConfig, tail: &Tail, out: &mut dyn Write) -> anyhow::R
                 continue;
             }
         }
-        let line = record_json(&message);
+        let line = record_json(&message, codec);
         if let Some(image) = tail.image {
             if line["key"] != json!(image.to_string())
                 && line["value"]["image_id"] != json!(image.to_string())
@@ -126,7 +134,7 @@ pub fn tail(config: &KafkaConfig, tail: &Tail, out: &mut dyn Write) -> anyhow::R
     Ok(written)
 }
 
-fn record_json(message: &BorrowedMessage<'_>) -> Value {
+fn record_json(message: &BorrowedMessage<'_>, codec: &EventCodec) -> Value {
     let headers: serde_json::Map<String, Value> = message
         .headers()
         .map(|headers| {
@@ -146,14 +154,16 @@ fn record_json(message: &BorrowedMessage<'_>) -> Value {
         "timestamp": message.timestamp().to_millis(),
         "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         "headers": headers,
-        "value": value_json(message.payload().unwrap_or_default()),
+        "value": value_json(message.payload().unwrap_or_default(), codec),
     })
 }
 
-/// The decoded event, or `{"error": ...}` for bytes that are not one.
-pub fn value_json(bytes: &[u8]) -> Value {
-    match imgpipe_schemas::decode(bytes) {
-        Ok(event) => event_json(&event),
+/// The decoded event, or `{"error": ...}` for bytes that are not one. Called on a blocking
+/// thread, so it may wait for the registry.
+pub fn value_json(bytes: &[u8], codec: &EventCodec) -> Value {
+    match tokio::runtime::Handle::current().block_on(codec.decode(bytes)) {
+        Ok(Ok(event)) => event_json(&event),
+        Ok(Err(error)) => json!({ "error": error.to_string(), "bytes": bytes.len() }),
         Err(error) => json!({ "error": error.to_string(), "bytes": bytes.len() }),
     }
 }
@@ -178,7 +188,11 @@ pub fn event_json(event: &Event) -> Value {
 }
 
 /// Decodes base64 values, one per line (`rpk topic consume T -f '%v{base64}\n'`).
-pub fn decode_lines(input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Result<u64> {
+pub fn decode_lines(
+    input: &mut dyn BufRead,
+    codec: &EventCodec,
+    out: &mut dyn Write,
+) -> anyhow::Result<u64> {
     use base64::Engine;
     let mut written = 0;
     for line in input.lines() {
@@ -188,7 +202,7 @@ pub fn decode_lines(input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Res
             continue;
         }
         let value = match base64::engine::general_purpose::STANDARD.decode(text) {
-            Ok(bytes) => value_json(&bytes),
+            Ok(bytes) => value_json(&bytes, codec),
             Err(error) => json!({ "error": format!("not base64: {error}") }),
         };
         writeln!(out, "{value}")?;
@@ -214,8 +228,8 @@ mod tests {
         assert!("yesterday".parse::<Start>().is_err());
     }
 
-    #[test]
-    fn decodes_base64_lines_and_reports_bad_ones() {
+    #[tokio::test(flavor = "multi_thread")]
+    async fn decodes_base64_lines_and_reports_bad_ones() {
         use base64::Engine;
         let event = Event::new(
             Uuid::now_v7(),
@@ -234,7 +248,14 @@ mod tests {
             .encode(imgpipe_schemas::encode(&event).unwrap());
         let input = format!("{encoded}\n\nnot-base64!\n");
         let mut out = Vec::new();
-        let count = decode_lines(&mut input.as_bytes(), &mut out).unwrap();
+        let count = tokio::task::block_in_place(|| {
+            decode_lines(
+                &mut input.as_bytes(),
+                &EventCodec::single_object(),
+                &mut out,
+            )
+        })
+        .unwrap();
         assert_eq!(count, 2);
         let lines: Vec<Value> = String::from_utf8(out)
             .unwrap()

@@ -3,6 +3,7 @@
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
@@ -136,10 +137,14 @@ trait SortedByTime: Iterator<Item = serde_json::Value> + Sized {
 impl<I: Iterator<Item = serde_json::Value>> SortedByTime for I {}
 
 async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
+    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
     if let EventsCommand::Decode = command {
-        let stdin = std::io::stdin();
-        events::decode_lines(&mut stdin.lock(), &mut std::io::stdout().lock())?;
-        return Ok(());
+        return tokio::task::spawn_blocking(move || {
+            let stdin = std::io::stdin();
+            events::decode_lines(&mut stdin.lock(), &codec, &mut std::io::stdout().lock())
+                .map(|_| ())
+        })
+        .await?;
     }
     let config = KafkaConfig::from_env()?;
     let topics = config.topics();
@@ -168,7 +173,7 @@ async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
             };
             let mut buffer = Vec::new();
             tokio::task::spawn_blocking(move || {
-                events::tail(&config, &tail, &mut buffer).map(|_| buffer)
+                events::tail(&config, &codec, &tail, &mut buffer).map(|_| buffer)
             })
             .await??
             .split(|b| *b == b'\n')
@@ -183,7 +188,7 @@ async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
         EventsCommand::Decode => unreachable!("handled above"),
     };
     tokio::task::spawn_blocking(move || {
-        events::tail(&config, &tail, &mut std::io::stdout().lock()).map(|_| ())
+        events::tail(&config, &codec, &tail, &mut std::io::stdout().lock()).map(|_| ())
     })
     .await?
 }

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
@@ -95,6 +96,7 @@ impl Pipeline {
             kafka: kafka.clone(),
             s3: s3.clone(),
             database: database.clone(),
+            registry: RegistryConfig::default(),
             log: log.clone(),
         };
         let processor_config = imgpipe_processor::Config {
@@ -110,6 +112,7 @@ impl Pipeline {
             },
             kafka: kafka.clone(),
             s3: s3.clone(),
+            registry: RegistryConfig::default(),
             log: log.clone(),
         };
         let projector_config = imgpipe_projector::Config {
@@ -118,6 +121,7 @@ impl Pipeline {
             },
             kafka: kafka.clone(),
             database: database.clone(),
+            registry: RegistryConfig::default(),
             log,
         };
 

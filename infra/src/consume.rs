@@ -19,6 +19,7 @@ use rdkafka::util::Timeout;
 use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 
+use crate::registry::EventCodec;
 use crate::InfraError;
 
 /// Where a record sits in the log.
@@ -115,6 +116,7 @@ pub mod dead_letter_headers {
 /// (dropping one can block for the session timeout when the broker is gone).
 pub async fn run<H: EventHandler>(
     consumer: StreamConsumer,
+    codec: EventCodec,
     handler: H,
     dead_letters: DeadLetterProducer,
     retry: RetryPolicy,
@@ -135,7 +137,7 @@ pub async fn run<H: EventHandler>(
         };
         let done = tokio::select! {
             () = shutdown.cancelled() => false,
-            done = process(&message, &handler, &dead_letters, retry) => done,
+            done = process(&message, &codec, &handler, &dead_letters, retry) => done,
         };
         if !done {
             // Stopped mid-record: leave its offset unstored so it is handled again.
@@ -152,6 +154,7 @@ pub async fn run<H: EventHandler>(
 /// Returns true once the record is finished (handled or dead-lettered).
 async fn process<H: EventHandler>(
     message: &BorrowedMessage<'_>,
+    codec: &EventCodec,
     handler: &H,
     dead_letters: &DeadLetterProducer,
     retry: RetryPolicy,
@@ -161,7 +164,19 @@ async fn process<H: EventHandler>(
         partition: message.partition(),
         offset: message.offset(),
     };
-    let event = match imgpipe_schemas::decode(message.payload().unwrap_or_default()) {
+    let payload = message.payload().unwrap_or_default();
+    let decoded = loop {
+        // Only a registry that does not answer fails here; wait for it rather than
+        // dead-letter records that are fine.
+        match codec.decode(payload).await {
+            Ok(decoded) => break decoded,
+            Err(error) => {
+                tracing::warn!(error = %error, "schema registry unavailable, retrying");
+                tokio::time::sleep(retry.max_delay).await;
+            }
+        }
+    };
+    let event = match decoded {
         Ok(event) => event,
         Err(error) => {
             tracing::error!(

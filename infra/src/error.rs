@@ -15,6 +15,8 @@ pub enum InfraError {
         /// True for 404 / NoSuchKey: the object is not there, which retrying will not change.
         not_found: bool,
     },
+    #[error("schema registry: {0}")]
+    Registry(String),
     #[error("topic definitions: {0}")]
     Topics(String),
 }

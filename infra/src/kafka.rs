@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use imgpipe_schemas::{headers, Event, CONTENT_TYPE};
+use imgpipe_schemas::{headers, Event};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -11,6 +11,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 
+use crate::registry::EventCodec;
 use crate::topics::{self, TopicSpec};
 use crate::{InfraError, KafkaConfig};
 
@@ -79,10 +80,15 @@ pub struct EventProducer {
     producer: FutureProducer,
     topic: String,
     timeout: Duration,
+    codec: EventCodec,
 }
 
 impl EventProducer {
-    pub fn new(config: &KafkaConfig, client_id: &str) -> Result<Self, InfraError> {
+    pub fn new(
+        config: &KafkaConfig,
+        client_id: &str,
+        codec: EventCodec,
+    ) -> Result<Self, InfraError> {
         let timeout = Duration::from_millis(config.produce_timeout_ms);
         let producer: FutureProducer = config
             .client_config(client_id)
@@ -98,6 +104,7 @@ impl EventProducer {
             producer,
             topic: config.topics().events,
             timeout,
+            codec,
         })
     }
 
@@ -107,12 +114,12 @@ impl EventProducer {
     }
 
     pub async fn publish_to(&self, topic: &str, event: &Event) -> Result<Delivery, InfraError> {
-        let payload = imgpipe_schemas::encode(event)?;
+        let payload = self.codec.encode(event)?;
         let key = event.image_id.to_string();
         let record = FutureRecord::to(topic)
             .key(&key)
             .payload(&payload)
-            .headers(event_headers(event));
+            .headers(event_headers(event, self.codec.content_type()));
         let delivery = self
             .producer
             .send(record, Timeout::After(self.timeout))
@@ -150,7 +157,7 @@ impl EventProducer {
     }
 }
 
-fn event_headers(event: &Event) -> OwnedHeaders {
+fn event_headers(event: &Event, content_type: &str) -> OwnedHeaders {
     OwnedHeaders::new()
         .insert(Header {
             key: headers::EVENT_TYPE,
@@ -162,7 +169,7 @@ fn event_headers(event: &Event) -> OwnedHeaders {
         })
         .insert(Header {
             key: headers::CONTENT_TYPE,
-            value: Some(CONTENT_TYPE),
+            value: Some(content_type),
         })
 }
 

@@ -8,6 +8,7 @@ pub mod db;
 mod error;
 pub mod kafka;
 pub mod ops;
+pub mod registry;
 pub mod storage;
 pub mod telemetry;
 pub mod topics;

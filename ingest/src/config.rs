@@ -1,3 +1,4 @@
+use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{DatabaseConfig, FromEnv, InfraError, KafkaConfig, S3Config};
 use serde::Deserialize;
@@ -8,6 +9,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub s3: S3Config,
     pub database: DatabaseConfig,
+    pub registry: RegistryConfig,
     pub log: LogConfig,
 }
 
@@ -51,6 +53,7 @@ impl Config {
             kafka: KafkaConfig::from_env()?,
             s3: S3Config::from_env()?,
             database: DatabaseConfig::from_env()?,
+            registry: RegistryConfig::from_env()?,
             log: LogConfig::from_env()?,
         })
     }
@@ -62,6 +65,7 @@ impl Config {
             KafkaConfig::env_vars(),
             S3Config::env_vars(),
             DatabaseConfig::env_vars(),
+            RegistryConfig::env_vars(),
             LogConfig::env_vars(),
         ]
         .concat()

@@ -2,6 +2,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::InfraError;
 use tokio::net::TcpListener;
@@ -25,7 +26,11 @@ impl Application {
         }
         let state = AppState {
             store: ObjectStore::connect(&config.s3).await,
-            events: EventProducer::new(&config.kafka, "imgpipe-ingest")?,
+            events: EventProducer::new(
+                &config.kafka,
+                "imgpipe-ingest",
+                EventCodec::connect(&config.registry, &config.kafka.topics().events).await?,
+            )?,
             pool: config.database.pool()?,
             api_keys: Arc::new(api_keys),
             settings: Arc::new(config.ingest.clone()),

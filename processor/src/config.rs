@@ -1,3 +1,4 @@
+use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{FromEnv, InfraError, KafkaConfig, S3Config};
 use serde::Deserialize;
@@ -10,6 +11,7 @@ pub struct Config {
     pub processor: ProcessorSettings,
     pub kafka: KafkaConfig,
     pub s3: S3Config,
+    pub registry: RegistryConfig,
     pub log: LogConfig,
 }
 
@@ -134,6 +136,7 @@ impl Config {
             processor: ProcessorSettings::from_env()?,
             kafka: KafkaConfig::from_env()?,
             s3: S3Config::from_env()?,
+            registry: RegistryConfig::from_env()?,
             log: LogConfig::from_env()?,
         })
     }
@@ -144,6 +147,7 @@ impl Config {
             ProcessorSettings::env_vars(),
             KafkaConfig::env_vars(),
             S3Config::env_vars(),
+            RegistryConfig::env_vars(),
             LogConfig::env_vars(),
         ]
         .concat()

@@ -6,6 +6,7 @@ use std::time::Duration;
 use imgpipe_infra::consume::{self, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::ops::{self, Readiness};
+use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
@@ -20,6 +21,7 @@ const GROUP: &str = "imgpipe-processor";
 /// A built processor: subscribed, its ops endpoint bound, not yet consuming.
 pub struct Processor {
     consumer: StreamConsumer,
+    codec: EventCodec,
     dead_letters: DeadLetterProducer,
     handler: VariantHandler,
     retry: RetryPolicy,
@@ -40,19 +42,21 @@ impl Processor {
         consumer
             .subscribe(&[&config.kafka.topics().events])
             .map_err(imgpipe_infra::InfraError::from)?;
+        let codec = EventCodec::connect(&config.registry, &config.kafka.topics().events).await?;
         let cpu_jobs = match settings.cpu_jobs {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
         let handler = VariantHandler {
             store: ObjectStore::connect(&config.s3).await,
-            events: EventProducer::new(&config.kafka, "imgpipe-processor")?,
+            events: EventProducer::new(&config.kafka, "imgpipe-processor", codec.clone())?,
             spec: Arc::new(spec),
             limits: settings.limits(),
             cpu: Arc::new(Semaphore::new(cpu_jobs)),
         };
         Ok(Self {
             consumer,
+            codec,
             dead_letters: DeadLetterProducer::new(&config.kafka, "imgpipe-processor", GROUP)?,
             handler,
             retry: RetryPolicy {
@@ -90,6 +94,7 @@ impl Processor {
         );
         consume::run(
             self.consumer,
+            self.codec,
             self.handler,
             self.dead_letters,
             self.retry,

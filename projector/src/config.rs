@@ -1,3 +1,4 @@
+use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{DatabaseConfig, FromEnv, InfraError, KafkaConfig};
 use serde::Deserialize;
@@ -7,6 +8,7 @@ pub struct Config {
     pub projector: ProjectorSettings,
     pub kafka: KafkaConfig,
     pub database: DatabaseConfig,
+    pub registry: RegistryConfig,
     pub log: LogConfig,
 }
 
@@ -31,6 +33,7 @@ impl Config {
             projector: ProjectorSettings::from_env()?,
             kafka: KafkaConfig::from_env()?,
             database: DatabaseConfig::from_env()?,
+            registry: RegistryConfig::from_env()?,
             log: LogConfig::from_env()?,
         })
     }
@@ -41,6 +44,7 @@ impl Config {
             ProjectorSettings::env_vars(),
             KafkaConfig::env_vars(),
             DatabaseConfig::env_vars(),
+            RegistryConfig::env_vars(),
             LogConfig::env_vars(),
         ]
         .concat()

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use imgpipe_infra::consume::{self, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::ops::{self, Readiness};
+use imgpipe_infra::registry::EventCodec;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -18,6 +19,7 @@ const GROUP: &str = "imgpipe-projector";
 /// A built projector: subscribed, its ops endpoint bound, not yet consuming.
 pub struct Projector {
     consumer: StreamConsumer,
+    codec: EventCodec,
     dead_letters: DeadLetterProducer,
     pool: PgPool,
     ops_listener: TcpListener,
@@ -36,6 +38,7 @@ impl Projector {
         let dead_letters = DeadLetterProducer::new(&config.kafka, "imgpipe-projector", GROUP)?;
         Ok(Self {
             consumer,
+            codec: EventCodec::reader(&config.registry),
             dead_letters,
             pool: config.database.pool()?,
             ops_listener: TcpListener::bind(&config.projector.ops_addr).await?,
@@ -68,7 +71,15 @@ impl Projector {
             pool: self.pool.clone(),
         };
         tracing::info!("projector consuming");
-        consume::run(self.consumer, handler, self.dead_letters, retry, shutdown).await;
+        consume::run(
+            self.consumer,
+            self.codec,
+            handler,
+            self.dead_letters,
+            retry,
+            shutdown,
+        )
+        .await;
         self.pool.close().await;
         if let Ok(Err(error)) = ops.await {
             tracing::warn!(error = %error, "ops endpoint stopped with an error");

@@ -1,6 +1,9 @@
-//! Wire format: Avro single-object encoding (`C3 01`, the 8-byte little-endian CRC-64-AVRO
-//! fingerprint of the writer schema, then the Avro binary body). It needs no registry: the
-//! fingerprint names the writer schema, which every reader ships in [`WRITER_SCHEMAS`].
+//! Wire formats. By default Avro single-object encoding (`C3 01`, the 8-byte little-endian
+//! CRC-64-AVRO fingerprint of the writer schema, then the Avro binary body): it needs no
+//! registry, because the fingerprint names the writer schema and every reader ships all of them
+//! in [`WRITER_SCHEMAS`]. With a Schema Registry, writers use the Confluent framing instead
+//! (`00`, the 4-byte big-endian schema id, the body), which `rpk --use-schema-registry` and
+//! Redpanda Console decode. Readers accept both; for Confluent ids they ask a [`SchemaLookup`].
 
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -17,8 +20,10 @@ use crate::SchemaError;
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i32 = 1;
 
-/// Value of the `content-type` record header.
+/// Value of the `content-type` record header for single-object encoded records.
 pub const CONTENT_TYPE: &str = "application/vnd.apache.avro+binary; encoding=single-object";
+/// Value of the `content-type` record header for Confluent-framed records.
+pub const CONTENT_TYPE_CONFLUENT: &str = "application/vnd.apache.avro+binary; encoding=confluent";
 
 const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
@@ -73,7 +78,78 @@ pub fn current_schema() -> &'static Schema {
     &schemas().current
 }
 
-/// Encodes an event with the current schema.
+const CONFLUENT_MAGIC: u8 = 0;
+const CONFLUENT_HEADER_LEN: usize = 5;
+
+/// Finds the writer schema of a Confluent-framed record by its registry id. The registry
+/// client (with IO) lives outside this crate.
+pub trait SchemaLookup {
+    fn schema_by_id(&self, id: u32) -> Option<&Schema>;
+}
+
+/// A lookup that knows no ids: Confluent-framed records fail with
+/// [`SchemaError::UnknownSchemaId`].
+pub struct NoRegistry;
+
+impl SchemaLookup for NoRegistry {
+    fn schema_by_id(&self, _id: u32) -> Option<&Schema> {
+        None
+    }
+}
+
+/// How a record's value is framed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    SingleObject,
+    Confluent { schema_id: u32 },
+}
+
+/// Tells the framing of a record from its first bytes.
+pub fn framing(bytes: &[u8]) -> Result<Framing, SchemaError> {
+    if bytes.len() >= 2 && bytes[..2] == SINGLE_OBJECT_MARKER {
+        return Ok(Framing::SingleObject);
+    }
+    if bytes.first() == Some(&CONFLUENT_MAGIC) {
+        if bytes.len() < CONFLUENT_HEADER_LEN {
+            return Err(SchemaError::TooShort(bytes.len()));
+        }
+        let mut id = [0u8; 4];
+        id.copy_from_slice(&bytes[1..CONFLUENT_HEADER_LEN]);
+        return Ok(Framing::Confluent {
+            schema_id: u32::from_be_bytes(id),
+        });
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(SchemaError::TooShort(bytes.len()));
+    }
+    Err(SchemaError::BadMagic)
+}
+
+/// Encodes an event with the current schema in the Confluent framing, under the id the
+/// registry gave the current schema.
+pub fn encode_confluent(event: &Event, schema_id: u32) -> Result<Vec<u8>, SchemaError> {
+    let body = apache_avro::to_avro_datum(&schemas().current, event_to_value(event)?)?;
+    let mut out = Vec::with_capacity(CONFLUENT_HEADER_LEN + body.len());
+    out.push(CONFLUENT_MAGIC);
+    out.extend_from_slice(&schema_id.to_be_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a record in either framing; Confluent ids are resolved through `lookup`.
+pub fn decode_with(bytes: &[u8], lookup: &dyn SchemaLookup) -> Result<Event, SchemaError> {
+    match framing(bytes)? {
+        Framing::SingleObject => decode(bytes),
+        Framing::Confluent { schema_id } => {
+            let writer = lookup
+                .schema_by_id(schema_id)
+                .ok_or(SchemaError::UnknownSchemaId(schema_id))?;
+            decode_body(writer, &bytes[CONFLUENT_HEADER_LEN..])
+        }
+    }
+}
+
+/// Encodes an event with the current schema (single-object encoding).
 pub fn encode(event: &Event) -> Result<Vec<u8>, SchemaError> {
     let schemas = schemas();
     let body = apache_avro::to_avro_datum(&schemas.current, event_to_value(event)?)?;
@@ -99,8 +175,12 @@ pub fn decode(bytes: &[u8]) -> Result<Event, SchemaError> {
         .by_fingerprint
         .get(&fingerprint)
         .ok_or_else(|| SchemaError::UnknownSchema(hex_string(&fingerprint)))?;
-    let mut body = &bytes[HEADER_LEN..];
-    let value = apache_avro::from_avro_datum(writer, &mut body, Some(&schemas.current))?;
+    decode_body(writer, &bytes[HEADER_LEN..])
+}
+
+/// Decodes an Avro body written with `writer` into the current model.
+fn decode_body(writer: &Schema, mut body: &[u8]) -> Result<Event, SchemaError> {
+    let value = apache_avro::from_avro_datum(writer, &mut body, Some(&schemas().current))?;
     if !body.is_empty() {
         return Err(SchemaError::TrailingBytes(body.len()));
     }

@@ -3,10 +3,12 @@
 pub enum SchemaError {
     #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
     TooShort(usize),
-    #[error("record does not start with the Avro single-object marker C3 01")]
+    #[error("record starts with neither the Avro single-object marker C3 01 nor the Confluent magic byte 00")]
     BadMagic,
     #[error("record was written with an unknown schema (fingerprint {0})")]
     UnknownSchema(String),
+    #[error("record names schema id {0}, which the schema registry does not know (or no registry is configured)")]
+    UnknownSchemaId(u32),
     #[error("record body is not valid for its schema: {0}")]
     Avro(#[from] apache_avro::Error),
     #[error("record has {0} trailing bytes after the body")]

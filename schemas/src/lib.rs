@@ -8,7 +8,10 @@ pub mod codec;
 mod error;
 mod events;
 
-pub use codec::{decode, encode, CONTENT_TYPE, SCHEMA_VERSION};
+pub use codec::{
+    decode, decode_with, encode, encode_confluent, Framing, NoRegistry, SchemaLookup, CONTENT_TYPE,
+    CONTENT_TYPE_CONFLUENT, SCHEMA_VERSION,
+};
 pub use error::SchemaError;
 pub use events::{
     Event, EventType, ImageFailed, ImageProcessed, ImageUploaded, Payload, Producer, Variant,
