@@ -1,0 +1,148 @@
+//! A record no consumer can decode goes to the dead-letter topic with headers saying where it
+//! came from and why, and the partition keeps moving.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use imgpipe_e2e::Pipeline;
+use imgpipe_infra::consume::dead_letter_headers as dlq;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+
+fn header(message: &impl Message, key: &str) -> Option<String> {
+    message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_record_is_dead_lettered_and_the_partition_keeps_moving() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let topics = pipeline.kafka.topics();
+
+    // Garbage, keyed like an image, on partition 0 of the events topic.
+    let producer: FutureProducer = pipeline.kafka.client_config("poisoner").create().unwrap();
+    let poison_key = "00000000-0000-7000-8000-00000000dead";
+    let (partition, offset) = {
+        let delivery = producer
+            .send(
+                FutureRecord::to(&topics.events)
+                    .partition(0)
+                    .key(poison_key)
+                    .payload(b"definitely not avro")
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "event-type",
+                        value: Some("ImageUploaded"),
+                    })),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap();
+        (delivery.partition, delivery.offset)
+    };
+
+    // A good upload behind it on the same partition is still processed and projected.
+    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let image_id = uuid::Uuid::now_v7();
+    let original_key = pipeline.store.original_key(image_id);
+    pipeline
+        .store
+        .put(&original_key, photo.clone().into(), "image/jpeg")
+        .await
+        .unwrap();
+    let uploaded = imgpipe_schemas::Event::new(
+        image_id,
+        "req-after-poison",
+        None,
+        imgpipe_schemas::Producer {
+            service: "test".into(),
+            version: "0".into(),
+        },
+        imgpipe_schemas::ImageUploaded {
+            owner: "client-a".into(),
+            original_key,
+            format: "jpeg".into(),
+            bytes: photo.len() as i64,
+            sha256: "00".repeat(32),
+            width: 2560,
+            height: 1600,
+        },
+    );
+    let key = image_id.to_string();
+    let payload = imgpipe_schemas::encode(&uploaded).unwrap();
+    let behind = producer
+        .send(
+            FutureRecord::to(&topics.events)
+                .partition(0)
+                .key(&key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(behind.partition, partition);
+    assert!(behind.offset > offset);
+    let image = pipeline
+        .wait_until_settled(&key, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(image["status"], "ready", "{image}");
+
+    // Both consumer groups dead-lettered the poison record, with its origin and the reason.
+    let consumer: BaseConsumer = pipeline
+        .kafka
+        .client_config("dlq-reader")
+        .set("group.id", "dlq-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&topics.dead_letter, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let mut groups = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while groups.len() < 2 && Instant::now() < deadline {
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        assert_eq!(message.key(), Some(poison_key.as_bytes()));
+        assert_eq!(message.payload(), Some(&b"definitely not avro"[..]));
+        assert_eq!(
+            header(&message, dlq::ORIGINAL_TOPIC).unwrap(),
+            topics.events
+        );
+        assert_eq!(
+            header(&message, dlq::ORIGINAL_PARTITION).unwrap(),
+            partition.to_string()
+        );
+        assert_eq!(
+            header(&message, dlq::ORIGINAL_OFFSET).unwrap(),
+            offset.to_string()
+        );
+        assert_eq!(
+            header(&message, dlq::ERROR_CLASS).unwrap(),
+            "undecodable-record"
+        );
+        assert!(!header(&message, dlq::ERROR_MESSAGE).unwrap().is_empty());
+        assert_eq!(header(&message, "event-type").unwrap(), "ImageUploaded");
+        groups.push(header(&message, dlq::CONSUMER_GROUP).unwrap());
+    }
+    groups.sort();
+    assert_eq!(
+        groups,
+        [
+            pipeline.kafka.group_id("imgpipe-processor"),
+            pipeline.kafka.group_id("imgpipe-projector")
+        ]
+    );
+    pipeline.stop().await.unwrap();
+}
