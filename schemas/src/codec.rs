@@ -1,7 +1,7 @@
 //! Wire formats. By default Avro single-object encoding (`C3 01`, the 8-byte little-endian
 //! CRC-64-AVRO fingerprint of the writer schema, then the Avro binary body): it needs no
 //! registry, because the fingerprint names the writer schema and every reader ships all of them
-//! in [`WRITER_SCHEMAS`]. With a Schema Registry, writers use the Confluent framing instead
+//! in [`RELEASED`]. With a Schema Registry, writers use the Confluent framing instead
 //! (`00`, the 4-byte big-endian schema id, the body), which `rpk --use-schema-registry` and
 //! Redpanda Console decode. Readers accept both; for Confluent ids they ask a [`SchemaLookup`].
 
@@ -28,10 +28,69 @@ pub const CONTENT_TYPE_CONFLUENT: &str = "application/vnd.apache.avro+binary; en
 const SINGLE_OBJECT_MARKER: [u8; 2] = [0xC3, 0x01];
 const HEADER_LEN: usize = 10;
 
-/// Every released version of the event schema, oldest first. Never remove or edit one: records
-/// written with it stay in the log forever.
-pub const WRITER_SCHEMAS: &[(i32, &str)] =
-    &[(1, include_str!("../avro/v1/imgpipe.events.Event.avsc"))];
+/// Every released version of the event schema, oldest first: the envelope's file, then one file
+/// per event record, in payload-union order. Never remove or edit one: records written with it
+/// stay in the log forever.
+pub const RELEASED: &[(i32, &[&str])] = &[(
+    1,
+    &[
+        include_str!("../avro/v1/imgpipe.events.Event.avsc"),
+        include_str!("../avro/v1/imgpipe.events.ImageUploaded.avsc"),
+        include_str!("../avro/v1/imgpipe.events.ImageProcessed.avsc"),
+        include_str!("../avro/v1/imgpipe.events.ImageFailed.avsc"),
+    ],
+)];
+
+/// The released versions as self-contained schemas (JSON), oldest first.
+pub fn writer_schemas() -> Vec<(i32, String)> {
+    RELEASED
+        .iter()
+        .map(|(version, files)| {
+            // Compiled in and covered by tests: a failure here is a build defect.
+            #[allow(clippy::expect_used)]
+            let schema = compose(files[0], &files[1..]).expect("bundled .avsc files compose");
+            (*version, schema)
+        })
+        .collect()
+}
+
+/// Puts each event record's definition into the envelope's payload union, where the envelope
+/// names it, giving one self-contained schema (what is fingerprinted and registered).
+pub fn compose(envelope: &str, events: &[&str]) -> Result<String, SchemaError> {
+    let bad = |what: String| SchemaError::Malformed(format!("composing the schema: {what}"));
+    let mut envelope: serde_json::Value =
+        serde_json::from_str(envelope).map_err(|e| bad(e.to_string()))?;
+    let mut records = HashMap::new();
+    for text in events {
+        let record: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
+        let full_name = format!(
+            "{}.{}",
+            record["namespace"].as_str().unwrap_or_default(),
+            record["name"].as_str().unwrap_or_default()
+        );
+        records.insert(full_name, record);
+    }
+    let union = envelope["fields"]
+        .as_array_mut()
+        .and_then(|fields| fields.iter_mut().find(|f| f["name"] == "payload"))
+        .and_then(|payload| payload["type"].as_array_mut())
+        .ok_or_else(|| bad("the envelope has no payload union".into()))?;
+    for branch in union.iter_mut() {
+        let name = branch
+            .as_str()
+            .ok_or_else(|| bad("payload branches must be names".into()))?;
+        *branch = records
+            .remove(name)
+            .ok_or_else(|| bad(format!("no file defines {name}")))?;
+    }
+    if let Some(unused) = records.keys().next() {
+        return Err(bad(format!(
+            "{unused} is defined but not in the payload union"
+        )));
+    }
+    Ok(envelope.to_string())
+}
 
 struct Schemas {
     current: Schema,
@@ -44,13 +103,13 @@ fn schemas() -> &'static Schemas {
     SCHEMAS.get_or_init(|| {
         let mut by_fingerprint = HashMap::new();
         let mut current = None;
-        for (version, text) in WRITER_SCHEMAS {
+        for (version, text) in writer_schemas() {
             // The schemas are compiled in and covered by tests, so a parse failure is a build
             // defect, not a runtime condition.
             #[allow(clippy::expect_used)]
-            let schema = Schema::parse_str(text).expect("bundled Avro schema parses");
+            let schema = Schema::parse_str(&text).expect("bundled Avro schema parses");
             let fingerprint = fingerprint(&schema);
-            if *version == SCHEMA_VERSION {
+            if version == SCHEMA_VERSION {
                 current = Some((schema.clone(), fingerprint));
             }
             by_fingerprint.insert(fingerprint, schema);

@@ -2,7 +2,7 @@
 //! version stays readable by the current one (BACKWARD_TRANSITIVE), and records written by
 //! every released version (golden vectors) decode with the current reader.
 //!
-//! To release a new schema version, add `avro/vN/`, list it in `codec::WRITER_SCHEMAS`, and
+//! To release a new schema version, add `avro/vN/`, list it in `codec::RELEASED`, and
 //! write its golden vectors once with `IMGPIPE_BLESS_GOLDEN=1 cargo test -p imgpipe-schemas`.
 #![allow(clippy::unwrap_used)]
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use apache_avro::schema::{Schema, UnionSchema};
 use apache_avro::schema_compatibility::SchemaCompatibility;
 use apache_avro::AvroSchema;
-use imgpipe_schemas::codec::{current_schema, WRITER_SCHEMAS};
+use imgpipe_schemas::codec::{current_schema, writer_schemas};
 use imgpipe_schemas::{
     decode, encode, Event, EventType, ImageFailed, ImageProcessed, ImageUploaded, Producer,
     Variant, SCHEMA_VERSION,
@@ -78,14 +78,15 @@ fn rust_types_match_the_current_avsc() {
 #[test]
 fn every_released_version_is_readable_by_the_current_schema() {
     let current = current_schema();
-    for (version, text) in WRITER_SCHEMAS {
+    let released = writer_schemas();
+    for (version, text) in &released {
         let old = Schema::parse_str(text).unwrap();
         SchemaCompatibility::can_read(&old, current).unwrap_or_else(|error| {
             panic!("schema v{version} is not readable by v{SCHEMA_VERSION}: {error}")
         });
     }
     assert!(
-        WRITER_SCHEMAS.iter().any(|(v, _)| *v == SCHEMA_VERSION),
+        released.iter().any(|(v, _)| *v == SCHEMA_VERSION),
         "the current version is released"
     );
 }
@@ -193,8 +194,8 @@ fn current_version_encodes_exactly_its_golden_vectors() {
 
 #[test]
 fn golden_vectors_of_every_released_version_decode() {
-    for (version, _) in WRITER_SCHEMAS {
-        let dir = golden_dir(*version);
+    for (version, _) in writer_schemas() {
+        let dir = golden_dir(version);
         let mut count = 0;
         for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
             let path = entry.unwrap().path();
@@ -214,4 +215,19 @@ fn golden_vectors_of_every_released_version_decode() {
         }
         assert!(count >= 3, "v{version} has golden vectors for every event");
     }
+}
+
+#[test]
+fn composing_rejects_missing_and_stray_event_files() {
+    let (_, files) = imgpipe_schemas::codec::RELEASED[0];
+    let (envelope, events) = (files[0], &files[1..]);
+    assert!(imgpipe_schemas::codec::compose(envelope, events).is_ok());
+    // An event the envelope names but no file defines.
+    assert!(imgpipe_schemas::codec::compose(envelope, &events[1..]).is_err());
+    // A file whose event the envelope does not name.
+    let stray =
+        r#"{"type": "record", "name": "Stray", "namespace": "imgpipe.events", "fields": []}"#;
+    let mut with_stray = events.to_vec();
+    with_stray.push(stray);
+    assert!(imgpipe_schemas::codec::compose(envelope, &with_stray).is_err());
 }
