@@ -1,6 +1,5 @@
 use anyhow::Context;
 use imgpipe_ingest::{Application, Config};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -9,13 +8,7 @@ async fn main() -> anyhow::Result<()> {
     let app = Application::build(&config)
         .await
         .context("starting ingest")?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            imgpipe_infra::ops::shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
-    app.run(shutdown).await.context("serving")
+    app.run(imgpipe_infra::ops::shutdown_token())
+        .await
+        .context("serving")
 }

@@ -1,6 +1,5 @@
 use anyhow::Context;
 use imgpipe_processor::{Config, Processor};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -9,16 +8,8 @@ async fn main() -> anyhow::Result<()> {
     let processor = Processor::build(&config)
         .await
         .context("starting the processor")?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            imgpipe_infra::ops::shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
     processor
-        .run(shutdown)
+        .run(imgpipe_infra::ops::shutdown_token())
         .await
         .context("running the processor")
 }

@@ -1,6 +1,5 @@
 use anyhow::Context;
 use imgpipe_projector::{Config, Projector};
-use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -9,16 +8,8 @@ async fn main() -> anyhow::Result<()> {
     let projector = Projector::build(&config)
         .await
         .context("starting the projector")?;
-    let shutdown = CancellationToken::new();
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            imgpipe_infra::ops::shutdown_signal().await;
-            shutdown.cancel();
-        }
-    });
     projector
-        .run(shutdown)
+        .run(imgpipe_infra::ops::shutdown_token())
         .await
         .context("running the projector")
 }
