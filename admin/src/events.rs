@@ -173,6 +173,10 @@ pub fn event_json(event: &Event) -> Value {
         Payload::ImageUploaded(p) => serde_json::to_value(p),
         Payload::ImageProcessed(p) => serde_json::to_value(p),
         Payload::ImageFailed(p) => serde_json::to_value(p),
+        Payload::ImageDeleted(p) => serde_json::to_value(p),
+        Payload::ObjectsDeleted(p) => serde_json::to_value(p),
+        Payload::OrphanRemoved(p) => serde_json::to_value(p),
+        Payload::ReprocessRequested(p) => serde_json::to_value(p),
     }
     .unwrap_or(Value::Null);
     json!({

@@ -32,7 +32,8 @@ impl EventHandler for VariantHandler {
     async fn handle(&self, event: &Event, _position: &RecordPosition) -> Result<(), HandlerError> {
         match &event.payload {
             Payload::ImageUploaded(uploaded) => self.process(event, uploaded).await,
-            Payload::ImageProcessed(_) | Payload::ImageFailed(_) => Ok(()),
+            // Results, audits and deletions are not the variant maker's to act on (yet).
+            _ => Ok(()),
         }
     }
 }

@@ -126,6 +126,40 @@ pub async fn apply(
             .execute(&mut *tx)
             .await?;
         }
+        Payload::ImageDeleted(_) => {
+            sqlx::query(
+                "UPDATE images SET status = 'deleted', updated_at = $2 WHERE image_id = $1",
+            )
+            .bind(event.image_id)
+            .bind(event.occurred_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Payload::ObjectsDeleted(deleted) => {
+            let gone: Vec<&str> = deleted
+                .keys
+                .iter()
+                .chain(&deleted.missing_keys)
+                .map(String::as_str)
+                .collect();
+            sqlx::query("DELETE FROM variants WHERE image_id = $1 AND object_key = ANY($2)")
+                .bind(event.image_id)
+                .bind(&gone)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Payload::ReprocessRequested(_) => {
+            sqlx::query(
+                "UPDATE images SET status = 'processing', updated_at = $2
+                 WHERE image_id = $1 AND status <> 'deleted'",
+            )
+            .bind(event.image_id)
+            .bind(event.occurred_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // An audit record: the timeline row above is all it changes.
+        Payload::OrphanRemoved(_) => {}
     }
     Ok(true)
 }

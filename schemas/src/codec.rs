@@ -38,6 +38,10 @@ pub const RELEASED: &[(i32, &[&str])] = &[(
         include_str!("../avro/v1/imgpipe.events.ImageUploaded.avsc"),
         include_str!("../avro/v1/imgpipe.events.ImageProcessed.avsc"),
         include_str!("../avro/v1/imgpipe.events.ImageFailed.avsc"),
+        include_str!("../avro/v1/imgpipe.events.ImageDeleted.avsc"),
+        include_str!("../avro/v1/imgpipe.events.ObjectsDeleted.avsc"),
+        include_str!("../avro/v1/imgpipe.events.OrphanRemoved.avsc"),
+        include_str!("../avro/v1/imgpipe.events.ReprocessRequested.avsc"),
     ],
 )];
 
@@ -261,6 +265,10 @@ fn event_to_value(event: &Event) -> Result<Value, SchemaError> {
         Payload::ImageUploaded(p) => apache_avro::to_value(p)?,
         Payload::ImageProcessed(p) => apache_avro::to_value(p)?,
         Payload::ImageFailed(p) => apache_avro::to_value(p)?,
+        Payload::ImageDeleted(p) => apache_avro::to_value(p)?,
+        Payload::ObjectsDeleted(p) => apache_avro::to_value(p)?,
+        Payload::OrphanRemoved(p) => apache_avro::to_value(p)?,
+        Payload::ReprocessRequested(p) => apache_avro::to_value(p)?,
     };
     let causation = match event.causation_id {
         None => Value::Union(0, Box::new(Value::Null)),
@@ -392,5 +400,11 @@ fn payload_from_union(index: u32, value: Value) -> Result<Payload, SchemaError> 
         EventType::ImageUploaded => Payload::ImageUploaded(apache_avro::from_value(&value)?),
         EventType::ImageProcessed => Payload::ImageProcessed(apache_avro::from_value(&value)?),
         EventType::ImageFailed => Payload::ImageFailed(apache_avro::from_value(&value)?),
+        EventType::ImageDeleted => Payload::ImageDeleted(apache_avro::from_value(&value)?),
+        EventType::ObjectsDeleted => Payload::ObjectsDeleted(apache_avro::from_value(&value)?),
+        EventType::OrphanRemoved => Payload::OrphanRemoved(apache_avro::from_value(&value)?),
+        EventType::ReprocessRequested => {
+            Payload::ReprocessRequested(apache_avro::from_value(&value)?)
+        }
     })
 }

@@ -65,6 +65,10 @@ pub enum Payload {
     ImageUploaded(ImageUploaded),
     ImageProcessed(ImageProcessed),
     ImageFailed(ImageFailed),
+    ImageDeleted(ImageDeleted),
+    ObjectsDeleted(ObjectsDeleted),
+    OrphanRemoved(OrphanRemoved),
+    ReprocessRequested(ReprocessRequested),
 }
 
 impl Payload {
@@ -73,6 +77,10 @@ impl Payload {
             Payload::ImageUploaded(_) => EventType::ImageUploaded,
             Payload::ImageProcessed(_) => EventType::ImageProcessed,
             Payload::ImageFailed(_) => EventType::ImageFailed,
+            Payload::ImageDeleted(_) => EventType::ImageDeleted,
+            Payload::ObjectsDeleted(_) => EventType::ObjectsDeleted,
+            Payload::OrphanRemoved(_) => EventType::OrphanRemoved,
+            Payload::ReprocessRequested(_) => EventType::ReprocessRequested,
         }
     }
 }
@@ -83,13 +91,22 @@ pub enum EventType {
     ImageUploaded,
     ImageProcessed,
     ImageFailed,
+    ImageDeleted,
+    ObjectsDeleted,
+    OrphanRemoved,
+    ReprocessRequested,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 3] = [
+    /// In payload-union order.
+    pub const ALL: [EventType; 7] = [
         EventType::ImageUploaded,
         EventType::ImageProcessed,
         EventType::ImageFailed,
+        EventType::ImageDeleted,
+        EventType::ObjectsDeleted,
+        EventType::OrphanRemoved,
+        EventType::ReprocessRequested,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -97,16 +114,20 @@ impl EventType {
             EventType::ImageUploaded => "ImageUploaded",
             EventType::ImageProcessed => "ImageProcessed",
             EventType::ImageFailed => "ImageFailed",
+            EventType::ImageDeleted => "ImageDeleted",
+            EventType::ObjectsDeleted => "ObjectsDeleted",
+            EventType::OrphanRemoved => "OrphanRemoved",
+            EventType::ReprocessRequested => "ReprocessRequested",
         }
     }
 
     /// Position of this type's record in the payload union.
     pub(crate) fn union_index(self) -> u32 {
-        match self {
-            EventType::ImageUploaded => 0,
-            EventType::ImageProcessed => 1,
-            EventType::ImageFailed => 2,
-        }
+        // ALL is in union order and short; the position cannot overflow.
+        Self::ALL
+            .iter()
+            .position(|t| *t == self)
+            .unwrap_or_default() as u32
     }
 }
 
@@ -165,6 +186,45 @@ pub struct ImageFailed {
     pub message: String,
 }
 
+/// The owner deleted the image; its objects are to be removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct ImageDeleted {
+    pub requested_by: String,
+    pub original_key: String,
+    pub variant_keys: Vec<String>,
+}
+
+/// Objects of an image were removed from storage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct ObjectsDeleted {
+    pub keys: Vec<String>,
+    /// Keys that were already gone.
+    pub missing_keys: Vec<String>,
+}
+
+/// The orphan sweep removed an object no event accounts for (audit).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct OrphanRemoved {
+    pub key: String,
+    pub bytes: i64,
+    pub last_modified_micros: i64,
+    /// `no-event` or `unreferenced`.
+    pub reason: String,
+}
+
+/// An operator asked for the image's variants to be made again with the current spec.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct ReprocessRequested {
+    pub requested_by: String,
+    pub reason: String,
+    pub original_key: String,
+    pub format: String,
+}
+
 macro_rules! payload_from {
     ($($ty:ident),*) => {$(
         impl From<$ty> for Payload {
@@ -174,4 +234,12 @@ macro_rules! payload_from {
         }
     )*};
 }
-payload_from!(ImageUploaded, ImageProcessed, ImageFailed);
+payload_from!(
+    ImageUploaded,
+    ImageProcessed,
+    ImageFailed,
+    ImageDeleted,
+    ObjectsDeleted,
+    OrphanRemoved,
+    ReprocessRequested
+);

@@ -14,7 +14,8 @@ pub use codec::{
 };
 pub use error::SchemaError;
 pub use events::{
-    Event, EventType, ImageFailed, ImageProcessed, ImageUploaded, Payload, Producer, Variant,
+    Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted,
+    OrphanRemoved, Payload, Producer, ReprocessRequested, Variant,
 };
 
 /// Record header names every producer sets, so `rpk topic consume` shows what a record is.

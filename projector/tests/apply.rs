@@ -1,0 +1,179 @@
+//! Applying events to the read models, against the real Postgres: every event type, in order,
+//! and the same event twice changes nothing.
+#![allow(clippy::unwrap_used)]
+
+use imgpipe_infra::consume::RecordPosition;
+use imgpipe_infra::{DatabaseConfig, FromEnv};
+use imgpipe_projector::db;
+use imgpipe_schemas::{
+    Event, ImageDeleted, ImageProcessed, ImageUploaded, ObjectsDeleted, OrphanRemoved, Payload,
+    Producer, ReprocessRequested, Variant,
+};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+async fn database() -> (DatabaseConfig, PgPool) {
+    let mut config = DatabaseConfig::from_env().unwrap();
+    config.schema = format!("t{}", Uuid::now_v7().simple());
+    db::migrate(&config).await.unwrap();
+    let pool = config.pool().unwrap();
+    (config, pool)
+}
+
+fn event(image_id: Uuid, payload: impl Into<Payload>) -> Event {
+    Event::new(
+        image_id,
+        "req-apply",
+        None,
+        Producer {
+            service: "test".into(),
+            version: "0".into(),
+        },
+        payload,
+    )
+}
+
+async fn apply(pool: &PgPool, event: &Event, offset: i64) -> bool {
+    let position = RecordPosition {
+        topic: "imgpipe.events".into(),
+        partition: 0,
+        offset,
+    };
+    let mut tx = pool.begin().await.unwrap();
+    let applied = db::apply(&mut tx, event, &position).await.unwrap();
+    tx.commit().await.unwrap();
+    applied
+}
+
+async fn status(pool: &PgPool, image_id: Uuid) -> String {
+    sqlx::query("SELECT status FROM images WHERE image_id = $1")
+        .bind(image_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn variant_count(pool: &PgPool, image_id: Uuid) -> i64 {
+    sqlx::query("SELECT count(*) FROM variants WHERE image_id = $1")
+        .bind(image_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn an_image_lifecycle_projects_and_replays_idempotently() {
+    let (config, pool) = database().await;
+    let id = Uuid::now_v7();
+    let variant = |name: &str| Variant {
+        name: name.into(),
+        key: format!("variants/{id}/v1/{name}.webp"),
+        format: "webp".into(),
+        width: 256,
+        height: 160,
+        bytes: 100,
+        sha256: "00".repeat(32),
+    };
+    let events = [
+        event(
+            id,
+            ImageUploaded {
+                owner: "client-a".into(),
+                original_key: format!("originals/{id}"),
+                format: "jpeg".into(),
+                bytes: 10,
+                sha256: "ab".repeat(32),
+                width: 2560,
+                height: 1600,
+            },
+        ),
+        event(
+            id,
+            ImageProcessed {
+                spec_version: 1,
+                original_width: 1600,
+                original_height: 2560,
+                variants: vec![variant("thumb"), variant("large")],
+            },
+        ),
+        event(
+            id,
+            ReprocessRequested {
+                requested_by: "operator".into(),
+                reason: "test".into(),
+                original_key: format!("originals/{id}"),
+                format: "jpeg".into(),
+            },
+        ),
+        event(
+            id,
+            ImageDeleted {
+                requested_by: "client-a".into(),
+                original_key: format!("originals/{id}"),
+                variant_keys: vec![variant("thumb").key, variant("large").key],
+            },
+        ),
+        event(
+            id,
+            ObjectsDeleted {
+                keys: vec![variant("thumb").key],
+                missing_keys: vec![variant("large").key],
+            },
+        ),
+        event(
+            id,
+            OrphanRemoved {
+                key: format!("originals/{id}"),
+                bytes: 10,
+                last_modified_micros: 0,
+                reason: "no-event".into(),
+            },
+        ),
+    ];
+    let expected_status = [
+        "uploaded",
+        "ready",
+        "processing",
+        "deleted",
+        "deleted",
+        "deleted",
+    ];
+    let expected_variants = [0, 2, 2, 2, 0, 0];
+    for (offset, event) in events.iter().enumerate() {
+        assert!(
+            apply(&pool, event, offset as i64).await,
+            "{:?}",
+            event.event_type()
+        );
+        assert_eq!(status(&pool, id).await, expected_status[offset]);
+        assert_eq!(variant_count(&pool, id).await, expected_variants[offset]);
+    }
+    // The dimensions are the oriented ones once processed.
+    let (width, height): (i32, i32) =
+        sqlx::query_as("SELECT width, height FROM images WHERE image_id = $1")
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!((width, height), (1600, 2560));
+
+    // Replaying the whole history changes nothing.
+    for (offset, event) in events.iter().enumerate() {
+        assert!(!apply(&pool, event, offset as i64).await);
+    }
+    assert_eq!(status(&pool, id).await, "deleted");
+    let timeline: i64 = sqlx::query("SELECT count(*) FROM image_events WHERE image_id = $1")
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(timeline, events.len() as i64);
+
+    sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", config.schema))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
