@@ -62,3 +62,68 @@ pub async fn variants(pool: &PgPool, image_id: Uuid) -> Result<Vec<VariantRow>, 
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct TimelineRow {
+    pub event_id: Uuid,
+    pub event_type: String,
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub occurred_at: OffsetDateTime,
+    pub correlation_id: String,
+    pub causation_id: Option<Uuid>,
+}
+
+pub async fn timeline(pool: &PgPool, image_id: Uuid) -> Result<Vec<TimelineRow>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT event_id, event_type, topic, partition, "offset", occurred_at, correlation_id,
+                  causation_id
+           FROM image_events WHERE image_id = $1 ORDER BY occurred_at, event_id"#,
+    )
+    .bind(image_id)
+    .fetch_all(pool)
+    .await
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct ListedImage {
+    #[serde(rename = "id")]
+    pub image_id: Uuid,
+    pub status: String,
+    pub format: String,
+    pub width: i32,
+    pub height: i32,
+    pub bytes: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub uploaded_at: OffsetDateTime,
+}
+
+/// One page of a client's images, newest first, strictly after `after` (the last row of the
+/// previous page) when given.
+pub async fn list(
+    pool: &PgPool,
+    owner: &str,
+    status: Option<&str>,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<ListedImage>, sqlx::Error> {
+    let (after_at, after_id) = after.unzip();
+    sqlx::query_as(
+        "SELECT image_id, status, format, width, height, bytes, uploaded_at
+         FROM images
+         WHERE owner = $1
+           AND ($2::text IS NULL OR status = $2)
+           AND ($3::timestamptz IS NULL OR (uploaded_at, image_id) < ($3, $4))
+         ORDER BY uploaded_at DESC, image_id DESC
+         LIMIT $5",
+    )
+    .bind(owner)
+    .bind(status)
+    .bind(after_at)
+    .bind(after_id)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -33,6 +33,8 @@ pub enum IngestError {
     InvalidImageId(String),
     #[error("no image with that id")]
     ImageNotFound,
+    #[error("invalid query: {0}")]
+    InvalidQuery(String),
     #[error("no such route; the API is under /v1")]
     RouteNotFound,
     #[error("this route does not take that method")]
@@ -64,6 +66,7 @@ impl IngestError {
             Self::BodyRead(_) => "body-read-failed",
             Self::InvalidImageId(_) => "invalid-image-id",
             Self::ImageNotFound => "image-not-found",
+            Self::InvalidQuery(_) => "invalid-query",
             Self::RouteNotFound => "route-not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::EventLogUnavailable(_) => "event-log-unavailable",
@@ -75,9 +78,10 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::EmptyBody | Self::BodyRead(_) | Self::InvalidImageId(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::EmptyBody
+            | Self::BodyRead(_)
+            | Self::InvalidImageId(_)
+            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UnreadableImage(_) | Self::ImageTooLarge { .. } => {

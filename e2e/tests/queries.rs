@@ -1,0 +1,109 @@
+//! Listing with cursor pagination, and the per-image timeline, on the real stack.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use imgpipe_e2e::Pipeline;
+use serde_json::Value;
+
+async fn get(pipeline: &Pipeline, key: &str, path: &str) -> (u16, Value) {
+    let response = pipeline
+        .http
+        .get(pipeline.url(path))
+        .bearer_auth(key)
+        .send()
+        .await
+        .unwrap();
+    (response.status().as_u16(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn clients_page_through_their_images_and_read_each_timeline() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, accepted) = pipeline.upload(photo.clone()).await.unwrap();
+        assert_eq!(status, 202);
+        ids.push(accepted["id"].as_str().unwrap().to_string());
+    }
+    for id in &ids {
+        pipeline
+            .wait_until_settled(id, Duration::from_secs(120))
+            .await
+            .unwrap();
+    }
+    let key = pipeline.api_key.clone();
+
+    // Newest first, two per page, then the rest, then no cursor.
+    let (status, first) = get(&pipeline, &key, "/v1/images?limit=2").await;
+    assert_eq!(status, 200, "{first}");
+    let listed: Vec<&str> = first["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+    let cursor = first["next_cursor"].as_str().unwrap();
+    let (_, second) = get(
+        &pipeline,
+        &key,
+        &format!("/v1/images?limit=2&cursor={cursor}"),
+    )
+    .await;
+    let listed: Vec<&str> = second["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [ids[0].as_str()]);
+    assert!(second.get("next_cursor").is_none(), "{second}");
+
+    let (_, ready) = get(&pipeline, &key, "/v1/images?status=ready").await;
+    assert_eq!(ready["images"].as_array().unwrap().len(), 3);
+    let (_, failed) = get(&pipeline, &key, "/v1/images?status=failed").await;
+    assert_eq!(failed["images"].as_array().unwrap().len(), 0);
+    let (_, others) = get(&pipeline, &pipeline.other_api_key, "/v1/images").await;
+    assert_eq!(
+        others["images"].as_array().unwrap().len(),
+        0,
+        "clients see only their own"
+    );
+
+    for bad in [
+        "/v1/images?status=shiny",
+        "/v1/images?limit=0",
+        "/v1/images?limit=1000",
+        "/v1/images?cursor=not-a-cursor",
+    ] {
+        let (status, body) = get(&pipeline, &key, bad).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["code"], "invalid-query", "{bad}");
+    }
+
+    // The timeline: upload, then its result caused by it, with log positions.
+    let (status, timeline) = get(&pipeline, &key, &format!("/v1/images/{}/events", ids[0])).await;
+    assert_eq!(status, 200, "{timeline}");
+    let events = timeline["events"].as_array().unwrap();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(types, ["ImageUploaded", "ImageProcessed"]);
+    assert_eq!(events[1]["causation_id"], events[0]["event_id"]);
+    assert_eq!(events[0]["topic"], pipeline.kafka.topics().events);
+    assert_eq!(events[0]["partition"], events[1]["partition"]);
+    assert!(events[1]["offset"].as_i64() > events[0]["offset"].as_i64());
+
+    let (status, body) = get(
+        &pipeline,
+        &pipeline.other_api_key,
+        &format!("/v1/images/{}/events", ids[0]),
+    )
+    .await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], "image-not-found");
+    pipeline.stop().await.unwrap();
+}
