@@ -68,8 +68,8 @@ impl ObjectStore {
     /// specs apart.
     pub fn variant_key(&self, image_id: Uuid, spec_version: i32, name: &str, ext: &str) -> String {
         format!(
-            "{}variants/{image_id}/v{spec_version}/{name}.{ext}",
-            self.key_prefix
+            "{}v{spec_version}/{name}.{ext}",
+            self.variants_prefix(image_id)
         )
     }
 
@@ -128,6 +128,45 @@ impl ObjectStore {
                 }
             }
         }
+    }
+
+    /// Removes an object; removing one that is not there is not an error.
+    pub async fn delete(&self, key: &str) -> Result<(), InfraError> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|error| storage_error("delete", key, error))?;
+        Ok(())
+    }
+
+    /// Every key under `prefix`, fetched page by page. For one image's objects, not for a
+    /// whole bucket.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>, InfraError> {
+        let mut keys = Vec::new();
+        let mut pages = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .into_paginator()
+            .send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|error| storage_error("list", prefix, error))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_string)),
+            );
+        }
+        Ok(keys)
+    }
+
+    /// The prefix under which all of an image's variants live, whatever the spec version.
+    pub fn variants_prefix(&self, image_id: Uuid) -> String {
+        format!("{}variants/{image_id}/", self.key_prefix)
     }
 
     /// Checks the bucket answers.

@@ -9,6 +9,8 @@ use uuid::Uuid;
 pub struct ImageRow {
     #[serde(skip)]
     pub owner: String,
+    #[serde(skip)]
+    pub original_key: String,
     pub status: String,
     pub format: String,
     pub bytes: i64,
@@ -40,7 +42,7 @@ pub struct VariantRow {
 
 pub async fn image(pool: &PgPool, image_id: Uuid) -> Result<Option<ImageRow>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT owner, status, format, bytes, sha256, width, height, spec_version,
+        "SELECT owner, original_key, status, format, bytes, sha256, width, height, spec_version,
                 failure_code, failure_reason, uploaded_at, updated_at
          FROM images WHERE image_id = $1",
     )

@@ -5,7 +5,8 @@ use imgpipe_infra::consume::{EventHandler, HandlerError, RecordPosition};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_schemas::{
-    Event, ImageFailed, ImageProcessed, ImageUploaded, Payload, Producer, Variant,
+    Event, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted, Payload,
+    Producer, Variant,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -32,6 +33,7 @@ impl EventHandler for VariantHandler {
     async fn handle(&self, event: &Event, _position: &RecordPosition) -> Result<(), HandlerError> {
         match &event.payload {
             Payload::ImageUploaded(uploaded) => self.process(event, uploaded).await,
+            Payload::ImageDeleted(deleted) => self.remove_objects(event, deleted).await,
             // Results, audits and deletions are not the variant maker's to act on (yet).
             _ => Ok(()),
         }
@@ -64,6 +66,44 @@ impl VariantHandler {
                     .await
             }
         }
+    }
+
+    /// Removes the original, the variants the deletion named and any other object under the
+    /// image's variant prefix, then announces what was removed and what was already gone.
+    /// Idempotent: a redelivery finds everything gone and says so.
+    async fn remove_objects(
+        &self,
+        event: &Event,
+        deleted: &ImageDeleted,
+    ) -> Result<(), HandlerError> {
+        let storage = |e| HandlerError::transient("storage", e);
+        let mut keys = vec![deleted.original_key.clone()];
+        keys.extend(deleted.variant_keys.iter().cloned());
+        keys.extend(
+            self.store
+                .list(&self.store.variants_prefix(event.image_id))
+                .await
+                .map_err(storage)?,
+        );
+        keys.sort();
+        keys.dedup();
+        let (mut removed, mut missing) = (Vec::new(), Vec::new());
+        for key in keys {
+            if self.store.exists(&key).await.map_err(storage)? {
+                self.store.delete(&key).await.map_err(storage)?;
+                removed.push(key);
+            } else {
+                missing.push(key);
+            }
+        }
+        self.announce(
+            event,
+            ObjectsDeleted {
+                keys: removed,
+                missing_keys: missing,
+            },
+        )
+        .await
     }
 
     async fn render(&self, original: Bytes) -> Result<Result<Rendered, RenderError>, HandlerError> {

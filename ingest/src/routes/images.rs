@@ -6,7 +6,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
 use http_body_util::LengthLimitError;
-use imgpipe_schemas::{Event, ImageUploaded, Producer};
+use imgpipe_schemas::{Event, ImageDeleted, ImageUploaded, Producer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -20,7 +20,7 @@ use crate::IngestError;
 pub(super) fn router() -> Router<AppState> {
     Router::new()
         .route("/images", post(upload).get(list))
-        .route("/images/{id}", get(status))
+        .route("/images/{id}", get(status).delete(delete))
         .route("/images/{id}/events", get(timeline))
 }
 
@@ -84,13 +84,9 @@ async fn upload(
         .await
         .map_err(|e| IngestError::StorageUnavailable(e.to_string()))?;
 
-    let correlation_id = headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(|| image_id.to_string(), str::to_string);
     let event = Event::new(
         image_id,
-        correlation_id,
+        correlation_id(&headers, image_id),
         None,
         producer(),
         ImageUploaded {
@@ -355,4 +351,70 @@ mod cursor {
             }
         }
     }
+}
+
+#[derive(Debug, Serialize)]
+struct Deleting {
+    id: Uuid,
+    status: &'static str,
+}
+
+/// `DELETE /v1/images/{id}`: appends `ImageDeleted` and answers 202; the processor removes the
+/// objects and announces `ObjectsDeleted`. Deleting a deleted image again appends nothing.
+async fn delete(
+    State(state): State<AppState>,
+    Client(client): Client,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, IngestError> {
+    let (image_id, image) = owned_image(&state, &client, id).await?;
+    if image.status == "deleted" {
+        return Ok((
+            StatusCode::ACCEPTED,
+            Json(Deleting {
+                id: image_id,
+                status: "deleted",
+            }),
+        )
+            .into_response());
+    }
+    let variant_keys = db::variants(&state.pool, image_id)
+        .await
+        .map_err(database_unavailable)?
+        .into_iter()
+        .map(|variant| variant.key)
+        .collect();
+    let event = Event::new(
+        image_id,
+        correlation_id(&headers, image_id),
+        None,
+        producer(),
+        ImageDeleted {
+            requested_by: client.to_string(),
+            original_key: image.original_key,
+            variant_keys,
+        },
+    );
+    state
+        .events
+        .publish(&event)
+        .await
+        .map_err(|e| IngestError::EventLogUnavailable(e.to_string()))?;
+    tracing::info!(image_id = %image_id, client = %client, "deletion accepted");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(Deleting {
+            id: image_id,
+            status: "deleting",
+        }),
+    )
+        .into_response())
+}
+
+/// The request id (the client's `X-Request-Id` or the one generated for it).
+fn correlation_id(headers: &HeaderMap, fallback: Uuid) -> String {
+    headers
+        .get(&REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| fallback.to_string(), str::to_string)
 }
