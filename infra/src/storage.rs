@@ -201,7 +201,12 @@ impl ObjectStore {
             {
                 Ok(())
             }
-            Err(error) => Err(storage_error("create-bucket", &self.bucket, error)),
+            // Someone else may have created it between our check and our create (parallel
+            // setups do); if it answers now, it exists.
+            Err(error) => match self.ping().await {
+                Ok(()) => Ok(()),
+                Err(_) => Err(storage_error("create-bucket", &self.bucket, error)),
+            },
         }
     }
 }

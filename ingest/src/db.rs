@@ -129,3 +129,100 @@ pub async fn list(
     .fetch_all(pool)
     .await
 }
+
+/// What the table holds for a client's Idempotency-Key.
+#[derive(Debug, sqlx::FromRow)]
+pub struct IdempotencyRecord {
+    pub body_sha256: String,
+    pub image_id: Uuid,
+    pub response: Option<serde_json::Value>,
+    pub reserved_at: OffsetDateTime,
+}
+
+/// Reserves `key` for this body and image id. Returns the existing record instead when the
+/// key is taken.
+pub async fn reserve_idempotency_key(
+    pool: &PgPool,
+    owner: &str,
+    key: &str,
+    body_sha256: &str,
+    image_id: Uuid,
+) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (owner, key, body_sha256, image_id, reserved_at)
+         VALUES ($1, $2, $3, $4, now())
+         ON CONFLICT (owner, key) DO NOTHING",
+    )
+    .bind(owner)
+    .bind(key)
+    .bind(body_sha256)
+    .bind(image_id)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        return Ok(None);
+    }
+    sqlx::query_as(
+        "SELECT body_sha256, image_id, response, reserved_at
+         FROM idempotency_keys WHERE owner = $1 AND key = $2",
+    )
+    .bind(owner)
+    .bind(key)
+    .fetch_one(pool)
+    .await
+    .map(Some)
+}
+
+/// Takes over a reservation whose upload never finished, unless another request did first.
+pub async fn retake_idempotency_key(
+    pool: &PgPool,
+    owner: &str,
+    key: &str,
+    seen_reserved_at: OffsetDateTime,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "UPDATE idempotency_keys SET reserved_at = now()
+         WHERE owner = $1 AND key = $2 AND reserved_at = $3 AND response IS NULL",
+    )
+    .bind(owner)
+    .bind(key)
+    .bind(seen_reserved_at)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
+}
+
+pub async fn complete_idempotency_key(
+    pool: &PgPool,
+    owner: &str,
+    key: &str,
+    response: &serde_json::Value,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE idempotency_keys SET response = $3 WHERE owner = $1 AND key = $2")
+        .bind(owner)
+        .bind(key)
+        .bind(response)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// Marks a reservation whose upload failed as free to retake at once.
+pub async fn release_idempotency_key(
+    pool: &PgPool,
+    owner: &str,
+    key: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE idempotency_keys SET reserved_at = 'epoch'
+         WHERE owner = $1 AND key = $2 AND response IS NULL",
+    )
+    .bind(owner)
+    .bind(key)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}

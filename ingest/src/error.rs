@@ -33,6 +33,12 @@ pub enum IngestError {
     InvalidImageId(String),
     #[error("no image with that id")]
     ImageNotFound,
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    #[error("this Idempotency-Key was used with a different body")]
+    IdempotencyKeyReused,
+    #[error("an upload with this Idempotency-Key is in progress; retry shortly")]
+    IdempotencyKeyInFlight,
     #[error("invalid query: {0}")]
     InvalidQuery(String),
     #[error("no such route; the API is under /v1")]
@@ -67,6 +73,9 @@ impl IngestError {
             Self::InvalidImageId(_) => "invalid-image-id",
             Self::ImageNotFound => "image-not-found",
             Self::InvalidQuery(_) => "invalid-query",
+            Self::InvalidIdempotencyKey => "invalid-idempotency-key",
+            Self::IdempotencyKeyReused => "idempotency-key-reused",
+            Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
             Self::RouteNotFound => "route-not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::EventLogUnavailable(_) => "event-log-unavailable",
@@ -81,7 +90,8 @@ impl IngestError {
             Self::EmptyBody
             | Self::BodyRead(_)
             | Self::InvalidImageId(_)
-            | Self::InvalidQuery(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidQuery(_)
+            | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UnreadableImage(_) | Self::ImageTooLarge { .. } => {
@@ -89,6 +99,7 @@ impl IngestError {
             }
             Self::ImageNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::IdempotencyKeyReused | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
             | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -112,7 +123,8 @@ impl IntoResponse for IngestError {
             message: self.to_string(),
         };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, Self::IdempotencyKeyInFlight)
+        {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
