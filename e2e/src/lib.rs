@@ -187,16 +187,46 @@ impl Pipeline {
         Ok((status, response.json().await?))
     }
 
-    /// `GET /v1/images/{id}` as the first client.
-    pub async fn image(&self, id: &str) -> anyhow::Result<(u16, Value)> {
+    /// `method path` with a client's API key; the status and the JSON body.
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        api_key: &str,
+        path: &str,
+    ) -> anyhow::Result<(u16, Value)> {
         let response = self
             .http
-            .get(self.url(&format!("/v1/images/{id}")))
-            .bearer_auth(&self.api_key)
+            .request(method, self.url(path))
+            .bearer_auth(api_key)
             .send()
             .await?;
         let status = response.status().as_u16();
         Ok((status, response.json().await?))
+    }
+
+    /// `GET path` as the first client.
+    pub async fn get(&self, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.request(reqwest::Method::GET, &self.api_key, path)
+            .await
+    }
+
+    /// `GET /v1/images/{id}` as the first client.
+    pub async fn image(&self, id: &str) -> anyhow::Result<(u16, Value)> {
+        self.get(&format!("/v1/images/{id}")).await
+    }
+
+    /// The event types of an image's timeline, oldest first, and the timeline itself.
+    pub async fn timeline(&self, id: &str) -> anyhow::Result<(Vec<String>, Vec<Value>)> {
+        let (status, body) = self.get(&format!("/v1/images/{id}/events")).await?;
+        if status != 200 {
+            bail!("timeline of {id}: {status} {body}");
+        }
+        let events = body["events"].as_array().cloned().unwrap_or_default();
+        let types = events
+            .iter()
+            .map(|e| e["event_type"].as_str().unwrap_or_default().to_string())
+            .collect();
+        Ok((types, events))
     }
 
     /// Polls until the image is `ready` or `failed`, or `timeout` passes.

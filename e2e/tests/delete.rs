@@ -8,14 +8,10 @@ use imgpipe_e2e::Pipeline;
 use serde_json::Value;
 
 async fn delete(pipeline: &Pipeline, key: &str, id: &str) -> (u16, Value) {
-    let response = pipeline
-        .http
-        .delete(pipeline.url(&format!("/v1/images/{id}")))
-        .bearer_auth(key)
-        .send()
+    pipeline
+        .request(reqwest::Method::DELETE, key, &format!("/v1/images/{id}"))
         .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -60,19 +56,7 @@ async fn deleting_an_image_removes_its_objects_and_records_it() {
         );
     }
 
-    let response = pipeline
-        .http
-        .get(pipeline.url(&format!("/v1/images/{id}/events")))
-        .bearer_auth(&pipeline.api_key)
-        .send()
-        .await
-        .unwrap();
-    let timeline: Value = response.json().await.unwrap();
-    let events = timeline["events"].as_array().unwrap();
-    let types: Vec<&str> = events
-        .iter()
-        .map(|e| e["event_type"].as_str().unwrap())
-        .collect();
+    let (types, events) = pipeline.timeline(&id).await.unwrap();
     assert_eq!(
         types,
         [
@@ -89,14 +73,7 @@ async fn deleting_an_image_removes_its_objects_and_records_it() {
     assert_eq!(status, 202);
     assert_eq!(body["status"], "deleted");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let response = pipeline
-        .http
-        .get(pipeline.url(&format!("/v1/images/{id}/events")))
-        .bearer_auth(&pipeline.api_key)
-        .send()
-        .await
-        .unwrap();
-    let again: Value = response.json().await.unwrap();
-    assert_eq!(again["events"].as_array().unwrap().len(), 4);
+    let (again, _) = pipeline.timeline(&id).await.unwrap();
+    assert_eq!(again.len(), 4);
     pipeline.stop().await.unwrap();
 }

@@ -62,33 +62,14 @@ async fn a_retried_upload_is_answered_once_and_appended_once() {
         .wait_until_settled(&id, Duration::from_secs(120))
         .await
         .unwrap();
-    let response = pipeline
-        .http
-        .get(pipeline.url("/v1/images"))
-        .bearer_auth(&pipeline.api_key)
-        .send()
-        .await
-        .unwrap();
-    let listing: Value = response.json().await.unwrap();
+    let (_, listing) = pipeline.get("/v1/images").await.unwrap();
     assert_eq!(
         listing["images"].as_array().unwrap().len(),
         1,
         "one image for three requests: {listing}"
     );
-    let response = pipeline
-        .http
-        .get(pipeline.url(&format!("/v1/images/{id}/events")))
-        .bearer_auth(&pipeline.api_key)
-        .send()
-        .await
-        .unwrap();
-    let timeline: Value = response.json().await.unwrap();
-    let uploads = timeline["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["event_type"] == "ImageUploaded")
-        .count();
-    assert_eq!(uploads, 1, "{timeline}");
+    let (types, _) = pipeline.timeline(&id).await.unwrap();
+    let uploads = types.iter().filter(|t| *t == "ImageUploaded").count();
+    assert_eq!(uploads, 1, "{types:?}");
     pipeline.stop().await.unwrap();
 }

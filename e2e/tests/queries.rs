@@ -7,14 +7,19 @@ use imgpipe_e2e::Pipeline;
 use serde_json::Value;
 
 async fn get(pipeline: &Pipeline, key: &str, path: &str) -> (u16, Value) {
-    let response = pipeline
-        .http
-        .get(pipeline.url(path))
-        .bearer_auth(key)
-        .send()
+    pipeline
+        .request(reqwest::Method::GET, key, path)
         .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
+        .unwrap()
+}
+
+fn page_ids(page: &Value) -> Vec<&str> {
+    page["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -38,13 +43,7 @@ async fn clients_page_through_their_images_and_read_each_timeline() {
     // Newest first, two per page, then the rest, then no cursor.
     let (status, first) = get(&pipeline, &key, "/v1/images?limit=2").await;
     assert_eq!(status, 200, "{first}");
-    let listed: Vec<&str> = first["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [ids[2].as_str(), ids[1].as_str()]);
+    assert_eq!(page_ids(&first), [ids[2].as_str(), ids[1].as_str()]);
     let cursor = first["next_cursor"].as_str().unwrap();
     let (_, second) = get(
         &pipeline,
@@ -52,13 +51,7 @@ async fn clients_page_through_their_images_and_read_each_timeline() {
         &format!("/v1/images?limit=2&cursor={cursor}"),
     )
     .await;
-    let listed: Vec<&str> = second["images"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(listed, [ids[0].as_str()]);
+    assert_eq!(page_ids(&second), [ids[0].as_str()]);
     assert!(second.get("next_cursor").is_none(), "{second}");
 
     let (_, ready) = get(&pipeline, &key, "/v1/images?status=ready").await;
