@@ -209,5 +209,29 @@ async fn uploads_need_a_valid_key_and_clients_see_only_their_own_images() {
     let (status, body) = pipeline.image("not-a-uuid").await.unwrap();
     assert_eq!(status, 400);
     assert_eq!(body["code"], "invalid-image-id");
+
+    // Prometheus metrics count requests by route template (never by image id) and status.
+    let metrics = pipeline
+        .http
+        .get(pipeline.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for expected in [
+        r#"imgpipe_ingest_requests_total{route="/v1/images",method="POST",status="202"}"#,
+        r#"imgpipe_ingest_requests_total{route="/v1/images",method="POST",status="401"}"#,
+        r#"imgpipe_ingest_requests_total{route="/v1/images/{id}",method="GET",status="404"}"#,
+        "imgpipe_ingest_upload_bytes_total",
+        "imgpipe_ingest_produce_duration_seconds",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "{expected} missing from:\n{metrics}"
+        );
+    }
+    assert!(!metrics.contains(id), "no series per image id");
     pipeline.stop().await.unwrap();
 }

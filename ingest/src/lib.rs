@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 mod db;
 mod error;
+pub mod metrics;
 pub mod routes;
 pub mod sniff;
 pub mod startup;

@@ -35,6 +35,7 @@ impl Application {
             api_keys: Arc::new(api_keys),
             settings: Arc::new(config.ingest.clone()),
         };
+        crate::metrics::handle();
         let listener = TcpListener::bind(&config.ingest.listen_addr).await?;
         Ok(Self { listener, state })
     }

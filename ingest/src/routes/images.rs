@@ -144,11 +144,15 @@ async fn store_and_announce(
             height: sniffed.height as i32,
         },
     );
+    let produce_started = std::time::Instant::now();
     let delivery = state
         .events
         .publish(&event)
         .await
         .map_err(|e| IngestError::EventLogUnavailable(e.to_string()))?;
+    metrics::histogram!(crate::metrics::PRODUCE_SECONDS)
+        .record(produce_started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(size);
     tracing::info!(
         image_id = %image_id, client = %client, bytes = size, format = sniffed.format,
         partition = delivery.partition, offset = delivery.offset, "upload accepted"

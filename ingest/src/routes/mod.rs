@@ -39,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .nest("/v1", images::router())
         .with_state(state)
         .merge(imgpipe_infra::ops::router(readiness))
+        .route("/metrics", axum::routing::get(crate::metrics::render))
+        .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async { IngestError::RouteNotFound })
         .method_not_allowed_fallback(|| async { IngestError::MethodNotAllowed })
         // A client that stops sending mid-body gets 408 instead of holding a handler forever.
