@@ -76,6 +76,21 @@ async fn clients_page_through_their_images_and_read_each_timeline() {
         assert_eq!(body["code"], "invalid-query", "{bad}");
     }
 
+    // Stats: three ready, percentiles of upload-to-result in seconds, ordered.
+    let (status, stats) = get(&pipeline, &key, "/v1/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["counts"]["ready"], 3, "{stats}");
+    assert_eq!(stats["counts"]["failed"], 0);
+    let seconds = &stats["processing_seconds"];
+    let (p50, p99) = (
+        seconds["p50"].as_f64().unwrap(),
+        seconds["p99"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{stats}");
+    let (_, theirs) = get(&pipeline, &pipeline.other_api_key, "/v1/stats").await;
+    assert_eq!(theirs["counts"]["ready"], 0);
+    assert!(theirs.get("processing_seconds").is_none(), "{theirs}");
+
     // The timeline: upload, then its result caused by it, with log positions.
     let (status, timeline) = get(&pipeline, &key, &format!("/v1/images/{}/events", ids[0])).await;
     assert_eq!(status, 200, "{timeline}");

@@ -226,3 +226,41 @@ pub async fn release_idempotency_key(
     .await
     .map(|_| ())
 }
+
+/// How many of a client's images are in each status.
+pub async fn counts_by_status(
+    pool: &PgPool,
+    owner: &str,
+) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) FROM images WHERE owner = $1 GROUP BY status")
+        .bind(owner)
+        .fetch_all(pool)
+        .await
+}
+
+/// Seconds from upload to the first result (processed or failed), at p50, p95 and p99, over
+/// a client's images; `None` when none has a result yet.
+pub async fn processing_seconds(
+    pool: &PgPool,
+    owner: &str,
+) -> Result<Option<(f64, f64, f64)>, sqlx::Error> {
+    let row: (Option<Vec<f64>>,) = sqlx::query_as(
+        "SELECT percentile_cont(ARRAY[0.5, 0.95, 0.99]) WITHIN GROUP (ORDER BY seconds)
+         FROM (
+             SELECT extract(epoch FROM min(r.occurred_at) - u.occurred_at)::float8 AS seconds
+             FROM images i
+             JOIN image_events u ON u.image_id = i.image_id AND u.event_type = 'ImageUploaded'
+             JOIN image_events r ON r.image_id = i.image_id
+                                AND r.event_type IN ('ImageProcessed', 'ImageFailed')
+             WHERE i.owner = $1
+             GROUP BY i.image_id, u.occurred_at
+         ) AS durations",
+    )
+    .bind(owner)
+    .fetch_one(pool)
+    .await?;
+    Ok(row.0.and_then(|p| match p.as_slice() {
+        [p50, p95, p99] => Some((*p50, *p95, *p99)),
+        _ => None,
+    }))
+}

@@ -22,6 +22,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/images", post(upload).get(list))
         .route("/images/{id}", get(status).delete(delete))
         .route("/images/{id}/events", get(timeline))
+        .route("/stats", get(stats))
 }
 
 fn producer() -> Producer {
@@ -526,4 +527,45 @@ fn correlation_id(headers: &HeaderMap, fallback: Uuid) -> String {
         .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| fallback.to_string(), str::to_string)
+}
+
+#[derive(Debug, Serialize)]
+struct Stats {
+    /// Images per status (every status present, zero when none).
+    counts: std::collections::BTreeMap<&'static str, i64>,
+    /// Seconds from upload to result; absent until an image has a result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processing_seconds: Option<Percentiles>,
+}
+
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+/// `GET /v1/stats`: the client's images by status and upload-to-result percentiles.
+async fn stats(
+    State(state): State<AppState>,
+    Client(client): Client,
+) -> Result<Json<Stats>, IngestError> {
+    let mut counts: std::collections::BTreeMap<&'static str, i64> =
+        STATUSES.iter().map(|status| (*status, 0)).collect();
+    for (status, count) in db::counts_by_status(&state.pool, &client)
+        .await
+        .map_err(database_unavailable)?
+    {
+        if let Some(slot) = STATUSES.iter().find(|s| **s == status) {
+            counts.insert(slot, count);
+        }
+    }
+    let processing_seconds = db::processing_seconds(&state.pool, &client)
+        .await
+        .map_err(database_unavailable)?
+        .map(|(p50, p95, p99)| Percentiles { p50, p95, p99 });
+    Ok(Json(Stats {
+        counts,
+        processing_seconds,
+    }))
 }
