@@ -56,6 +56,13 @@ pub struct Pipeline {
 impl Pipeline {
     /// Creates the namespace (topics, schema) and starts the three services.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Like [`Pipeline::start`], with ingest's settings adjusted first (limits, rate limits).
+    pub async fn start_with(
+        adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
+    ) -> anyhow::Result<Self> {
         let log = LogConfig {
             format: "pretty".into(),
         };
@@ -92,6 +99,8 @@ impl Pipeline {
                 max_upload_bytes: 25_000_000,
                 max_pixels: 50_000_000,
                 max_side: 20_000,
+                uploads_per_minute: 0,
+                bytes_per_minute: 0,
             },
             kafka: kafka.clone(),
             s3: s3.clone(),
@@ -99,6 +108,8 @@ impl Pipeline {
             registry: RegistryConfig::default(),
             log: log.clone(),
         };
+        let mut ingest_config = ingest_config;
+        adjust(&mut ingest_config.ingest);
         let processor_config = imgpipe_processor::Config {
             processor: imgpipe_processor::config::ProcessorSettings {
                 ops_addr: "127.0.0.1:0".into(),

@@ -180,8 +180,23 @@ impl ObjectStore {
         Ok(())
     }
 
-    /// Creates the bucket unless it exists.
+    /// Creates the bucket unless it exists, retrying briefly: setup often runs right after
+    /// the object store started.
     pub async fn ensure_bucket(&self) -> Result<(), InfraError> {
+        use backon::{ExponentialBuilder, Retryable};
+        (|| self.ensure_bucket_once())
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_times(6),
+            )
+            .notify(|error, delay| {
+                tracing::warn!(error = %error, retry_in_ms = delay.as_millis() as u64, "bucket setup failed, retrying");
+            })
+            .await
+    }
+
+    async fn ensure_bucket_once(&self) -> Result<(), InfraError> {
         if self.ping().await.is_ok() {
             return Ok(());
         }

@@ -27,6 +27,12 @@ pub struct IngestSettings {
     pub max_pixels: u64,
     #[serde(default = "default_max_side")]
     pub max_side: u64,
+    /// Uploads each client may start per minute (bursts up to the same number); 0 = no limit.
+    #[serde(default = "default_uploads_per_minute")]
+    pub uploads_per_minute: u32,
+    /// Upload bytes each client may send per minute; 0 = no limit. At least max_upload_bytes.
+    #[serde(default = "default_bytes_per_minute")]
+    pub bytes_per_minute: u64,
 }
 
 impl FromEnv for IngestSettings {
@@ -44,6 +50,12 @@ fn default_max_pixels() -> u64 {
 }
 fn default_max_side() -> u64 {
     20_000
+}
+fn default_uploads_per_minute() -> u32 {
+    600
+}
+fn default_bytes_per_minute() -> u64 {
+    2_000_000_000
 }
 
 impl Config {

@@ -39,6 +39,8 @@ pub enum IngestError {
     IdempotencyKeyReused,
     #[error("an upload with this Idempotency-Key is in progress; retry shortly")]
     IdempotencyKeyInFlight,
+    #[error("rate limit reached; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     #[error("invalid query: {0}")]
     InvalidQuery(String),
     #[error("no such route; the API is under /v1")]
@@ -73,6 +75,7 @@ impl IngestError {
             Self::InvalidImageId(_) => "invalid-image-id",
             Self::ImageNotFound => "image-not-found",
             Self::InvalidQuery(_) => "invalid-query",
+            Self::RateLimited { .. } => "rate-limited",
             Self::InvalidIdempotencyKey => "invalid-idempotency-key",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
@@ -99,6 +102,7 @@ impl IngestError {
             }
             Self::ImageNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::IdempotencyKeyReused | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
@@ -122,12 +126,15 @@ impl IntoResponse for IngestError {
             code: self.code(),
             message: self.to_string(),
         };
+        let retry_after = match &self {
+            Self::RateLimited { retry_after_secs } => Some(retry_after_secs.to_string()),
+            Self::IdempotencyKeyInFlight => Some("1".to_string()),
+            _ if status == StatusCode::SERVICE_UNAVAILABLE => Some("5".to_string()),
+            _ => None,
+        };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE || matches!(self, Self::IdempotencyKeyInFlight)
-        {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        if let Some(value) = retry_after.and_then(|v| HeaderValue::from_str(&v).ok()) {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

@@ -9,6 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
+use crate::rate_limit::RateLimits;
 use crate::routes::{self, AppState};
 use crate::Config;
 
@@ -34,6 +35,7 @@ impl Application {
             pool: config.database.pool()?,
             api_keys: Arc::new(api_keys),
             settings: Arc::new(config.ingest.clone()),
+            rate_limits: Arc::new(RateLimits::new(&config.ingest).map_err(BuildError::RateLimits)?),
         };
         crate::metrics::handle();
         let listener = TcpListener::bind(&config.ingest.listen_addr).await?;
@@ -63,6 +65,8 @@ impl Application {
 pub enum BuildError {
     #[error("IMGPIPE_INGEST_API_KEYS: {0}")]
     ApiKeys(String),
+    #[error("rate limits: {0}")]
+    RateLimits(String),
     #[error(transparent)]
     Infra(#[from] InfraError),
     #[error("binding the listener: {0}")]

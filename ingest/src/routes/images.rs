@@ -62,6 +62,7 @@ async fn upload(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, IngestError> {
+    state.rate_limits.check_upload(&client)?;
     let limit = state.settings.max_upload_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -71,6 +72,7 @@ async fn upload(
         return Err(IngestError::PayloadTooLarge { limit });
     }
     let bytes = read_limited(body, limit).await?;
+    state.rate_limits.check_bytes(&client, bytes.len() as u64)?;
     let sniffed = sniff::sniff(&bytes)?;
     check_limits(&state, sniffed)?;
 

@@ -19,6 +19,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
+use crate::rate_limit::RateLimits;
 use crate::IngestError;
 
 pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -31,6 +32,7 @@ pub struct AppState {
     pub pool: PgPool,
     pub api_keys: Arc<ApiKeys>,
     pub settings: Arc<IngestSettings>,
+    pub rate_limits: Arc<RateLimits>,
 }
 
 pub fn router(state: AppState) -> Router {
