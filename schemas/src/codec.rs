@@ -150,16 +150,6 @@ pub trait SchemaLookup {
     fn schema_by_id(&self, id: u32) -> Option<&Schema>;
 }
 
-/// A lookup that knows no ids: Confluent-framed records fail with
-/// [`SchemaError::UnknownSchemaId`].
-pub struct NoRegistry;
-
-impl SchemaLookup for NoRegistry {
-    fn schema_by_id(&self, _id: u32) -> Option<&Schema> {
-        None
-    }
-}
-
 /// How a record's value is framed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {

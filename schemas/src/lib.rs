@@ -9,7 +9,7 @@ mod error;
 mod events;
 
 pub use codec::{
-    decode, decode_with, encode, encode_confluent, Framing, NoRegistry, SchemaLookup, CONTENT_TYPE,
+    decode, decode_with, encode, encode_confluent, Framing, SchemaLookup, CONTENT_TYPE,
     CONTENT_TYPE_CONFLUENT, SCHEMA_VERSION,
 };
 pub use error::SchemaError;

@@ -1,6 +1,7 @@
 //! The HTTP surface: `/v1` for apps, `/healthz` and `/readyz` for operators.
 
 mod images;
+mod queries;
 mod readiness;
 
 use std::sync::Arc;
@@ -38,7 +39,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let readiness = Arc::new(readiness::Dependencies::from(&state));
     Router::new()
-        .nest("/v1", images::router())
+        .nest("/v1", images::router().merge(queries::router()))
         .with_state(state)
         .merge(imgpipe_infra::ops::router(readiness))
         .route("/metrics", axum::routing::get(crate::metrics::render))

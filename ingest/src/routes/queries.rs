@@ -1,0 +1,194 @@
+//! Read-only queries over a client's images: the listing, one image's timeline, and stats.
+
+use axum::extract::{Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use super::images::{database_unavailable, owned_image};
+use super::AppState;
+use crate::auth::Client;
+use crate::db::{self, ListedImage, TimelineRow};
+use crate::IngestError;
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/images", get(list))
+        .route("/images/{id}/events", get(timeline))
+        .route("/stats", get(stats))
+}
+
+#[derive(Debug, Serialize)]
+struct Timeline {
+    id: Uuid,
+    events: Vec<TimelineRow>,
+}
+
+/// `GET /v1/images/{id}/events`: every event of the image, oldest first, with where it sits
+/// in the log.
+async fn timeline(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Path(id): Path<String>,
+) -> Result<Json<Timeline>, IngestError> {
+    let (image_id, _) = owned_image(&state, &client, id).await?;
+    let events = db::timeline(&state.pool, image_id)
+        .await
+        .map_err(database_unavailable)?;
+    Ok(Json(Timeline {
+        id: image_id,
+        events,
+    }))
+}
+
+const STATUSES: [&str; 5] = ["uploaded", "processing", "ready", "failed", "deleted"];
+const DEFAULT_PAGE: i64 = 50;
+const MAX_PAGE: i64 = 200;
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    limit: Option<i64>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Page {
+    images: Vec<ListedImage>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/images?status=&limit=&cursor=`: the client's images, newest first, keyset
+/// paginated with an opaque cursor.
+async fn list(
+    State(state): State<AppState>,
+    Client(client): Client,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Page>, IngestError> {
+    if let Some(status) = &query.status {
+        if !STATUSES.contains(&status.as_str()) {
+            return Err(IngestError::InvalidQuery(format!(
+                "status must be one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(IngestError::InvalidQuery(format!(
+            "limit must be 1..={MAX_PAGE}"
+        )));
+    }
+    let after = query.cursor.as_deref().map(cursor::decode).transpose()?;
+    // One extra row says whether there is a next page.
+    let mut images = db::list(
+        &state.pool,
+        &client,
+        query.status.as_deref(),
+        after,
+        limit + 1,
+    )
+    .await
+    .map_err(database_unavailable)?;
+    let next_cursor = if images.len() as i64 > limit {
+        images.truncate(limit as usize);
+        images
+            .last()
+            .map(|last| cursor::encode(last.uploaded_at, last.image_id))
+    } else {
+        None
+    };
+    Ok(Json(Page {
+        images,
+        next_cursor,
+    }))
+}
+
+/// The opaque page cursor: the sort key of the last row shown, base64url.
+mod cursor {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use crate::IngestError;
+
+    pub(super) fn encode(at: OffsetDateTime, id: Uuid) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{id}", at.unix_timestamp_nanos() / 1_000))
+    }
+
+    pub(super) fn decode(text: &str) -> Result<(OffsetDateTime, Uuid), IngestError> {
+        let invalid = || IngestError::InvalidQuery("cursor is not one this API gave out".into());
+        let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
+        let raw = String::from_utf8(raw).map_err(|_| invalid())?;
+        let (micros, id) = raw.split_once(':').ok_or_else(invalid)?;
+        let micros: i128 = micros.parse().map_err(|_| invalid())?;
+        let at =
+            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| invalid())?;
+        Ok((at, Uuid::parse_str(id).map_err(|_| invalid())?))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trips_and_rejects_forgeries() {
+            let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_000).unwrap();
+            let id = Uuid::now_v7();
+            assert_eq!(decode(&encode(at, id)).unwrap(), (at, id));
+            for bad in [
+                "",
+                "!!!",
+                "bm90LWEtY3Vyc29y",
+                &URL_SAFE_NO_PAD.encode("12:nope"),
+            ] {
+                assert!(decode(bad).is_err(), "{bad}");
+            }
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct Stats {
+    /// Images per status (every status present, zero when none).
+    counts: std::collections::BTreeMap<&'static str, i64>,
+    /// Seconds from upload to result; absent until an image has a result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    processing_seconds: Option<Percentiles>,
+}
+
+#[derive(Debug, Serialize)]
+struct Percentiles {
+    p50: f64,
+    p95: f64,
+    p99: f64,
+}
+
+/// `GET /v1/stats`: the client's images by status and upload-to-result percentiles.
+async fn stats(
+    State(state): State<AppState>,
+    Client(client): Client,
+) -> Result<Json<Stats>, IngestError> {
+    let mut counts: std::collections::BTreeMap<&'static str, i64> =
+        STATUSES.iter().map(|status| (*status, 0)).collect();
+    for (status, count) in db::counts_by_status(&state.pool, &client)
+        .await
+        .map_err(database_unavailable)?
+    {
+        if let Some(slot) = STATUSES.iter().find(|s| **s == status) {
+            counts.insert(slot, count);
+        }
+    }
+    let processing_seconds = db::processing_seconds(&state.pool, &client)
+        .await
+        .map_err(database_unavailable)?
+        .map(|(p50, p95, p99)| Percentiles { p50, p95, p99 });
+    Ok(Json(Stats {
+        counts,
+        processing_seconds,
+    }))
+}
