@@ -96,11 +96,9 @@ impl Pipeline {
                     ApiKeys::entry_for("client-a", &api_key),
                     ApiKeys::entry_for("client-b", &other_api_key)
                 ),
-                max_upload_bytes: 25_000_000,
-                max_pixels: 50_000_000,
-                max_side: 20_000,
                 uploads_per_minute: 0,
                 bytes_per_minute: 0,
+                ..Default::default()
             },
             kafka: kafka.clone(),
             s3: s3.clone(),

@@ -35,6 +35,21 @@ pub struct IngestSettings {
     pub bytes_per_minute: u64,
 }
 
+impl Default for IngestSettings {
+    /// The documented defaults (the same as an empty environment).
+    fn default() -> Self {
+        Self {
+            listen_addr: default_listen_addr(),
+            api_keys: String::new(),
+            max_upload_bytes: default_max_upload_bytes(),
+            max_pixels: default_max_pixels(),
+            max_side: default_max_side(),
+            uploads_per_minute: default_uploads_per_minute(),
+            bytes_per_minute: default_bytes_per_minute(),
+        }
+    }
+}
+
 impl FromEnv for IngestSettings {
     const PREFIX: &'static str = "IMGPIPE_INGEST_";
 }

@@ -3,6 +3,7 @@
 mod images;
 mod queries;
 mod readiness;
+mod upload;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +40,12 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let readiness = Arc::new(readiness::Dependencies::from(&state));
     Router::new()
-        .nest("/v1", images::router().merge(queries::router()))
+        .nest(
+            "/v1",
+            images::router()
+                .merge(upload::router())
+                .merge(queries::router()),
+        )
         .with_state(state)
         .merge(imgpipe_infra::ops::router(readiness))
         .route("/metrics", axum::routing::get(crate::metrics::render))
