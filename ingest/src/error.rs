@@ -29,6 +29,12 @@ pub enum IngestError {
     },
     #[error("the upload body could not be read: {0}")]
     BodyRead(String),
+    #[error("the multipart/form-data body is not a valid upload form: {0}")]
+    InvalidMultipart(String),
+    #[error("the form has no `file` field")]
+    MissingFile,
+    #[error("the `metadata` field is not valid: {0}")]
+    InvalidMetadata(String),
     #[error("{0} is not an image id")]
     InvalidImageId(String),
     #[error("no image with that id")]
@@ -72,6 +78,9 @@ impl IngestError {
             Self::UnreadableImage(_) => "unreadable-image",
             Self::ImageTooLarge { .. } => "image-too-large",
             Self::BodyRead(_) => "body-read-failed",
+            Self::InvalidMultipart(_) => "invalid-multipart",
+            Self::MissingFile => "missing-file",
+            Self::InvalidMetadata(_) => "invalid-metadata",
             Self::InvalidImageId(_) => "invalid-image-id",
             Self::ImageNotFound => "image-not-found",
             Self::InvalidQuery(_) => "invalid-query",
@@ -92,6 +101,9 @@ impl IngestError {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
             Self::EmptyBody
             | Self::BodyRead(_)
+            | Self::InvalidMultipart(_)
+            | Self::MissingFile
+            | Self::InvalidMetadata(_)
             | Self::InvalidImageId(_)
             | Self::InvalidQuery(_)
             | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,

@@ -12,16 +12,40 @@ pub struct Sniffed {
     pub height: u64,
 }
 
+/// How much of a body is read, at most, to find the dimensions. JPEG puts EXIF, XMP and ICC
+/// segments before the frame header; 1 MiB covers real cameras' files with room to spare.
+pub const HEAD_LIMIT: usize = 1024 * 1024;
+
+/// Sniffs a complete body.
 pub fn sniff(bytes: &[u8]) -> Result<Sniffed, IngestError> {
-    if bytes.is_empty() {
-        return Err(IngestError::EmptyBody);
+    match sniff_head(bytes, true)? {
+        Some(sniffed) => Ok(sniffed),
+        None => Err(IngestError::UnreadableImage(
+            "the header is incomplete".into(),
+        )),
+    }
+}
+
+/// Sniffs the first bytes of a body that may still be arriving. `Ok(None)` means "read more":
+/// the head is too short to tell, and `complete` says no more is coming.
+pub fn sniff_head(head: &[u8], complete: bool) -> Result<Option<Sniffed>, IngestError> {
+    const MAGIC_LEN: usize = 12;
+    if head.is_empty() {
+        return if complete {
+            Err(IngestError::EmptyBody)
+        } else {
+            Ok(None)
+        };
+    }
+    if head.len() < MAGIC_LEN && !complete {
+        return Ok(None);
     }
     // imagesize reads a fixed 12-byte header; pad shorter bodies so a truncated image is still
     // recognised by its magic bytes (and then reported as unreadable, not as not-an-image).
-    let mut header = [0u8; 12];
-    let head = bytes.len().min(header.len());
-    header[..head].copy_from_slice(&bytes[..head]);
-    let format = match imagesize::image_type(&header) {
+    let mut magic = [0u8; MAGIC_LEN];
+    let len = head.len().min(MAGIC_LEN);
+    magic[..len].copy_from_slice(&head[..len]);
+    let format = match imagesize::image_type(&magic) {
         Ok(ImageType::Jpeg) => "jpeg",
         Ok(ImageType::Png) => "png",
         Ok(ImageType::Webp) => "webp",
@@ -29,19 +53,25 @@ pub fn sniff(bytes: &[u8]) -> Result<Sniffed, IngestError> {
         Ok(ImageType::Tiff) => "tiff",
         Ok(_) | Err(_) => return Err(IngestError::UnsupportedMediaType),
     };
-    let size = imagesize::blob_size(bytes)
-        .map_err(|error| IngestError::UnreadableImage(format!("{format}: {error}")))?;
+    let size = match imagesize::blob_size(head) {
+        Ok(size) => size,
+        // Most likely the header goes on past what has arrived.
+        Err(_) if !complete && head.len() < HEAD_LIMIT => return Ok(None),
+        Err(error) => {
+            return Err(IngestError::UnreadableImage(format!("{format}: {error}")));
+        }
+    };
     if size.width == 0 || size.height == 0 {
         return Err(IngestError::UnreadableImage(format!(
             "{format} header says {}x{}",
             size.width, size.height
         )));
     }
-    Ok(Sniffed {
+    Ok(Some(Sniffed {
         format,
         width: size.width as u64,
         height: size.height as u64,
-    })
+    }))
 }
 
 #[cfg(test)]
@@ -75,6 +105,39 @@ mod tests {
                 height: 8000
             }
         );
+    }
+
+    #[test]
+    fn a_partial_head_asks_for_more_until_the_header_is_there() {
+        let mut png = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
+        png.extend_from_slice(&[0, 0, 0, 13]);
+        png.extend_from_slice(b"IHDR");
+        png.extend_from_slice(&640u32.to_be_bytes());
+        png.extend_from_slice(&480u32.to_be_bytes());
+        assert!(matches!(sniff_head(&png[..4], false), Ok(None)));
+        assert!(matches!(sniff_head(&png[..14], false), Ok(None)));
+        assert!(matches!(
+            sniff_head(&png[..14], true),
+            Err(IngestError::UnreadableImage(_))
+        ));
+        let sniffed = sniff_head(&png, false).unwrap().unwrap();
+        assert_eq!((sniffed.width, sniffed.height), (640, 480));
+        // Text is refused from its first bytes, without waiting for the rest.
+        assert!(matches!(
+            sniff_head(b"hello, this is not an image", false),
+            Err(IngestError::UnsupportedMediaType)
+        ));
+    }
+
+    #[test]
+    fn a_head_that_never_yields_a_header_is_unreadable_at_the_limit() {
+        // A JPEG whose first segment claims to run on and on: no frame header in the head.
+        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF];
+        jpeg.resize(HEAD_LIMIT, 0);
+        assert!(matches!(
+            sniff_head(&jpeg, false),
+            Err(IngestError::UnreadableImage(_))
+        ));
     }
 
     #[test]

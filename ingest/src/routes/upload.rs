@@ -1,13 +1,15 @@
 //! `POST /v1/images`: validate, store the original, announce it, answer 202.
 
-use axum::body::Body;
-use axum::extract::State;
+use std::collections::BTreeMap;
+
+use axum::extract::multipart::MultipartError;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::Bytes;
-use http_body_util::LengthLimitError;
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, TryStreamExt};
 use imgpipe_schemas::{Event, ImageUploaded};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -21,7 +23,9 @@ use crate::sniff::{self, Sniffed};
 use crate::IngestError;
 
 pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/images", post(upload))
+    // The upload counts its own bytes against the configured limit (413) as they stream; axum's
+    // default 2 MB cap on multipart bodies would refuse legitimate images first.
+    Router::new().route("/images", post(upload).layer(DefaultBodyLimit::disable()))
 }
 
 #[derive(Debug, Serialize)]
@@ -33,6 +37,8 @@ struct Accepted {
     height: u64,
     bytes: u64,
     sha256: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metadata: Option<Metadata>,
     links: Links,
 }
 
@@ -42,43 +48,58 @@ struct Links {
     this: String,
 }
 
-/// `POST /v1/images` with the image as the raw body.
+/// `POST /v1/images`: the image as the raw body, or as the `file` field of a
+/// multipart/form-data body with an optional `metadata` field (a JSON object of strings).
 ///
-/// Order matters: the original is durable in object storage before the event is appended,
-/// and 202 is sent only after the broker acknowledged the event. If the append fails, the
-/// client gets 503 and the stored original is an orphan for the sweeper, never a half-accepted
-/// upload.
+/// The body streams to object storage as it arrives (a multipart upload once it outgrows one
+/// part), so an upload never sits whole in memory. Order matters: the original is durable in
+/// object storage before the event is appended, and 202 is sent only after the broker
+/// acknowledged the event. If the append fails, the client gets 503 and the stored original
+/// is an orphan for the sweeper, never a half-accepted upload.
 async fn upload(
     State(state): State<AppState>,
     Client(client): Client,
-    headers: HeaderMap,
-    body: Body,
+    request: Request,
 ) -> Result<Response, IngestError> {
     state.rate_limits.check_upload(&client)?;
+    let headers = request.headers().clone();
+    let idempotency_key = idempotency_key(&headers)?;
     let limit = state.settings.max_upload_bytes;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit) {
-        return Err(IngestError::PayloadTooLarge { limit });
-    }
-    let bytes = read_limited(body, limit).await?;
-    state.rate_limits.check_bytes(&client, bytes.len() as u64)?;
-    let sniffed = sniff::sniff(&bytes)?;
-    check_limits(&state, sniffed)?;
+    let (original, metadata) = if is_multipart(&headers) {
+        if declared.is_some_and(|length| length > limit + MULTIPART_OVERHEAD) {
+            return Err(IngestError::PayloadTooLarge { limit });
+        }
+        let form = receive_form(&state, request).await?;
+        charge_bytes(&state, &client, &form.0).await?;
+        form
+    } else {
+        if declared.is_some_and(|length| length > limit) {
+            return Err(IngestError::PayloadTooLarge { limit });
+        }
+        // With the length known, a client over its byte budget is refused before it sends.
+        if let Some(length) = declared {
+            state.rate_limits.check_bytes(&client, length)?;
+        }
+        let body = request.into_body().into_data_stream().map_err(body_error);
+        let original = receive(&state, body).await?;
+        if declared.is_none() {
+            charge_bytes(&state, &client, &original).await?;
+        }
+        (original, None)
+    };
 
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    let idempotency_key = idempotency_key(&headers)?;
     let image_id = match &idempotency_key {
-        None => Uuid::now_v7(),
-        Some(key) => match claim(&state, &client, key, &sha256).await? {
+        None => original.image_id,
+        Some(key) => match claim(&state, &client, key, &original).await? {
             Claim::Fresh(image_id) => image_id,
             Claim::Replay(response) => return Ok(replay(response)),
         },
     };
-    let result =
-        store_and_announce(&state, &client, &headers, image_id, bytes, sniffed, &sha256).await;
+    let result = store_and_announce(&state, &client, &headers, image_id, &original, metadata).await;
     if let Some(key) = &idempotency_key {
         match &result {
             Ok(response) => {
@@ -105,25 +126,264 @@ async fn upload(
     Ok(response)
 }
 
-/// Stores the original, appends `ImageUploaded` and returns the 202 body.
+/// Room for the multipart boundaries and the metadata field on top of the file's own limit.
+const MULTIPART_OVERHEAD: u64 = 64 * 1024;
+/// The `metadata` field's limits: what fits a label, not a document.
+const METADATA_BYTES: usize = 8 * 1024;
+const METADATA_ENTRIES: usize = 32;
+const METADATA_KEY_CHARS: usize = 64;
+
+type Metadata = BTreeMap<String, String>;
+
+/// An original stored under its staging image id, with what was learnt while it streamed.
+struct Received {
+    image_id: Uuid,
+    key: String,
+    sniffed: Sniffed,
+    bytes: u64,
+    sha256: String,
+}
+
+fn is_multipart(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/form-data")
+        })
+}
+
+/// Streams one image body into object storage: sniffs the format and dimensions from its
+/// first bytes (refusing it before anything is stored), then hashes and stores the rest as it
+/// arrives, counting against the size limit.
+async fn receive<S>(state: &AppState, body: S) -> Result<Received, IngestError>
+where
+    S: Stream<Item = Result<Bytes, IngestError>>,
+{
+    let limit = state.settings.max_upload_bytes;
+    let mut body = std::pin::pin!(body);
+    let mut head = BytesMut::new();
+    let sniffed = loop {
+        let chunk = body.next().await.transpose()?;
+        let complete = chunk.is_none();
+        if let Some(chunk) = chunk {
+            head.extend_from_slice(&chunk);
+            if head.len() as u64 > limit {
+                return Err(IngestError::PayloadTooLarge { limit });
+            }
+        }
+        match sniff::sniff_head(&head, complete)? {
+            Some(sniffed) => break sniffed,
+            None if complete => {
+                return Err(IngestError::UnreadableImage(
+                    "the header is incomplete".into(),
+                ))
+            }
+            None => {}
+        }
+    };
+    check_limits(state, sniffed)?;
+
+    let image_id = Uuid::now_v7();
+    let key = state.store.original_key(image_id);
+    let mut writer = state
+        .store
+        .writer(&key, &format!("image/{}", sniffed.format));
+    let mut hasher = Sha256::new();
+    let mut bytes = head.len() as u64;
+    hasher.update(&head);
+    let streamed: Result<(), IngestError> = async {
+        writer.write(&head).await.map_err(storage_unavailable)?;
+        drop(head);
+        while let Some(chunk) = body.next().await.transpose()? {
+            bytes += chunk.len() as u64;
+            if bytes > limit {
+                return Err(IngestError::PayloadTooLarge { limit });
+            }
+            hasher.update(&chunk);
+            writer.write(&chunk).await.map_err(storage_unavailable)?;
+        }
+        Ok(())
+    }
+    .await;
+    match streamed {
+        Ok(()) => writer.finish().await.map_err(storage_unavailable)?,
+        Err(error) => {
+            writer.abort().await;
+            return Err(error);
+        }
+    }
+    Ok(Received {
+        image_id,
+        key,
+        sniffed,
+        bytes,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Reads a multipart/form-data upload: the `file` field streams like a raw body; `metadata`
+/// is a small JSON object of strings. Anything else is refused, and an original already
+/// stored for a refused form is removed again.
+async fn receive_form(
+    state: &AppState,
+    request: Request,
+) -> Result<(Received, Option<Metadata>), IngestError> {
+    let limit = state.settings.max_upload_bytes;
+    let mut form = Multipart::from_request(request, state)
+        .await
+        .map_err(|rejection| IngestError::InvalidMultipart(rejection.body_text()))?;
+    let mut original: Option<Received> = None;
+    let mut metadata = None;
+    let read: Result<(), IngestError> = async {
+        while let Some(field) = form
+            .next_field()
+            .await
+            .map_err(|e| multipart_error(e, limit))?
+        {
+            match field.name() {
+                Some("file") if original.is_none() => {
+                    let body = field.map_err(|e| multipart_error(e, limit));
+                    original = Some(receive(state, body).await?);
+                }
+                Some("metadata") if metadata.is_none() => {
+                    metadata = Some(parse_metadata(&read_small_field(field, limit).await?)?);
+                }
+                Some(name @ ("file" | "metadata")) => {
+                    return Err(IngestError::InvalidMultipart(format!(
+                        "the field {name:?} is there twice"
+                    )))
+                }
+                name => {
+                    return Err(IngestError::InvalidMultipart(format!(
+                        "unexpected field {:?}: the form takes `file` and optional `metadata`",
+                        name.unwrap_or_default()
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    match (read, original) {
+        (Ok(()), Some(original)) => Ok((original, metadata)),
+        (Ok(()), None) => Err(IngestError::MissingFile),
+        (Err(error), original) => {
+            if let Some(original) = original {
+                discard(state, &original.key).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+async fn read_small_field(
+    mut field: axum::extract::multipart::Field<'_>,
+    limit: u64,
+) -> Result<Vec<u8>, IngestError> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
+        bytes.extend_from_slice(&chunk);
+        if bytes.len() > METADATA_BYTES {
+            return Err(IngestError::InvalidMetadata(format!(
+                "over {METADATA_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(bytes)
+}
+
+/// `metadata` is a flat JSON object of short string values: labels an app wants back, kept
+/// with the image's events.
+fn parse_metadata(bytes: &[u8]) -> Result<Metadata, IngestError> {
+    let metadata: Metadata = serde_json::from_slice(bytes).map_err(|error| {
+        IngestError::InvalidMetadata(format!("not a JSON object of strings: {error}"))
+    })?;
+    if metadata.len() > METADATA_ENTRIES {
+        return Err(IngestError::InvalidMetadata(format!(
+            "{} entries, at most {METADATA_ENTRIES}",
+            metadata.len()
+        )));
+    }
+    if let Some(key) = metadata.keys().find(|key| {
+        key.is_empty()
+            || key.len() > METADATA_KEY_CHARS
+            || !key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    }) {
+        return Err(IngestError::InvalidMetadata(format!(
+            "key {key:?}: 1 to {METADATA_KEY_CHARS} letters, digits, '_', '-' or '.'"
+        )));
+    }
+    Ok(metadata)
+}
+
+fn multipart_error(error: MultipartError, limit: u64) -> IngestError {
+    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        IngestError::PayloadTooLarge { limit }
+    } else {
+        IngestError::InvalidMultipart(error.body_text())
+    }
+}
+
+fn body_error(error: axum::Error) -> IngestError {
+    IngestError::BodyRead(error.into_inner().to_string())
+}
+
+fn storage_unavailable(error: imgpipe_infra::InfraError) -> IngestError {
+    IngestError::StorageUnavailable(error.to_string())
+}
+
+/// Counts a body of unknown length against the client's byte budget once it has arrived;
+/// over budget, its stored original is removed again.
+async fn charge_bytes(
+    state: &AppState,
+    client: &str,
+    original: &Received,
+) -> Result<(), IngestError> {
+    if let Err(error) = state.rate_limits.check_bytes(client, original.bytes) {
+        discard(state, &original.key).await;
+        return Err(error);
+    }
+    Ok(())
+}
+
+/// Removes an original that will not be announced. Best effort: one left behind is an orphan
+/// that the sweeper removes.
+async fn discard(state: &AppState, key: &str) {
+    if let Err(error) = state.store.delete(key).await {
+        tracing::warn!(error = %error, key, "could not remove an unannounced original");
+    }
+}
+
+/// Appends `ImageUploaded` for an original stored under `image_id` (moving it there first if
+/// it was staged under another id) and returns the 202 body.
 async fn store_and_announce(
     state: &AppState,
     client: &str,
     headers: &HeaderMap,
     image_id: Uuid,
-    bytes: Bytes,
-    sniffed: Sniffed,
-    sha256: &str,
+    original: &Received,
+    metadata: Option<Metadata>,
 ) -> Result<serde_json::Value, IngestError> {
-    let size = bytes.len() as u64;
     let original_key = state.store.original_key(image_id);
-    let content_type = format!("image/{}", sniffed.format);
-    state
-        .store
-        .put(&original_key, bytes, &content_type)
-        .await
-        .map_err(|e| IngestError::StorageUnavailable(e.to_string()))?;
-
+    if original_key != original.key {
+        state
+            .store
+            .copy(&original.key, &original_key)
+            .await
+            .map_err(storage_unavailable)?;
+        discard(state, &original.key).await;
+    }
+    let Received {
+        sniffed,
+        bytes,
+        sha256,
+        ..
+    } = original;
     let event = Event::new(
         image_id,
         correlation_id(headers, image_id),
@@ -133,8 +393,8 @@ async fn store_and_announce(
             owner: client.to_string(),
             original_key,
             format: sniffed.format.into(),
-            bytes: size as i64,
-            sha256: sha256.to_string(),
+            bytes: *bytes as i64,
+            sha256: sha256.clone(),
             width: sniffed.width as i32,
             height: sniffed.height as i32,
         },
@@ -147,9 +407,9 @@ async fn store_and_announce(
         .map_err(|e| IngestError::EventLogUnavailable(e.to_string()))?;
     metrics::histogram!(crate::metrics::PRODUCE_SECONDS)
         .record(produce_started.elapsed().as_secs_f64());
-    metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(size);
+    metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(*bytes);
     tracing::info!(
-        image_id = %image_id, client = %client, bytes = size, format = sniffed.format,
+        image_id = %image_id, client = %client, bytes, format = sniffed.format,
         partition = delivery.partition, offset = delivery.offset, "upload accepted"
     );
 
@@ -159,8 +419,9 @@ async fn store_and_announce(
         format: sniffed.format,
         width: sniffed.width,
         height: sniffed.height,
-        bytes: size,
-        sha256: sha256.to_string(),
+        bytes: *bytes,
+        sha256: sha256.clone(),
+        metadata,
         links: Links {
             this: format!("/v1/images/{image_id}"),
         },
@@ -192,18 +453,34 @@ enum Claim {
 /// An attempt newer than this may still be in flight (produce and S3 time out well before).
 const IN_FLIGHT: time::Duration = time::Duration::minutes(2);
 
+/// Reserves the key for this upload, or finds what an earlier upload with it did. Unless the
+/// answer is to go ahead with the original as staged, the staged original is removed (or, by
+/// the caller, moved to the image id an earlier attempt reserved).
 async fn claim(
     state: &AppState,
     client: &str,
     key: &str,
-    sha256: &str,
+    original: &Received,
 ) -> Result<Claim, IngestError> {
-    let new_id = Uuid::now_v7();
-    let existing = db::reserve_idempotency_key(&state.pool, client, key, sha256, new_id)
+    let claimed = claim_key(state, client, key, original).await;
+    if matches!(claimed, Ok(Claim::Replay(_)) | Err(_)) {
+        discard(state, &original.key).await;
+    }
+    claimed
+}
+
+async fn claim_key(
+    state: &AppState,
+    client: &str,
+    key: &str,
+    original: &Received,
+) -> Result<Claim, IngestError> {
+    let sha256 = original.sha256.as_str();
+    let existing = db::reserve_idempotency_key(&state.pool, client, key, sha256, original.image_id)
         .await
         .map_err(database_unavailable)?;
     let Some(existing) = existing else {
-        return Ok(Claim::Fresh(new_id));
+        return Ok(Claim::Fresh(original.image_id));
     };
     if existing.body_sha256 != sha256 {
         return Err(IngestError::IdempotencyKeyReused);
@@ -231,20 +508,6 @@ fn replay(body: serde_json::Value) -> Response {
         headers.insert(header::LOCATION, value);
     }
     response
-}
-
-async fn read_limited(body: Body, limit: u64) -> Result<Bytes, IngestError> {
-    let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
-    axum::body::to_bytes(body, limit_usize)
-        .await
-        .map_err(|error| {
-            let inner = error.into_inner();
-            if inner.downcast_ref::<LengthLimitError>().is_some() {
-                IngestError::PayloadTooLarge { limit }
-            } else {
-                IngestError::BodyRead(inner.to_string())
-            }
-        })
 }
 
 fn check_limits(state: &AppState, sniffed: Sniffed) -> Result<(), IngestError> {
