@@ -1,5 +1,8 @@
 //! What an upload is, from its bytes alone: the format from the magic bytes (never the
-//! client's Content-Type) and the dimensions from the header, without decoding pixels.
+//! client's Content-Type) and the dimensions from the header, without decoding pixels, while
+//! the body is still streaming in.
+
+use std::io::{BufReader, Read, Seek, SeekFrom};
 
 use imagesize::ImageType;
 
@@ -12,30 +15,28 @@ pub struct Sniffed {
     pub height: u64,
 }
 
-/// How much of a body is read, at most, to find the dimensions. JPEG puts EXIF, XMP and ICC
+/// How much of a body's start is kept to find the dimensions. JPEG puts EXIF, XMP and ICC
 /// segments before the frame header; 1 MiB covers real cameras' files with room to spare.
 pub const HEAD_LIMIT: usize = 1024 * 1024;
+/// How much is kept from where a TIFF's first IFD starts: its entries, with the width and
+/// height inline, take a few hundred bytes.
+const IFD_WINDOW: usize = 64 * 1024;
+const MAGIC_LEN: usize = 12;
 
 /// Sniffs a complete body.
 pub fn sniff(bytes: &[u8]) -> Result<Sniffed, IngestError> {
-    match sniff_head(bytes, true)? {
+    let mut sniffer = Sniffer::default();
+    match sniffer.feed(bytes)? {
         Some(sniffed) => Ok(sniffed),
-        None => Err(IngestError::UnreadableImage(
-            "the header is incomplete".into(),
-        )),
+        None => sniffer.finish(),
     }
 }
 
-/// Sniffs the first bytes of a body that may still be arriving. `Ok(None)` means "read more":
-/// the head is too short to tell, and `complete` says no more is coming.
-pub fn sniff_head(head: &[u8], complete: bool) -> Result<Option<Sniffed>, IngestError> {
-    const MAGIC_LEN: usize = 12;
-    if head.is_empty() {
-        return if complete {
-            Err(IngestError::EmptyBody)
-        } else {
-            Ok(None)
-        };
+/// The format from a body's first bytes. `Ok(None)`: too few bytes yet to tell, and
+/// `complete` says none are coming.
+pub fn format_of(head: &[u8], complete: bool) -> Result<Option<&'static str>, IngestError> {
+    if head.is_empty() && complete {
+        return Err(IngestError::EmptyBody);
     }
     if head.len() < MAGIC_LEN && !complete {
         return Ok(None);
@@ -45,33 +46,176 @@ pub fn sniff_head(head: &[u8], complete: bool) -> Result<Option<Sniffed>, Ingest
     let mut magic = [0u8; MAGIC_LEN];
     let len = head.len().min(MAGIC_LEN);
     magic[..len].copy_from_slice(&head[..len]);
-    let format = match imagesize::image_type(&magic) {
-        Ok(ImageType::Jpeg) => "jpeg",
-        Ok(ImageType::Png) => "png",
-        Ok(ImageType::Webp) => "webp",
-        Ok(ImageType::Gif) => "gif",
-        Ok(ImageType::Tiff) => "tiff",
-        Ok(_) | Err(_) => return Err(IngestError::UnsupportedMediaType),
-    };
-    let size = match imagesize::blob_size(head) {
-        Ok(size) => size,
-        // Most likely the header goes on past what has arrived.
-        Err(_) if !complete && head.len() < HEAD_LIMIT => return Ok(None),
-        Err(error) => {
-            return Err(IngestError::UnreadableImage(format!("{format}: {error}")));
-        }
-    };
-    if size.width == 0 || size.height == 0 {
-        return Err(IngestError::UnreadableImage(format!(
-            "{format} header says {}x{}",
-            size.width, size.height
-        )));
+    match imagesize::image_type(&magic) {
+        Ok(ImageType::Jpeg) => Ok(Some("jpeg")),
+        Ok(ImageType::Png) => Ok(Some("png")),
+        Ok(ImageType::Webp) => Ok(Some("webp")),
+        Ok(ImageType::Gif) => Ok(Some("gif")),
+        Ok(ImageType::Tiff) => Ok(Some("tiff")),
+        Ok(_) | Err(_) => Err(IngestError::UnsupportedMediaType),
     }
-    Ok(Some(Sniffed {
-        format,
-        width: size.width as u64,
-        height: size.height as u64,
-    }))
+}
+
+/// Finds an image's format and dimensions in a body fed to it piece by piece, keeping only
+/// the body's head (and, for a TIFF, the bytes where its first IFD starts, which encoders
+/// often write after the pixels).
+#[derive(Debug, Default)]
+pub struct Sniffer {
+    head: Vec<u8>,
+    position: u64,
+    ifd: Option<Window>,
+    found: Option<Sniffed>,
+}
+
+#[derive(Debug)]
+struct Window {
+    start: u64,
+    bytes: Vec<u8>,
+}
+
+impl Sniffer {
+    /// Feeds the next bytes of the body; the answer once the header has been seen.
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<Option<Sniffed>, IngestError> {
+        if let Some(found) = self.found {
+            return Ok(Some(found));
+        }
+        let Some(format) = self.take(chunk)? else {
+            return Ok(None);
+        };
+        match self.dimensions(format) {
+            Ok(sniffed) => {
+                self.found = Some(sniffed);
+                Ok(Some(sniffed))
+            }
+            Err(_) if self.may_still_find() => Ok(None),
+            Err(error) => Err(unreadable(format, &error)),
+        }
+    }
+
+    /// The answer for a body that has ended.
+    pub fn finish(&mut self) -> Result<Sniffed, IngestError> {
+        if let Some(found) = self.found {
+            return Ok(found);
+        }
+        let format = format_of(&self.head, true)?.unwrap_or("image");
+        self.dimensions(format)
+            .map_err(|error| unreadable(format, &error))
+    }
+
+    fn take(&mut self, chunk: &[u8]) -> Result<Option<&'static str>, IngestError> {
+        let start = self.position;
+        self.position += chunk.len() as u64;
+        let room = HEAD_LIMIT.saturating_sub(self.head.len()).min(chunk.len());
+        self.head.extend_from_slice(&chunk[..room]);
+        let Some(format) = format_of(&self.head, false)? else {
+            return Ok(None);
+        };
+        if format == "tiff" && self.ifd.is_none() {
+            self.ifd = tiff_ifd_offset(&self.head).map(|start| Window {
+                start,
+                bytes: Vec::new(),
+            });
+        }
+        if let Some(window) = &mut self.ifd {
+            let wanted_end = window.start + IFD_WINDOW as u64;
+            let have_end = window.start + window.bytes.len() as u64;
+            let from = have_end.max(start);
+            let to = wanted_end.min(self.position);
+            if from < to && from == have_end {
+                let offset = (from - start) as usize;
+                window
+                    .bytes
+                    .extend_from_slice(&chunk[offset..offset + (to - from) as usize]);
+            }
+        }
+        Ok(Some(format))
+    }
+
+    fn dimensions(&self, format: &'static str) -> Result<Sniffed, imagesize::ImageError> {
+        let reader = BufReader::new(Sparse {
+            head: &self.head,
+            window: self.ifd.as_ref(),
+            position: 0,
+        });
+        let size = imagesize::reader_size(reader)?;
+        if size.width == 0 || size.height == 0 {
+            return Err(imagesize::ImageError::CorruptedImage);
+        }
+        Ok(Sniffed {
+            format,
+            width: size.width as u64,
+            height: size.height as u64,
+        })
+    }
+
+    /// Whether more of the body could still bring the header.
+    fn may_still_find(&self) -> bool {
+        if self.head.len() < HEAD_LIMIT {
+            return true;
+        }
+        self.ifd
+            .as_ref()
+            .is_some_and(|window| window.bytes.len() < IFD_WINDOW)
+    }
+}
+
+fn unreadable(format: &str, error: &dyn std::fmt::Display) -> IngestError {
+    IngestError::UnreadableImage(format!("{format}: {error}"))
+}
+
+/// Where a (classic, not Big) TIFF's first IFD starts, from its 8-byte header.
+fn tiff_ifd_offset(head: &[u8]) -> Option<u64> {
+    let offset: [u8; 4] = head.get(4..8)?.try_into().ok()?;
+    match head.get(..4)? {
+        b"II*\0" => Some(u64::from(u32::from_le_bytes(offset))),
+        b"MM\0*" => Some(u64::from(u32::from_be_bytes(offset))),
+        _ => None,
+    }
+}
+
+/// The parts of a body kept while sniffing, read as if they were the whole file: bytes that
+/// were not kept read as the end of the file, which imagesize reports as a truncated header.
+struct Sparse<'a> {
+    head: &'a [u8],
+    window: Option<&'a Window>,
+    position: u64,
+}
+
+impl Read for Sparse<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let position = self.position;
+        let available: &[u8] = if position < self.head.len() as u64 {
+            &self.head[position as usize..]
+        } else {
+            match self.window {
+                Some(window)
+                    if position >= window.start
+                        && position < window.start + window.bytes.len() as u64 =>
+                {
+                    &window.bytes[(position - window.start) as usize..]
+                }
+                _ => &[],
+            }
+        };
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl Seek for Sparse<'_> {
+    fn seek(&mut self, to: SeekFrom) -> std::io::Result<u64> {
+        let target = match to {
+            SeekFrom::Start(n) => Some(n),
+            SeekFrom::Current(delta) => self.position.checked_add_signed(delta),
+            SeekFrom::End(_) => None,
+        };
+        self.position = target.ok_or_else(|| {
+            std::io::Error::new(std::io::ErrorKind::Unsupported, "seek outside the body")
+        })?;
+        Ok(self.position)
+    }
 }
 
 #[cfg(test)]
@@ -80,6 +224,10 @@ mod tests {
 
     #[test]
     fn empty_and_text_bodies_are_told_apart() {
+        assert!(matches!(
+            Sniffer::default().finish(),
+            Err(IngestError::EmptyBody)
+        ));
         assert!(matches!(sniff(b""), Err(IngestError::EmptyBody)));
         assert!(matches!(
             sniff(b"just some text, renamed to .jpg"),
@@ -107,37 +255,76 @@ mod tests {
         );
     }
 
-    #[test]
-    fn a_partial_head_asks_for_more_until_the_header_is_there() {
+    fn png_header(width: u32, height: u32) -> Vec<u8> {
         let mut png = vec![0x89, b'P', b'N', b'G', 0x0D, 0x0A, 0x1A, 0x0A];
         png.extend_from_slice(&[0, 0, 0, 13]);
         png.extend_from_slice(b"IHDR");
-        png.extend_from_slice(&640u32.to_be_bytes());
-        png.extend_from_slice(&480u32.to_be_bytes());
-        assert!(matches!(sniff_head(&png[..4], false), Ok(None)));
-        assert!(matches!(sniff_head(&png[..14], false), Ok(None)));
-        assert!(matches!(
-            sniff_head(&png[..14], true),
-            Err(IngestError::UnreadableImage(_))
-        ));
-        let sniffed = sniff_head(&png, false).unwrap().unwrap();
-        assert_eq!((sniffed.width, sniffed.height), (640, 480));
+        png.extend_from_slice(&width.to_be_bytes());
+        png.extend_from_slice(&height.to_be_bytes());
+        png
+    }
+
+    #[test]
+    fn a_body_fed_in_pieces_is_sniffed_once_its_header_is_there() {
+        let png = png_header(640, 480);
+        let mut sniffer = Sniffer::default();
+        assert!(matches!(sniffer.feed(&png[..4]), Ok(None)));
+        assert!(matches!(sniffer.feed(&png[4..14]), Ok(None)));
+        let sniffed = sniffer.feed(&png[14..]).unwrap().unwrap();
+        assert_eq!(
+            (sniffed.format, sniffed.width, sniffed.height),
+            ("png", 640, 480)
+        );
+
+        let mut cut = Sniffer::default();
+        assert!(matches!(cut.feed(&png[..14]), Ok(None)));
+        assert!(matches!(cut.finish(), Err(IngestError::UnreadableImage(_))));
+
         // Text is refused from its first bytes, without waiting for the rest.
         assert!(matches!(
-            sniff_head(b"hello, this is not an image", false),
+            Sniffer::default().feed(b"hello, this is not an image"),
             Err(IngestError::UnsupportedMediaType)
         ));
     }
 
     #[test]
     fn a_head_that_never_yields_a_header_is_unreadable_at_the_limit() {
-        // A JPEG whose first segment claims to run on and on: no frame header in the head.
-        let mut jpeg = vec![0xFF, 0xD8, 0xFF, 0xE1, 0xFF, 0xFF];
-        jpeg.resize(HEAD_LIMIT, 0);
-        assert!(matches!(
-            sniff_head(&jpeg, false),
-            Err(IngestError::UnreadableImage(_))
-        ));
+        // A JPEG whose segments run on and on: no frame header in the head.
+        let mut jpeg = vec![0xFF, 0xD8];
+        while jpeg.len() < HEAD_LIMIT + 70_000 {
+            jpeg.extend_from_slice(&[0xFF, 0xE1, 0xFF, 0xFF]);
+            jpeg.resize(jpeg.len() + 0xFFFF - 2, 0);
+        }
+        let mut sniffer = Sniffer::default();
+        let verdicts: Vec<_> = jpeg.chunks(64 * 1024).map(|c| sniffer.feed(c)).collect();
+        assert!(
+            matches!(verdicts.last(), Some(Err(IngestError::UnreadableImage(_)))),
+            "{verdicts:?}"
+        );
+    }
+
+    #[test]
+    fn a_tiff_whose_directory_follows_the_pixels_is_sniffed_from_the_stream() {
+        let image = image::RgbImage::from_pixel(900, 700, image::Rgb([10, 20, 30]));
+        let mut tiff = std::io::Cursor::new(Vec::new());
+        image.write_to(&mut tiff, image::ImageFormat::Tiff).unwrap();
+        let tiff = tiff.into_inner();
+        assert!(
+            tiff_ifd_offset(&tiff).unwrap() > HEAD_LIMIT as u64,
+            "IFD after the head"
+        );
+        let mut sniffer = Sniffer::default();
+        let mut found = None;
+        for chunk in tiff.chunks(50_000) {
+            if let Some(sniffed) = sniffer.feed(chunk).unwrap() {
+                found = Some(sniffed);
+            }
+        }
+        let sniffed = found.unwrap();
+        assert_eq!(
+            (sniffed.format, sniffed.width, sniffed.height),
+            ("tiff", 900, 700)
+        );
     }
 
     #[test]

@@ -13,6 +13,10 @@ use crate::rate_limit::RateLimits;
 use crate::routes::{self, AppState};
 use crate::Config;
 
+/// How long in-flight requests may run on after shutdown begins: longer than a healthy upload
+/// takes, shorter than the 60 s body timeout a stalled client could otherwise hold out.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+
 /// A built ingest service: its listener bound, not yet serving.
 pub struct Application {
     listener: TcpListener,
@@ -46,14 +50,29 @@ impl Application {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Serves until `shutdown` is cancelled: stops accepting, lets in-flight requests finish,
-    /// then flushes the producer.
+    /// Serves until `shutdown` is cancelled: stops accepting, lets in-flight requests finish
+    /// for up to [`SHUTDOWN_GRACE`] (an upload that outlasts it gets no 202 and its client
+    /// retries), then flushes the producer.
     pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
         let events = self.state.events.clone();
         let pool = self.state.pool.clone();
         let address = self.listener.local_addr()?;
         tracing::info!(%address, "ingest listening");
-        imgpipe_infra::ops::serve(self.listener, routes::router(self.state), shutdown).await?;
+        let serving =
+            imgpipe_infra::ops::serve(self.listener, routes::router(self.state), shutdown.clone());
+        let grace_over = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        };
+        tokio::select! {
+            served = serving => served?,
+            () = grace_over => {
+                tracing::warn!(
+                    grace_secs = SHUTDOWN_GRACE.as_secs(),
+                    "in-flight requests outlasted the shutdown grace; closing them"
+                );
+            }
+        }
         events.flush(Duration::from_secs(10)).await;
         pool.close().await;
         tracing::info!("ingest stopped");

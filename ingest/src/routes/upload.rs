@@ -1,6 +1,7 @@
 //! `POST /v1/images`: validate, store the original, announce it, answer 202.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 
 use axum::extract::multipart::MultipartError;
 use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
@@ -19,7 +20,7 @@ use super::images::{correlation_id, database_unavailable, producer};
 use super::AppState;
 use crate::auth::Client;
 use crate::db;
-use crate::sniff::{self, Sniffed};
+use crate::sniff::{self, Sniffed, Sniffer};
 use crate::IngestError;
 
 pub(super) fn router() -> Router<AppState> {
@@ -58,34 +59,58 @@ struct Links {
 /// is an orphan for the sweeper, never a half-accepted upload.
 async fn upload(
     State(state): State<AppState>,
-    Client(client): Client,
+    client: Result<Client, IngestError>,
     request: Request,
 ) -> Result<Response, IngestError> {
-    state.rate_limits.check_upload(&client)?;
-    let headers = request.headers().clone();
-    let idempotency_key = idempotency_key(&headers)?;
     let limit = state.settings.max_upload_bytes;
+    let headers = request.headers().clone();
+    let multipart = is_multipart(&headers);
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (original, metadata) = if is_multipart(&headers) {
-        if declared.is_some_and(|length| length > limit + MULTIPART_OVERHEAD) {
+    let admitted = client.and_then(|Client(client)| {
+        state.rate_limits.check_upload(&client)?;
+        let idempotency_key = idempotency_key(&headers)?;
+        let allowed = if multipart {
+            limit + MULTIPART_OVERHEAD
+        } else {
+            limit
+        };
+        if declared.is_some_and(|length| length > allowed) {
             return Err(IngestError::PayloadTooLarge { limit });
         }
+        // With the length known, a client over its byte budget is refused before it sends.
+        if let (Some(length), false) = (declared, multipart) {
+            state.rate_limits.check_bytes(&client, length)?;
+        }
+        Ok((client, idempotency_key))
+    });
+    let (client, idempotency_key) = match admitted {
+        Ok(admitted) => admitted,
+        Err(error) => {
+            if declared.is_none_or(|length| length <= DRAIN_LIMIT_FACTOR * limit) {
+                let body = request.into_body().into_data_stream().map_err(body_error);
+                drain(std::pin::pin!(body), limit).await;
+            }
+            return Err(error);
+        }
+    };
+
+    let (original, metadata) = if multipart {
         let form = receive_form(&state, request).await?;
         charge_bytes(&state, &client, &form.0).await?;
         form
     } else {
-        if declared.is_some_and(|length| length > limit) {
-            return Err(IngestError::PayloadTooLarge { limit });
-        }
-        // With the length known, a client over its byte budget is refused before it sends.
-        if let Some(length) = declared {
-            state.rate_limits.check_bytes(&client, length)?;
-        }
         let body = request.into_body().into_data_stream().map_err(body_error);
-        let original = receive(&state, body).await?;
+        let mut body = std::pin::pin!(body);
+        let original = match receive(&state, body.as_mut()).await {
+            Ok(original) => original,
+            Err(error) => {
+                drain(body, limit).await;
+                return Err(error);
+            }
+        };
         if declared.is_none() {
             charge_bytes(&state, &client, &original).await?;
         }
@@ -126,6 +151,9 @@ async fn upload(
     Ok(response)
 }
 
+/// A refused body is read to its end (so the client gets the answer, see `drain`) up to this
+/// many times the size limit; a client sending more is cut off.
+const DRAIN_LIMIT_FACTOR: u64 = 2;
 /// Room for the multipart boundaries and the metadata field on top of the file's own limit.
 const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 /// The `metadata` field's limits: what fits a label, not a document.
@@ -155,66 +183,72 @@ fn is_multipart(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Streams one image body into object storage: sniffs the format and dimensions from its
-/// first bytes (refusing it before anything is stored), then hashes and stores the rest as it
-/// arrives, counting against the size limit.
-async fn receive<S>(state: &AppState, body: S) -> Result<Received, IngestError>
+/// Streams one image body into object storage: the format from its first bytes (refused
+/// before anything is stored), then the bytes hashed, counted against the size limit and
+/// stored as they arrive while the header is sniffed for the dimensions. An image over the
+/// pixel or side limit is refused the moment its header is read, and what was stored of it
+/// is aborted.
+async fn receive<S>(state: &AppState, mut body: Pin<&mut S>) -> Result<Received, IngestError>
 where
     S: Stream<Item = Result<Bytes, IngestError>>,
 {
     let limit = state.settings.max_upload_bytes;
-    let mut body = std::pin::pin!(body);
-    let mut head = BytesMut::new();
-    let sniffed = loop {
+    let mut first = BytesMut::new();
+    let format = loop {
         let chunk = body.next().await.transpose()?;
         let complete = chunk.is_none();
         if let Some(chunk) = chunk {
-            head.extend_from_slice(&chunk);
-            if head.len() as u64 > limit {
-                return Err(IngestError::PayloadTooLarge { limit });
-            }
+            first.extend_from_slice(&chunk);
         }
-        match sniff::sniff_head(&head, complete)? {
-            Some(sniffed) => break sniffed,
-            None if complete => {
-                return Err(IngestError::UnreadableImage(
-                    "the header is incomplete".into(),
-                ))
-            }
-            None => {}
+        if let Some(format) = sniff::format_of(&first, complete)? {
+            break format;
         }
     };
-    check_limits(state, sniffed)?;
 
     let image_id = Uuid::now_v7();
     let key = state.store.original_key(image_id);
-    let mut writer = state
-        .store
-        .writer(&key, &format!("image/{}", sniffed.format));
+    let mut writer = state.store.writer(&key, &format!("image/{format}"));
+    let mut sniffer = Sniffer::default();
+    let mut sniffed = None;
     let mut hasher = Sha256::new();
-    let mut bytes = head.len() as u64;
-    hasher.update(&head);
-    let streamed: Result<(), IngestError> = async {
-        writer.write(&head).await.map_err(storage_unavailable)?;
-        drop(head);
-        while let Some(chunk) = body.next().await.transpose()? {
+    let mut bytes = 0u64;
+    let streamed: Result<Sniffed, IngestError> = async {
+        let mut next = Some(first.freeze());
+        while let Some(chunk) = next {
             bytes += chunk.len() as u64;
             if bytes > limit {
                 return Err(IngestError::PayloadTooLarge { limit });
             }
+            if sniffed.is_none() {
+                sniffed = sniffer.feed(&chunk)?;
+                if let Some(found) = sniffed {
+                    check_limits(state, found)?;
+                }
+            }
             hasher.update(&chunk);
             writer.write(&chunk).await.map_err(storage_unavailable)?;
+            next = body.next().await.transpose()?;
         }
-        Ok(())
+        match sniffed {
+            Some(found) => Ok(found),
+            None => {
+                let found = sniffer.finish()?;
+                check_limits(state, found)?;
+                Ok(found)
+            }
+        }
     }
     .await;
-    match streamed {
-        Ok(()) => writer.finish().await.map_err(storage_unavailable)?,
+    let sniffed = match streamed {
+        Ok(sniffed) => {
+            writer.finish().await.map_err(storage_unavailable)?;
+            sniffed
+        }
         Err(error) => {
             writer.abort().await;
             return Err(error);
         }
-    }
+    };
     Ok(Received {
         image_id,
         key,
@@ -222,6 +256,22 @@ where
         bytes,
         sha256: hex::encode(hasher.finalize()),
     })
+}
+
+/// Reads and drops what is left of a refused body, up to the size limit, so that a client
+/// still sending gets the error answer instead of a reset connection. The body timeout
+/// bounds how long a slow client can make this take.
+async fn drain<S>(mut body: Pin<&mut S>, limit: u64)
+where
+    S: Stream<Item = Result<Bytes, IngestError>>,
+{
+    let mut drained = 0u64;
+    while let Some(Ok(chunk)) = body.next().await {
+        drained += chunk.len() as u64;
+        if drained > DRAIN_LIMIT_FACTOR * limit {
+            break;
+        }
+    }
 }
 
 /// Reads a multipart/form-data upload: the `file` field streams like a raw body; `metadata`
@@ -246,7 +296,14 @@ async fn receive_form(
             match field.name() {
                 Some("file") if original.is_none() => {
                     let body = field.map_err(|e| multipart_error(e, limit));
-                    original = Some(receive(state, body).await?);
+                    let mut body = std::pin::pin!(body);
+                    match receive(state, body.as_mut()).await {
+                        Ok(received) => original = Some(received),
+                        Err(error) => {
+                            drain(body, limit).await;
+                            return Err(error);
+                        }
+                    }
                 }
                 Some("metadata") if metadata.is_none() => {
                     metadata = Some(parse_metadata(&read_small_field(field, limit).await?)?);
@@ -273,6 +330,16 @@ async fn receive_form(
         (Err(error), original) => {
             if let Some(original) = original {
                 discard(state, &original.key).await;
+            }
+            // Read the rest of the form so the client gets this answer (see `drain`).
+            let mut drained = 0u64;
+            while let Ok(Some(mut field)) = form.next_field().await {
+                while let Ok(Some(chunk)) = field.chunk().await {
+                    drained += chunk.len() as u64;
+                    if drained > DRAIN_LIMIT_FACTOR * limit {
+                        return Err(error);
+                    }
+                }
             }
             Err(error)
         }
