@@ -7,7 +7,7 @@ use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
-use imgpipe_ingest::auth::ApiKeys;
+use imgpipe_ingest::auth::{ApiKeys, ClientLimits, Scope};
 use rand::RngCore;
 use uuid::Uuid;
 
@@ -43,6 +43,18 @@ enum Command {
         /// Print only `key entry`, for scripts.
         #[arg(long)]
         plain: bool,
+        /// The client's own uploads per minute instead of IMGPIPE_INGEST_UPLOADS_PER_MINUTE
+        /// (0 = no limit). It holds for all the client's keys.
+        #[arg(long, value_name = "N")]
+        uploads_per_minute: Option<u32>,
+        /// The client's own upload bytes per minute instead of IMGPIPE_INGEST_BYTES_PER_MINUTE
+        /// (0 = no limit, else at least IMGPIPE_INGEST_MAX_UPLOAD_BYTES). It holds for all the
+        /// client's keys.
+        #[arg(long, value_name = "N")]
+        bytes_per_minute: Option<u64>,
+        /// A key that may only read (GET, HEAD); uploads and deletes get 403.
+        #[arg(long)]
+        read_only: bool,
     },
 }
 
@@ -100,20 +112,64 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => migrate().await?,
         Command::Events { command } => run_events(command).await?,
-        Command::ApiKey { client, plain } => {
-            let mut secret = [0u8; 24];
-            rand::rng().fill_bytes(&mut secret);
-            let key = format!("imgpipe_{}", hex::encode(secret));
-            let entry = ApiKeys::entry_for(&client, &key);
+        Command::ApiKey {
+            client,
+            plain,
+            uploads_per_minute,
+            bytes_per_minute,
+            read_only,
+        } => {
+            let scope = if read_only {
+                Scope::Read
+            } else {
+                Scope::ReadWrite
+            };
+            let limits = ClientLimits {
+                uploads_per_minute,
+                bytes_per_minute,
+            };
+            let (key, entry) = mint_api_key(&client, scope, limits)?;
             if plain {
                 println!("{key} {entry}");
             } else {
                 println!("API key for {client} (shown once): {key}");
                 println!("add to IMGPIPE_INGEST_API_KEYS: {entry}");
+                if limits != ClientLimits::default() {
+                    println!(
+                        "the limits hold for every key of {client}: its other entries must state \
+                         the same limits or none"
+                    );
+                }
             }
         }
     }
     Ok(())
+}
+
+/// A new key and its IMGPIPE_INGEST_API_KEYS entry. A client id ingest would misread is
+/// refused here rather than at ingest's next start, and the entry is parsed back before it
+/// is shown.
+fn mint_api_key(
+    client: &str,
+    scope: Scope,
+    limits: ClientLimits,
+) -> anyhow::Result<(String, String)> {
+    if client.is_empty() || client.trim() != client || client.contains([',', ';', '=']) {
+        anyhow::bail!(
+            "{client:?} cannot be a client id: it must be non-empty, without , ; = or \
+             surrounding spaces"
+        );
+    }
+    let mut secret = [0u8; 24];
+    rand::rng().fill_bytes(&mut secret);
+    let key = format!("imgpipe_{}", hex::encode(secret));
+    let entry = ApiKeys::entry_with(client, &key, scope, limits);
+    let parsed = ApiKeys::parse(&entry).map_err(|why| anyhow::anyhow!(why))?;
+    anyhow::ensure!(
+        parsed.client_for(&key) == Some(client),
+        "the entry {entry:?} does not parse back to client {client:?}"
+    );
+    Ok((key, entry))
 }
 
 async fn migrate() -> anyhow::Result<()> {
@@ -191,4 +247,42 @@ async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
         events::tail(&config, &codec, &tail, &mut std::io::stdout().lock()).map(|_| ())
     })
     .await?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_minted_entry_carries_its_options_and_authenticates_its_key() {
+        let limits = ClientLimits {
+            uploads_per_minute: Some(120),
+            bytes_per_minute: Some(500_000_000),
+        };
+        let (key, entry) = mint_api_key("reports", Scope::Read, limits).unwrap();
+        assert!(
+            entry.ends_with(";scope=read;uploads_per_minute=120;bytes_per_minute=500000000"),
+            "{entry}"
+        );
+        let keys = ApiKeys::parse(&entry).unwrap();
+        let grant = keys.grant_for(&key).unwrap();
+        assert_eq!((&*grant.client, grant.scope), ("reports", Scope::Read));
+        assert_eq!(
+            keys.client_limits().collect::<Vec<_>>(),
+            vec![("reports", limits)]
+        );
+
+        let (_, plain) = mint_api_key("app", Scope::ReadWrite, ClientLimits::default()).unwrap();
+        assert!(!plain.contains(';'), "defaults add no options: {plain}");
+    }
+
+    #[test]
+    fn a_client_id_ingest_would_misread_is_refused() {
+        for client in ["a,b", "a;b", "a=b", " a", ""] {
+            assert!(
+                mint_api_key(client, Scope::ReadWrite, ClientLimits::default()).is_err(),
+                "{client:?}"
+            );
+        }
+    }
 }

@@ -1,57 +1,263 @@
 //! API keys: `Authorization: Bearer <key>`. The config holds only each key's sha256, mapped to
-//! the client id that owns the images uploaded with it.
+//! the client id that owns the images uploaded with it, what the key may do, and the client's
+//! own rate limits.
+//!
+//! `IMGPIPE_INGEST_API_KEYS` is a comma-separated list of entries
+//! `client-id=sha256-hex[;scope=read][;uploads_per_minute=N][;bytes_per_minute=N]`. The scope
+//! belongs to the key. The limits belong to the client: during a rotation its old and new keys
+//! are listed side by side, so a limit stated on any of its entries holds for all its keys, and
+//! two entries stating different values are refused rather than one silently winning.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::Method;
 use sha2::{Digest, Sha256};
 
 use crate::routes::AppState;
 use crate::IngestError;
 
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Scope {
+    /// Every route.
+    #[default]
+    ReadWrite,
+    /// GET and HEAD only: dashboards and reporting jobs that must not upload or delete.
+    Read,
+}
+
+impl Scope {
+    pub fn allows(self, method: &Method) -> bool {
+        match self {
+            Self::ReadWrite => true,
+            Self::Read => method == Method::GET || method == Method::HEAD,
+        }
+    }
+}
+
+/// A client's own rate limits; `None` leaves the `IMGPIPE_INGEST_*_PER_MINUTE` default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClientLimits {
+    pub uploads_per_minute: Option<u32>,
+    pub bytes_per_minute: Option<u64>,
+}
+
+impl ClientLimits {
+    /// Takes the limits another entry of the same client states; stating a different value
+    /// for the same limit is an error.
+    fn merge(&mut self, other: Self) -> Result<(), String> {
+        fn one<T: PartialEq + std::fmt::Display + Copy>(
+            name: &str,
+            mine: &mut Option<T>,
+            theirs: Option<T>,
+        ) -> Result<(), String> {
+            match (*mine, theirs) {
+                (Some(a), Some(b)) if a != b => Err(format!(
+                    "{name}={b} conflicts with {name}={a} on an earlier entry of the same client \
+                     (limits belong to the client: state them once, or alike on every entry)"
+                )),
+                (None, Some(b)) => {
+                    *mine = Some(b);
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        }
+        one(
+            "uploads_per_minute",
+            &mut self.uploads_per_minute,
+            other.uploads_per_minute,
+        )?;
+        one(
+            "bytes_per_minute",
+            &mut self.bytes_per_minute,
+            other.bytes_per_minute,
+        )
+    }
+}
+
+/// Who a key authenticates and what it may do.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    pub client: Arc<str>,
+    pub scope: Scope,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ApiKeys {
-    client_by_hash: HashMap<[u8; 32], String>,
+    grant_by_hash: HashMap<[u8; 32], Grant>,
+    /// Only the clients that state a limit of their own.
+    limits_by_client: BTreeMap<String, ClientLimits>,
 }
 
 impl ApiKeys {
-    /// Parses `client-id=sha256-hex,...`.
+    /// Parses `IMGPIPE_INGEST_API_KEYS` (see the module documentation). An error names the
+    /// entry by its position and client id.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let mut client_by_hash = HashMap::new();
-        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
-            let (client, hash) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("{entry:?} is not client-id=sha256-hex"))?;
-            let mut digest = [0u8; 32];
-            hex::decode_to_slice(hash.trim(), &mut digest)
-                .map_err(|_| format!("the hash for {client:?} is not 64 hex digits"))?;
-            if client.trim().is_empty() {
-                return Err(format!("{entry:?} has no client id"));
-            }
-            client_by_hash.insert(digest, client.trim().to_string());
+        let mut keys = Self::default();
+        let entries = text.split(',').map(str::trim).filter(|e| !e.is_empty());
+        for (index, text) in entries.enumerate() {
+            keys.add(text).map_err(|why| {
+                let name = match text.split_once('=').map(|(client, _)| client.trim()) {
+                    Some(client) if !client.is_empty() => format!("client {client:?}"),
+                    _ => format!("{text:?}"),
+                };
+                format!("entry {} ({name}): {why}", index + 1)
+            })?;
         }
-        Ok(Self { client_by_hash })
+        Ok(keys)
     }
 
-    /// The line to put in the config for `key`.
+    fn add(&mut self, text: &str) -> Result<(), String> {
+        let entry = Entry::parse(text)?;
+        if entry.limits != ClientLimits::default() {
+            self.limits_by_client
+                .entry(entry.client.to_string())
+                .or_default()
+                .merge(entry.limits)?;
+        }
+        let grant = Grant {
+            client: Arc::from(entry.client),
+            scope: entry.scope,
+        };
+        if let Some(earlier) = self.grant_by_hash.insert(entry.digest, grant) {
+            return Err(format!(
+                "the same key is already listed for client {:?}",
+                earlier.client
+            ));
+        }
+        Ok(())
+    }
+
+    /// The entry to put in the config for `key`: read-write, the default limits.
     pub fn entry_for(client: &str, key: &str) -> String {
-        format!("{client}={}", hex::encode(Sha256::digest(key.as_bytes())))
+        Self::entry_with(client, key, Scope::default(), ClientLimits::default())
+    }
+
+    /// The entry to put in the config for `key` with a scope and the client's own limits.
+    pub fn entry_with(client: &str, key: &str, scope: Scope, limits: ClientLimits) -> String {
+        let mut entry = format!("{client}={}", hex::encode(Sha256::digest(key.as_bytes())));
+        if scope == Scope::Read {
+            entry.push_str(";scope=read");
+        }
+        if let Some(n) = limits.uploads_per_minute {
+            entry.push_str(&format!(";uploads_per_minute={n}"));
+        }
+        if let Some(n) = limits.bytes_per_minute {
+            entry.push_str(&format!(";bytes_per_minute={n}"));
+        }
+        entry
     }
 
     pub fn is_empty(&self) -> bool {
-        self.client_by_hash.is_empty()
+        self.grant_by_hash.is_empty()
+    }
+
+    pub fn grant_for(&self, key: &str) -> Option<&Grant> {
+        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.grant_by_hash.get(&digest)
     }
 
     pub fn client_for(&self, key: &str) -> Option<&str> {
-        let digest: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        self.client_by_hash.get(&digest).map(String::as_str)
+        self.grant_for(key).map(|grant| &*grant.client)
+    }
+
+    /// The clients with limits of their own, and those limits.
+    pub fn client_limits(&self) -> impl Iterator<Item = (&str, ClientLimits)> {
+        self.limits_by_client
+            .iter()
+            .map(|(client, limits)| (client.as_str(), *limits))
     }
 }
 
-/// The authenticated client making the request.
+/// One entry of `IMGPIPE_INGEST_API_KEYS`.
+struct Entry<'a> {
+    client: &'a str,
+    digest: [u8; 32],
+    scope: Scope,
+    limits: ClientLimits,
+}
+
+impl<'a> Entry<'a> {
+    fn parse(text: &'a str) -> Result<Self, String> {
+        let mut parts = text.split(';').map(str::trim);
+        let (client, hash) = parts
+            .next()
+            .and_then(|head| head.split_once('='))
+            .ok_or("not client-id=sha256-hex[;option=value...]")?;
+        let client = client.trim();
+        if client.is_empty() {
+            return Err("no client id".into());
+        }
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(hash.trim(), &mut digest)
+            .map_err(|_| "the key hash is not 64 hex digits")?;
+        let mut scope = None;
+        let mut limits = ClientLimits::default();
+        for option in parts.filter(|part| !part.is_empty()) {
+            let (name, value) = option
+                .split_once('=')
+                .map(|(name, value)| (name.trim(), value.trim()))
+                .ok_or_else(|| format!("option {option:?} is not name=value"))?;
+            match name {
+                "scope" => set_once(
+                    &mut scope,
+                    name,
+                    match value {
+                        "read" => Scope::Read,
+                        "read-write" => Scope::ReadWrite,
+                        _ => return Err(format!("scope {value:?} is not read or read-write")),
+                    },
+                )?,
+                "uploads_per_minute" => {
+                    set_once(&mut limits.uploads_per_minute, name, number(name, value)?)?
+                }
+                "bytes_per_minute" => {
+                    set_once(&mut limits.bytes_per_minute, name, number(name, value)?)?
+                }
+                _ => {
+                    return Err(format!(
+                    "unknown option {name:?} (known: scope, uploads_per_minute, bytes_per_minute)"
+                ))
+                }
+            }
+        }
+        Ok(Self {
+            client,
+            digest,
+            scope: scope.unwrap_or_default(),
+            limits,
+        })
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String> {
+    match slot.replace(value) {
+        Some(_) => Err(format!("{name} is given twice")),
+        None => Ok(()),
+    }
+}
+
+fn number<T: FromStr>(name: &str, value: &str) -> Result<T, String> {
+    value.parse().map_err(|_| {
+        format!(
+            "{name} {value:?} is not a whole number in range (0 = no limit, at most {})",
+            if name == "uploads_per_minute" {
+                u64::from(u32::MAX)
+            } else {
+                u64::MAX
+            }
+        )
+    })
+}
+
+/// The authenticated client making the request. A key without the scope for the request's
+/// method is refused here, so no handler has to remember to check.
 #[derive(Debug, Clone)]
 pub struct Client(pub Arc<str>);
 
@@ -74,17 +280,26 @@ impl FromRequestParts<AppState> for Client {
             .map(|(_, key)| key.trim())
             .filter(|key| !key.is_empty())
             .ok_or(IngestError::MissingApiKey)?;
-        state
+        let grant = state
             .api_keys
-            .client_for(key)
-            .map(|client| Client(client.into()))
-            .ok_or(IngestError::InvalidApiKey)
+            .grant_for(key)
+            .ok_or(IngestError::InvalidApiKey)?;
+        if !grant.scope.allows(&parts.method) {
+            return Err(IngestError::InsufficientScope);
+        }
+        Ok(Client(grant.client.clone()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn error_of(text: &str) -> String {
+        ApiKeys::parse(text).expect_err(text)
+    }
 
     #[test]
     fn a_configured_entry_authenticates_its_key_only() {
@@ -97,13 +312,140 @@ mod tests {
         assert_eq!(keys.client_for("key-a"), Some("alpha"));
         assert_eq!(keys.client_for("key-b"), Some("beta"));
         assert_eq!(keys.client_for("key-c"), None);
+        assert_eq!(keys.grant_for("key-a").unwrap().scope, Scope::ReadWrite);
+        assert_eq!(keys.client_limits().count(), 0, "both on the defaults");
     }
 
     #[test]
     fn malformed_entries_are_rejected() {
         assert!(ApiKeys::parse("alpha").is_err());
         assert!(ApiKeys::parse("alpha=nothex").is_err());
-        assert!(ApiKeys::parse(&format!("={}", "0".repeat(64))).is_err());
+        assert!(ApiKeys::parse(&format!("={HASH}")).is_err());
         assert!(ApiKeys::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn options_set_the_scope_and_the_clients_limits() {
+        let reader = ApiKeys::entry_with(
+            "alpha",
+            "reader",
+            Scope::Read,
+            ClientLimits {
+                uploads_per_minute: Some(120),
+                bytes_per_minute: None,
+            },
+        );
+        // The options may come in any order, with spaces around them.
+        let writer = format!(
+            "alpha = {} ; bytes_per_minute = 500000000 ; scope = read-write ;",
+            hex::encode(Sha256::digest(b"writer"))
+        );
+        let other = ApiKeys::entry_for("beta", "other");
+        let text = format!("{reader},{writer},{other}");
+        let keys = ApiKeys::parse(&text).unwrap();
+        assert_eq!(keys.grant_for("reader").unwrap().scope, Scope::Read);
+        assert_eq!(keys.grant_for("writer").unwrap().scope, Scope::ReadWrite);
+        assert_eq!(keys.client_for("writer"), Some("alpha"));
+        let limits: Vec<_> = keys.client_limits().collect();
+        assert_eq!(
+            limits,
+            vec![(
+                "alpha",
+                ClientLimits {
+                    uploads_per_minute: Some(120),
+                    bytes_per_minute: Some(500_000_000),
+                }
+            )],
+            "the limits of both entries hold for the client; beta keeps the defaults"
+        );
+    }
+
+    #[test]
+    fn entries_round_trip() {
+        let limits = ClientLimits {
+            uploads_per_minute: Some(0),
+            bytes_per_minute: Some(u64::MAX),
+        };
+        let keys = ApiKeys::parse(&ApiKeys::entry_with("c", "k", Scope::Read, limits)).unwrap();
+        assert_eq!(keys.grant_for("k").unwrap().scope, Scope::Read);
+        assert_eq!(
+            keys.client_limits().collect::<Vec<_>>(),
+            vec![("c", limits)]
+        );
+    }
+
+    #[test]
+    fn conflicting_limits_for_one_client_are_refused() {
+        let error = error_of(&format!(
+            "alpha={HASH};uploads_per_minute=10,beta={},alpha={};uploads_per_minute=20",
+            "1".repeat(64),
+            "2".repeat(64)
+        ));
+        assert!(error.starts_with("entry 3 (client \"alpha\"): "), "{error}");
+        assert!(error.contains("uploads_per_minute=20 conflicts"), "{error}");
+        // Alike, or stated once, is fine.
+        ApiKeys::parse(&format!(
+            "alpha={HASH};uploads_per_minute=10,alpha={};uploads_per_minute=10,alpha={}",
+            "1".repeat(64),
+            "2".repeat(64)
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_numbers_are_refused_with_the_entry_named() {
+        for bad in ["-1", "ten", "4294967296", ""] {
+            let error = error_of(&format!(
+                "ok={HASH},slow={};uploads_per_minute={bad}",
+                "1".repeat(64)
+            ));
+            assert!(
+                error.starts_with("entry 2 (client \"slow\"): uploads_per_minute"),
+                "{error}"
+            );
+        }
+        let error = error_of(&format!("big={HASH};bytes_per_minute=1e9"));
+        assert!(
+            error.contains("bytes_per_minute \"1e9\" is not a whole number"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn unknown_or_repeated_options_are_refused() {
+        let error = error_of(&format!("alpha={HASH};uploads_per_hour=5"));
+        assert!(
+            error.contains("unknown option \"uploads_per_hour\""),
+            "{error}"
+        );
+        let error = error_of(&format!("alpha={HASH};scope=write"));
+        assert!(
+            error.contains("scope \"write\" is not read or read-write"),
+            "{error}"
+        );
+        let error = error_of(&format!("alpha={HASH};scope=read;scope=read"));
+        assert!(error.contains("scope is given twice"), "{error}");
+        let error = error_of(&format!("alpha={HASH};read-only"));
+        assert!(error.contains("\"read-only\" is not name=value"), "{error}");
+    }
+
+    #[test]
+    fn one_key_for_two_clients_is_refused() {
+        let error = error_of(&format!("alpha={HASH},beta={HASH}"));
+        assert!(
+            error.contains("already listed for client \"alpha\""),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_read_scope_allows_only_get_and_head() {
+        for method in [Method::GET, Method::HEAD] {
+            assert!(Scope::Read.allows(&method));
+        }
+        for method in [Method::POST, Method::DELETE, Method::PUT, Method::PATCH] {
+            assert!(!Scope::Read.allows(&method));
+            assert!(Scope::ReadWrite.allows(&method));
+        }
     }
 }

@@ -17,8 +17,9 @@ pub struct Config {
 pub struct IngestSettings {
     #[serde(default = "default_listen_addr")]
     pub listen_addr: String,
-    /// `client-id=sha256-hex-of-key` pairs, comma-separated. Only hashes are configured; the
-    /// keys themselves are never stored.
+    /// `client-id=sha256-hex-of-key[;option=value...]` entries, comma-separated (the options,
+    /// a key's scope and its client's own rate limits, are in `auth.rs`). Only hashes are
+    /// configured; the keys themselves are never stored.
     #[serde(default)]
     pub api_keys: String,
     #[serde(default = "default_max_upload_bytes")]
@@ -28,6 +29,7 @@ pub struct IngestSettings {
     #[serde(default = "default_max_side")]
     pub max_side: u64,
     /// Uploads each client may start per minute (bursts up to the same number); 0 = no limit.
+    /// A client's entry in `api_keys` may override this and `bytes_per_minute`.
     #[serde(default = "default_uploads_per_minute")]
     pub uploads_per_minute: u32,
     /// Upload bytes each client may send per minute; 0 = no limit. At least max_upload_bytes.

@@ -12,6 +12,8 @@ pub enum IngestError {
     MissingApiKey,
     #[error("the API key is not valid")]
     InvalidApiKey,
+    #[error("this API key may only read (GET, HEAD); uploads and deletes need a read-write key")]
+    InsufficientScope,
     #[error("the request body is empty")]
     EmptyBody,
     #[error("the body is over the {limit}-byte upload limit")]
@@ -72,6 +74,7 @@ impl IngestError {
         match self {
             Self::MissingApiKey => "missing-api-key",
             Self::InvalidApiKey => "invalid-api-key",
+            Self::InsufficientScope => "insufficient-scope",
             Self::EmptyBody => "empty-body",
             Self::PayloadTooLarge { .. } => "payload-too-large",
             Self::UnsupportedMediaType => "unsupported-media-type",
@@ -99,6 +102,7 @@ impl IngestError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope => StatusCode::FORBIDDEN,
             Self::EmptyBody
             | Self::BodyRead(_)
             | Self::InvalidMultipart(_)

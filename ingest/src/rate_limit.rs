@@ -1,65 +1,121 @@
 //! Per-client rate limits (governor, GCRA): uploads started per minute and upload bytes per
-//! minute. A client over either gets 429 `rate-limited` with Retry-After.
+//! minute. A client over either gets 429 `rate-limited` with Retry-After. The limits are
+//! `IMGPIPE_INGEST_UPLOADS_PER_MINUTE` and `_BYTES_PER_MINUTE` unless the client's entry in
+//! `IMGPIPE_INGEST_API_KEYS` states its own.
 
+use std::collections::HashMap;
 use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultKeyedRateLimiter, Quota};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
 use crate::IngestError;
 
 /// Bytes are metered in KiB cells, so a u32 quota reaches terabytes per minute.
 const CELL: u64 = 1024;
 
+/// The two limiters of one budget; `None` is no limit.
+struct Limiters<L> {
+    uploads: Option<L>,
+    kib: Option<L>,
+}
+
+impl<L> Limiters<L> {
+    fn new(uploads_per_minute: u32, bytes_per_minute: u64, make: impl Fn(Quota) -> L) -> Self {
+        let per_minute = |n: u64| {
+            NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX))
+                .map(|n| make(Quota::per_minute(n)))
+        };
+        Self {
+            uploads: per_minute(u64::from(uploads_per_minute)),
+            kib: per_minute(bytes_per_minute.div_ceil(CELL)),
+        }
+    }
+}
+
 pub struct RateLimits {
-    uploads: Option<DefaultKeyedRateLimiter<String>>,
-    kib: Option<DefaultKeyedRateLimiter<String>>,
+    /// Clients on the defaults: one quota, a state per client.
+    shared: Limiters<DefaultKeyedRateLimiter<String>>,
+    /// Clients with limits of their own. A keyed limiter has one quota for all its keys, so
+    /// each of these clients gets direct limiters with its quota.
+    own: HashMap<String, Limiters<DefaultDirectRateLimiter>>,
     clock: DefaultClock,
 }
 
 impl RateLimits {
     pub fn new(settings: &IngestSettings) -> Result<Self, String> {
-        if settings.bytes_per_minute != 0 && settings.bytes_per_minute < settings.max_upload_bytes {
-            return Err(format!(
-                "IMGPIPE_INGEST_BYTES_PER_MINUTE ({}) must be at least IMGPIPE_INGEST_MAX_UPLOAD_BYTES ({}) or 0",
-                settings.bytes_per_minute, settings.max_upload_bytes
-            ));
-        }
-        let per_minute = |n: u64| {
-            NonZeroU32::new(u32::try_from(n).unwrap_or(u32::MAX))
-                .map(|n| DefaultKeyedRateLimiter::keyed(Quota::per_minute(n)))
+        let check_bytes_budget = |bytes_per_minute: u64| {
+            if bytes_per_minute != 0 && bytes_per_minute < settings.max_upload_bytes {
+                Err(format!(
+                    "({bytes_per_minute}) must be at least IMGPIPE_INGEST_MAX_UPLOAD_BYTES ({}) or 0",
+                    settings.max_upload_bytes
+                ))
+            } else {
+                Ok(())
+            }
         };
+        check_bytes_budget(settings.bytes_per_minute)
+            .map_err(|why| format!("IMGPIPE_INGEST_BYTES_PER_MINUTE {why}"))?;
+        // The clients' own limits travel with their keys.
+        let keys = ApiKeys::parse(&settings.api_keys)
+            .map_err(|why| format!("IMGPIPE_INGEST_API_KEYS: {why}"))?;
+        let own = keys
+            .client_limits()
+            .map(|(client, limits)| {
+                let uploads = limits
+                    .uploads_per_minute
+                    .unwrap_or(settings.uploads_per_minute);
+                let bytes = limits.bytes_per_minute.unwrap_or(settings.bytes_per_minute);
+                check_bytes_budget(bytes)
+                    .map_err(|why| format!("client {client:?}: bytes_per_minute {why}"))?;
+                let limiters = Limiters::new(uploads, bytes, RateLimiter::direct);
+                Ok((client.to_string(), limiters))
+            })
+            .collect::<Result<_, String>>()?;
         Ok(Self {
-            uploads: per_minute(u64::from(settings.uploads_per_minute)),
-            kib: per_minute(settings.bytes_per_minute.div_ceil(CELL)),
+            shared: Limiters::new(
+                settings.uploads_per_minute,
+                settings.bytes_per_minute,
+                RateLimiter::keyed,
+            ),
+            own,
             clock: DefaultClock::default(),
         })
     }
 
     /// Counts one upload for `client`.
     pub fn check_upload(&self, client: &str) -> Result<(), IngestError> {
-        let Some(limiter) = &self.uploads else {
-            return Ok(());
+        let verdict = match self.own.get(client) {
+            Some(own) => own.uploads.as_ref().map(|limiter| limiter.check()),
+            None => {
+                (self.shared.uploads.as_ref()).map(|limiter| limiter.check_key(&client.to_string()))
+            }
         };
-        limiter
-            .check_key(&client.to_string())
-            .map_err(|not_until| self.limited(not_until.wait_time_from(self.clock.now())))
+        match verdict {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(not_until)) => Err(self.limited(not_until.wait_time_from(self.clock.now()))),
+        }
     }
 
     /// Counts `bytes` of upload for `client`.
     pub fn check_bytes(&self, client: &str, bytes: u64) -> Result<(), IngestError> {
-        let Some(limiter) = &self.kib else {
-            return Ok(());
-        };
         let cells = NonZeroU32::new(u32::try_from(bytes.div_ceil(CELL)).unwrap_or(u32::MAX))
             .unwrap_or(NonZeroU32::MIN);
-        match limiter.check_key_n(&client.to_string(), cells) {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(not_until)) => Err(self.limited(not_until.wait_time_from(self.clock.now()))),
+        let verdict = match self.own.get(client) {
+            Some(own) => own.kib.as_ref().map(|limiter| limiter.check_n(cells)),
+            None => (self.shared.kib.as_ref())
+                .map(|limiter| limiter.check_key_n(&client.to_string(), cells)),
+        };
+        match verdict {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(not_until))) => {
+                Err(self.limited(not_until.wait_time_from(self.clock.now())))
+            }
             // Larger than a whole minute's allowance: new() rules that out for bodies within
             // the upload limit, so this is an oversized body.
-            Err(_) => Err(IngestError::PayloadTooLarge { limit: bytes }),
+            Some(Err(_)) => Err(IngestError::PayloadTooLarge { limit: bytes }),
         }
     }
 
@@ -115,5 +171,88 @@ mod tests {
     #[test]
     fn a_byte_budget_below_one_upload_is_refused() {
         assert!(RateLimits::new(&settings(1, 10)).is_err());
+    }
+
+    fn with_keys(mut settings: IngestSettings, api_keys: &str) -> IngestSettings {
+        settings.api_keys = api_keys.to_string();
+        settings
+    }
+
+    fn hash(n: u8) -> String {
+        format!("{n:02x}").repeat(32)
+    }
+
+    fn is_limited(result: Result<(), IngestError>) -> bool {
+        matches!(result, Err(IngestError::RateLimited { .. }))
+    }
+
+    #[test]
+    fn a_client_with_its_own_lower_limit_is_limited_where_a_default_client_is_not() {
+        let api_keys = format!("slow={};uploads_per_minute=2,steady={}", hash(1), hash(2));
+        let limits = RateLimits::new(&with_keys(settings(5, 0), &api_keys)).unwrap();
+        assert!(limits.check_upload("slow").is_ok());
+        assert!(limits.check_upload("slow").is_ok());
+        assert!(
+            is_limited(limits.check_upload("slow")),
+            "the third of 2/min"
+        );
+        for _ in 0..3 {
+            assert!(limits.check_upload("steady").is_ok(), "5/min by default");
+        }
+    }
+
+    #[test]
+    fn a_client_may_have_more_or_no_limit_than_the_default() {
+        let api_keys = format!(
+            "big={};uploads_per_minute=3,free={};uploads_per_minute=0;bytes_per_minute=0",
+            hash(1),
+            hash(2)
+        );
+        let limits = RateLimits::new(&with_keys(settings(1, 2_000), &api_keys)).unwrap();
+        for _ in 0..3 {
+            assert!(limits.check_upload("big").is_ok());
+        }
+        assert!(is_limited(limits.check_upload("big")));
+        assert!(
+            limits.check_bytes("big", 1_000).is_ok()
+                && is_limited(limits.check_bytes("big", 1_100)),
+            "big keeps the default byte budget"
+        );
+        for _ in 0..100 {
+            assert!(limits.check_upload("free").is_ok());
+            assert!(limits.check_bytes("free", 1_000).is_ok());
+        }
+        assert!(limits.check_upload("anyone").is_ok());
+        assert!(
+            is_limited(limits.check_upload("anyone")),
+            "the default is 1/min"
+        );
+    }
+
+    #[test]
+    fn a_clients_own_bytes_are_metered_for_all_its_keys_together() {
+        let api_keys = format!("a={};bytes_per_minute=2048,a={}", hash(1), hash(2));
+        let limits = RateLimits::new(&with_keys(settings(0, 0), &api_keys)).unwrap();
+        assert!(limits.check_bytes("a", 1_000).is_ok());
+        assert!(limits.check_bytes("a", 1_000).is_ok());
+        assert!(is_limited(limits.check_bytes("a", 1_000)));
+        assert!(
+            limits.check_bytes("b", 1_000_000).is_ok(),
+            "unlimited by default"
+        );
+    }
+
+    #[test]
+    fn a_clients_byte_budget_below_one_upload_is_refused_by_name() {
+        let error = RateLimits::new(&with_keys(
+            settings(0, 0),
+            &format!("tiny={};bytes_per_minute=999", hash(1)),
+        ))
+        .err()
+        .unwrap();
+        assert!(
+            error.starts_with("client \"tiny\": bytes_per_minute (999)"),
+            "{error}"
+        );
     }
 }
