@@ -1,26 +1,27 @@
-//! `POST /v1/images`: validate, store the original, announce it, answer 202.
+//! `POST /v1/images`: admit the upload, stream its body into object storage, then announce it
+//! and answer 202.
 
-use std::collections::BTreeMap;
-use std::pin::Pin;
+mod body;
+mod form;
 
-use axum::extract::multipart::MultipartError;
-use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use imgpipe_schemas::{Event, ImageUploaded};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use self::body::{
+    body_error, discard, drain, receive, storage_unavailable, Received, DRAIN_LIMIT_FACTOR,
+};
+use self::form::{is_multipart, receive_form, Metadata, MULTIPART_OVERHEAD};
 use super::images::{correlation_id, database_unavailable, producer};
 use super::AppState;
 use crate::auth::Client;
 use crate::db;
-use crate::sniff::{self, Sniffed, Sniffer};
 use crate::IngestError;
 
 pub(super) fn router() -> Router<AppState> {
@@ -151,259 +152,6 @@ async fn upload(
     Ok(response)
 }
 
-/// A refused body is read to its end (so the client gets the answer, see `drain`) up to this
-/// many times the size limit; a client sending more is cut off.
-const DRAIN_LIMIT_FACTOR: u64 = 2;
-/// Room for the multipart boundaries and the metadata field on top of the file's own limit.
-const MULTIPART_OVERHEAD: u64 = 64 * 1024;
-/// The `metadata` field's limits: what fits a label, not a document.
-const METADATA_BYTES: usize = 8 * 1024;
-const METADATA_ENTRIES: usize = 32;
-const METADATA_KEY_CHARS: usize = 64;
-
-type Metadata = BTreeMap<String, String>;
-
-/// An original stored under its staging image id, with what was learnt while it streamed.
-struct Received {
-    image_id: Uuid,
-    key: String,
-    sniffed: Sniffed,
-    bytes: u64,
-    sha256: String,
-}
-
-fn is_multipart(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("multipart/form-data")
-        })
-}
-
-/// Streams one image body into object storage: the format from its first bytes (refused
-/// before anything is stored), then the bytes hashed, counted against the size limit and
-/// stored as they arrive while the header is sniffed for the dimensions. An image over the
-/// pixel or side limit is refused the moment its header is read, and what was stored of it
-/// is aborted.
-async fn receive<S>(state: &AppState, mut body: Pin<&mut S>) -> Result<Received, IngestError>
-where
-    S: Stream<Item = Result<Bytes, IngestError>>,
-{
-    let limit = state.settings.max_upload_bytes;
-    let mut first = BytesMut::new();
-    let format = loop {
-        let chunk = body.next().await.transpose()?;
-        let complete = chunk.is_none();
-        if let Some(chunk) = chunk {
-            first.extend_from_slice(&chunk);
-        }
-        if let Some(format) = sniff::format_of(&first, complete)? {
-            break format;
-        }
-    };
-
-    let image_id = Uuid::now_v7();
-    let key = state.store.original_key(image_id);
-    let mut writer = state.store.writer(&key, &format!("image/{format}"));
-    let mut sniffer = Sniffer::default();
-    let mut sniffed = None;
-    let mut hasher = Sha256::new();
-    let mut bytes = 0u64;
-    let streamed: Result<Sniffed, IngestError> = async {
-        let mut next = Some(first.freeze());
-        while let Some(chunk) = next {
-            bytes += chunk.len() as u64;
-            if bytes > limit {
-                return Err(IngestError::PayloadTooLarge { limit });
-            }
-            if sniffed.is_none() {
-                sniffed = sniffer.feed(&chunk)?;
-                if let Some(found) = sniffed {
-                    check_limits(state, found)?;
-                }
-            }
-            hasher.update(&chunk);
-            writer.write(&chunk).await.map_err(storage_unavailable)?;
-            next = body.next().await.transpose()?;
-        }
-        match sniffed {
-            Some(found) => Ok(found),
-            None => {
-                let found = sniffer.finish()?;
-                check_limits(state, found)?;
-                Ok(found)
-            }
-        }
-    }
-    .await;
-    let sniffed = match streamed {
-        Ok(sniffed) => {
-            writer.finish().await.map_err(storage_unavailable)?;
-            sniffed
-        }
-        Err(error) => {
-            writer.abort().await;
-            return Err(error);
-        }
-    };
-    Ok(Received {
-        image_id,
-        key,
-        sniffed,
-        bytes,
-        sha256: hex::encode(hasher.finalize()),
-    })
-}
-
-/// Reads and drops what is left of a refused body, up to the size limit, so that a client
-/// still sending gets the error answer instead of a reset connection. The body timeout
-/// bounds how long a slow client can make this take.
-async fn drain<S>(mut body: Pin<&mut S>, limit: u64)
-where
-    S: Stream<Item = Result<Bytes, IngestError>>,
-{
-    let mut drained = 0u64;
-    while let Some(Ok(chunk)) = body.next().await {
-        drained += chunk.len() as u64;
-        if drained > DRAIN_LIMIT_FACTOR * limit {
-            break;
-        }
-    }
-}
-
-/// Reads a multipart/form-data upload: the `file` field streams like a raw body; `metadata`
-/// is a small JSON object of strings. Anything else is refused, and an original already
-/// stored for a refused form is removed again.
-async fn receive_form(
-    state: &AppState,
-    request: Request,
-) -> Result<(Received, Option<Metadata>), IngestError> {
-    let limit = state.settings.max_upload_bytes;
-    let mut form = Multipart::from_request(request, state)
-        .await
-        .map_err(|rejection| IngestError::InvalidMultipart(rejection.body_text()))?;
-    let mut original: Option<Received> = None;
-    let mut metadata = None;
-    let read: Result<(), IngestError> = async {
-        while let Some(field) = form
-            .next_field()
-            .await
-            .map_err(|e| multipart_error(e, limit))?
-        {
-            match field.name() {
-                Some("file") if original.is_none() => {
-                    let body = field.map_err(|e| multipart_error(e, limit));
-                    let mut body = std::pin::pin!(body);
-                    match receive(state, body.as_mut()).await {
-                        Ok(received) => original = Some(received),
-                        Err(error) => {
-                            drain(body, limit).await;
-                            return Err(error);
-                        }
-                    }
-                }
-                Some("metadata") if metadata.is_none() => {
-                    metadata = Some(parse_metadata(&read_small_field(field, limit).await?)?);
-                }
-                Some(name @ ("file" | "metadata")) => {
-                    return Err(IngestError::InvalidMultipart(format!(
-                        "the field {name:?} is there twice"
-                    )))
-                }
-                name => {
-                    return Err(IngestError::InvalidMultipart(format!(
-                        "unexpected field {:?}: the form takes `file` and optional `metadata`",
-                        name.unwrap_or_default()
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-    .await;
-    match (read, original) {
-        (Ok(()), Some(original)) => Ok((original, metadata)),
-        (Ok(()), None) => Err(IngestError::MissingFile),
-        (Err(error), original) => {
-            if let Some(original) = original {
-                discard(state, &original.key).await;
-            }
-            // Read the rest of the form so the client gets this answer (see `drain`).
-            let mut drained = 0u64;
-            while let Ok(Some(mut field)) = form.next_field().await {
-                while let Ok(Some(chunk)) = field.chunk().await {
-                    drained += chunk.len() as u64;
-                    if drained > DRAIN_LIMIT_FACTOR * limit {
-                        return Err(error);
-                    }
-                }
-            }
-            Err(error)
-        }
-    }
-}
-
-async fn read_small_field(
-    mut field: axum::extract::multipart::Field<'_>,
-    limit: u64,
-) -> Result<Vec<u8>, IngestError> {
-    let mut bytes = Vec::new();
-    while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
-        bytes.extend_from_slice(&chunk);
-        if bytes.len() > METADATA_BYTES {
-            return Err(IngestError::InvalidMetadata(format!(
-                "over {METADATA_BYTES} bytes"
-            )));
-        }
-    }
-    Ok(bytes)
-}
-
-/// `metadata` is a flat JSON object of short string values: labels an app wants back, kept
-/// with the image's events.
-fn parse_metadata(bytes: &[u8]) -> Result<Metadata, IngestError> {
-    let metadata: Metadata = serde_json::from_slice(bytes).map_err(|error| {
-        IngestError::InvalidMetadata(format!("not a JSON object of strings: {error}"))
-    })?;
-    if metadata.len() > METADATA_ENTRIES {
-        return Err(IngestError::InvalidMetadata(format!(
-            "{} entries, at most {METADATA_ENTRIES}",
-            metadata.len()
-        )));
-    }
-    if let Some(key) = metadata.keys().find(|key| {
-        key.is_empty()
-            || key.len() > METADATA_KEY_CHARS
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
-    }) {
-        return Err(IngestError::InvalidMetadata(format!(
-            "key {key:?}: 1 to {METADATA_KEY_CHARS} letters, digits, '_', '-' or '.'"
-        )));
-    }
-    Ok(metadata)
-}
-
-fn multipart_error(error: MultipartError, limit: u64) -> IngestError {
-    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        IngestError::PayloadTooLarge { limit }
-    } else {
-        IngestError::InvalidMultipart(error.body_text())
-    }
-}
-
-fn body_error(error: axum::Error) -> IngestError {
-    IngestError::BodyRead(error.into_inner().to_string())
-}
-
-fn storage_unavailable(error: imgpipe_infra::InfraError) -> IngestError {
-    IngestError::StorageUnavailable(error.to_string())
-}
-
 /// Counts a body of unknown length against the client's byte budget once it has arrived;
 /// over budget, its stored original is removed again.
 async fn charge_bytes(
@@ -416,14 +164,6 @@ async fn charge_bytes(
         return Err(error);
     }
     Ok(())
-}
-
-/// Removes an original that will not be announced. Best effort: one left behind is an orphan
-/// that the sweeper removes.
-async fn discard(state: &AppState, key: &str) {
-    if let Err(error) = state.store.delete(key).await {
-        tracing::warn!(error = %error, key, "could not remove an unannounced original");
-    }
 }
 
 /// Appends `ImageUploaded` for an original stored under `image_id` (moving it there first if
@@ -575,20 +315,4 @@ fn replay(body: serde_json::Value) -> Response {
         headers.insert(header::LOCATION, value);
     }
     response
-}
-
-fn check_limits(state: &AppState, sniffed: Sniffed) -> Result<(), IngestError> {
-    let settings = &state.settings;
-    if sniffed.width > settings.max_side
-        || sniffed.height > settings.max_side
-        || sniffed.width * sniffed.height > settings.max_pixels
-    {
-        return Err(IngestError::ImageTooLarge {
-            width: sniffed.width,
-            height: sniffed.height,
-            max_pixels: settings.max_pixels,
-            max_side: settings.max_side,
-        });
-    }
-    Ok(())
 }
