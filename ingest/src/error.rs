@@ -62,6 +62,65 @@ pub struct ErrorBody {
 }
 
 impl IngestError {
+    /// Every code [`IngestError::code`] gives, in the order the API document lists them. A
+    /// client may rely on these; a test keeps this list and `code()` in step.
+    pub const ALL_CODES: [&'static str; 20] = [
+        "missing-api-key",
+        "invalid-api-key",
+        "empty-body",
+        "payload-too-large",
+        "unsupported-media-type",
+        "unreadable-image",
+        "image-too-large",
+        "body-read-failed",
+        "invalid-image-id",
+        "image-not-found",
+        "invalid-query",
+        "rate-limited",
+        "invalid-idempotency-key",
+        "idempotency-key-reused",
+        "idempotency-key-in-flight",
+        "route-not-found",
+        "method-not-allowed",
+        "event-log-unavailable",
+        "storage-unavailable",
+        "database-unavailable",
+    ];
+
+    /// One error of every variant, so the API document can say which codes each status
+    /// carries without a second table to keep in step.
+    pub fn one_of_each() -> Vec<IngestError> {
+        vec![
+            Self::MissingApiKey,
+            Self::InvalidApiKey,
+            Self::EmptyBody,
+            Self::PayloadTooLarge { limit: 0 },
+            Self::UnsupportedMediaType,
+            Self::UnreadableImage(String::new()),
+            Self::ImageTooLarge {
+                width: 0,
+                height: 0,
+                max_pixels: 0,
+                max_side: 0,
+            },
+            Self::BodyRead(String::new()),
+            Self::InvalidImageId(String::new()),
+            Self::ImageNotFound,
+            Self::InvalidQuery(String::new()),
+            Self::RateLimited {
+                retry_after_secs: 0,
+            },
+            Self::InvalidIdempotencyKey,
+            Self::IdempotencyKeyReused,
+            Self::IdempotencyKeyInFlight,
+            Self::RouteNotFound,
+            Self::MethodNotAllowed,
+            Self::EventLogUnavailable(String::new()),
+            Self::StorageUnavailable(String::new()),
+            Self::DatabaseUnavailable(String::new()),
+        ]
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingApiKey => "missing-api-key",
@@ -137,5 +196,82 @@ impl IntoResponse for IngestError {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// No wildcard arm: a new variant does not compile here until it is given a number, and
+    /// then `one_of_each_covers_every_variant` fails until `one_of_each` has it.
+    fn variant_number(error: &IngestError) -> usize {
+        use IngestError::*;
+        match error {
+            MissingApiKey => 0,
+            InvalidApiKey => 1,
+            EmptyBody => 2,
+            PayloadTooLarge { .. } => 3,
+            UnsupportedMediaType => 4,
+            UnreadableImage(_) => 5,
+            ImageTooLarge { .. } => 6,
+            BodyRead(_) => 7,
+            InvalidImageId(_) => 8,
+            ImageNotFound => 9,
+            InvalidQuery(_) => 10,
+            RateLimited { .. } => 11,
+            InvalidIdempotencyKey => 12,
+            IdempotencyKeyReused => 13,
+            IdempotencyKeyInFlight => 14,
+            RouteNotFound => 15,
+            MethodNotAllowed => 16,
+            EventLogUnavailable(_) => 17,
+            StorageUnavailable(_) => 18,
+            DatabaseUnavailable(_) => 19,
+        }
+    }
+
+    #[test]
+    fn one_of_each_covers_every_variant() {
+        let numbers: BTreeSet<usize> = IngestError::one_of_each()
+            .iter()
+            .map(variant_number)
+            .collect();
+        assert_eq!(numbers, (0..=19).collect());
+    }
+
+    #[test]
+    fn all_codes_lists_every_code_once_and_nothing_else() {
+        let listed: BTreeSet<&str> = IngestError::ALL_CODES.into_iter().collect();
+        assert_eq!(
+            listed.len(),
+            IngestError::ALL_CODES.len(),
+            "a code is listed twice"
+        );
+        let given: BTreeSet<&str> = IngestError::one_of_each()
+            .iter()
+            .map(IngestError::code)
+            .collect();
+        assert_eq!(given, listed);
+    }
+
+    #[test]
+    fn codes_are_kebab_case_and_errors_are_4xx_or_5xx() {
+        for error in IngestError::one_of_each() {
+            let code = error.code();
+            assert!(
+                !code.is_empty()
+                    && !code.starts_with('-')
+                    && !code.ends_with('-')
+                    && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{code}"
+            );
+            assert!(
+                error.status().is_client_error() || error.status().is_server_error(),
+                "{code}"
+            );
+        }
     }
 }
