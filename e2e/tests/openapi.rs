@@ -57,6 +57,11 @@ async fn send(pipeline: &Pipeline, method: &str, path: &str) -> (u16, Value) {
 async fn the_document_describes_every_route_and_every_error_code() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
     let document = fetch_document(&pipeline).await;
+    // What the running router serves is what the library builds for tooling.
+    assert_eq!(
+        document,
+        serde_json::to_value(imgpipe_ingest::openapi::document()).unwrap()
+    );
     assert!(
         document["openapi"].as_str().unwrap().starts_with("3."),
         "{}",

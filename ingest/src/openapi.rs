@@ -191,7 +191,8 @@ struct RawImage(Vec<u8>);
         ),
     ),
     params(
-        ("Idempotency-Key" = Option<String>, Header,
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            min_length = 1, max_length = 255, pattern = "^[!-~]+$",
             description = "Per client, 1 to 255 visible ASCII characters; makes retries safe"),
     ),
     responses(
