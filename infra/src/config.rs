@@ -75,6 +75,11 @@ pub struct S3Config {
     /// Endpoint URL for S3-compatible servers; unset means AWS.
     #[serde(default)]
     pub endpoint: Option<String>,
+    /// Where clients reach the store, when not where the services do (compose: `minio:9000`
+    /// inside, `localhost:9000` outside). Used only for presigned URLs, whose signature
+    /// covers the host; unset means `endpoint`.
+    #[serde(default)]
+    pub public_endpoint: Option<String>,
     #[serde(default = "default_region")]
     pub region: String,
     #[serde(default = "default_bucket")]
@@ -149,6 +154,7 @@ mod tests {
         let vars = S3Config::env_vars();
         assert!(vars.contains(&"IMGPIPE_S3_ENDPOINT".to_string()));
         assert!(vars.contains(&"IMGPIPE_S3_FORCE_PATH_STYLE".to_string()));
-        assert_eq!(vars.len(), 7);
+        assert!(vars.contains(&"IMGPIPE_S3_PUBLIC_ENDPOINT".to_string()));
+        assert_eq!(vars.len(), 8);
     }
 }

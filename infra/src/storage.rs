@@ -5,6 +5,7 @@ use std::time::Duration;
 use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use bytes::{Bytes, BytesMut};
@@ -15,6 +16,9 @@ use crate::{InfraError, S3Config};
 #[derive(Clone)]
 pub struct ObjectStore {
     client: aws_sdk_s3::Client,
+    /// Signs URLs for clients: the same as `client` unless clients reach the store at a
+    /// public endpoint of its own.
+    presigning_client: aws_sdk_s3::Client,
     bucket: String,
     key_prefix: String,
 }
@@ -48,8 +52,21 @@ impl ObjectStore {
         let s3_config = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(config.force_path_style)
             .build();
+        let client = aws_sdk_s3::Client::from_conf(s3_config);
+        // Empty counts as unset, as `.env.example` leaves it.
+        let public_endpoint = config.public_endpoint.as_deref().filter(|e| !e.is_empty());
+        let presigning_client = match public_endpoint {
+            Some(public) => aws_sdk_s3::Client::from_conf(
+                aws_sdk_s3::config::Builder::from(&shared)
+                    .endpoint_url(public)
+                    .force_path_style(config.force_path_style)
+                    .build(),
+            ),
+            None => client.clone(),
+        };
         Self {
-            client: aws_sdk_s3::Client::from_conf(s3_config),
+            client,
+            presigning_client,
             bucket: config.bucket.clone(),
             key_prefix: config.key_prefix.clone(),
         }
@@ -134,6 +151,33 @@ impl ObjectStore {
                 not_found: false,
             })?;
         Ok(body.into_bytes())
+    }
+
+    /// A URL anyone holding it can GET the object with, without credentials, until
+    /// `expires_in` (at most 7 days) has passed. Signing is local: nothing is sent to the store,
+    /// and the object's existence is not checked.
+    pub async fn presigned_get(
+        &self,
+        key: &str,
+        expires_in: Duration,
+    ) -> Result<String, InfraError> {
+        let presign_error = |message: String| InfraError::Storage {
+            operation: "presign",
+            key: key.to_string(),
+            message,
+            not_found: false,
+        };
+        let presigning = PresigningConfig::expires_in(expires_in)
+            .map_err(|error| presign_error(error.to_string()))?;
+        let request = self
+            .presigning_client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .presigned(presigning)
+            .await
+            .map_err(|error| presign_error(DisplayErrorContext(&error).to_string()))?;
+        Ok(request.uri().to_string())
     }
 
     /// Whether an object exists.
@@ -426,5 +470,58 @@ where
         key: key.to_string(),
         message: DisplayErrorContext(&error).to_string(),
         not_found,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: &str, public_endpoint: Option<&str>) -> S3Config {
+        S3Config {
+            endpoint: Some(endpoint.into()),
+            public_endpoint: public_endpoint.map(str::to_string),
+            region: "us-east-1".into(),
+            bucket: "pictures".into(),
+            access_key_id: Some("id".into()),
+            secret_access_key: Some("secret".into()),
+            key_prefix: "ns/".into(),
+            force_path_style: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn presigned_urls_point_at_the_public_endpoint_when_there_is_one() {
+        let store =
+            ObjectStore::connect(&config("http://minio:9000", Some("http://localhost:9000"))).await;
+        let url = store
+            .presigned_get("ns/variants/x/v1/thumb.webp", Duration::from_secs(900))
+            .await
+            .unwrap();
+        assert!(
+            url.starts_with("http://localhost:9000/pictures/ns/variants/x/v1/thumb.webp?"),
+            "{url}"
+        );
+        assert!(url.contains("X-Amz-Expires=900"), "{url}");
+        assert!(url.contains("X-Amz-Signature="), "{url}");
+
+        for unset in [None, Some("")] {
+            let internal = ObjectStore::connect(&config("http://minio:9000", unset)).await;
+            let url = internal
+                .presigned_get("ns/originals/x", Duration::from_secs(60))
+                .await
+                .unwrap();
+            assert!(
+                url.starts_with("http://minio:9000/pictures/ns/originals/x?"),
+                "{url}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expiry_over_a_week_is_refused() {
+        let store = ObjectStore::connect(&config("http://minio:9000", None)).await;
+        let eight_days = Duration::from_secs(8 * 24 * 3600);
+        assert!(store.presigned_get("k", eight_days).await.is_err());
     }
 }

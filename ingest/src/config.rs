@@ -35,6 +35,13 @@ pub struct IngestSettings {
     /// Upload bytes each client may send per minute; 0 = no limit. At least max_upload_bytes.
     #[serde(default = "default_bytes_per_minute")]
     pub bytes_per_minute: u64,
+    /// How long the presigned variant URLs in `GET /v1/images/{id}` stay valid: 1 s to 7 days,
+    /// the most an S3 signature allows.
+    #[serde(
+        default = "default_presign_ttl_secs",
+        deserialize_with = "presign_ttl_secs_in_range"
+    )]
+    pub presign_ttl_secs: u64,
 }
 
 impl Default for IngestSettings {
@@ -48,6 +55,7 @@ impl Default for IngestSettings {
             max_side: default_max_side(),
             uploads_per_minute: default_uploads_per_minute(),
             bytes_per_minute: default_bytes_per_minute(),
+            presign_ttl_secs: default_presign_ttl_secs(),
         }
     }
 }
@@ -74,6 +82,25 @@ fn default_uploads_per_minute() -> u32 {
 fn default_bytes_per_minute() -> u64 {
     2_000_000_000
 }
+fn default_presign_ttl_secs() -> u64 {
+    900
+}
+
+/// The longest expiry an S3 SigV4 presigned URL may have.
+pub const MAX_PRESIGN_TTL_SECS: u64 = 7 * 24 * 3600;
+
+fn presign_ttl_secs_in_range<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<u64, D::Error> {
+    let secs = u64::deserialize(deserializer)?;
+    if !(1..=MAX_PRESIGN_TTL_SECS).contains(&secs) {
+        return Err(serde::de::Error::custom(format!(
+            "{}PRESIGN_TTL_SECS: {secs} is not 1 to {MAX_PRESIGN_TTL_SECS} seconds",
+            IngestSettings::PREFIX
+        )));
+    }
+    Ok(secs)
+}
 
 impl Config {
     pub fn from_env() -> Result<Self, InfraError> {
@@ -98,5 +125,44 @@ impl Config {
             LogConfig::env_vars(),
         ]
         .concat()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn an_empty_environment_reads_as_the_defaults() {
+        let read = IngestSettings::from_iter(Vec::new()).unwrap();
+        assert_eq!(
+            read.presign_ttl_secs,
+            IngestSettings::default().presign_ttl_secs
+        );
+        assert_eq!(read.presign_ttl_secs, 900);
+    }
+
+    #[test]
+    fn the_presign_ttl_is_read_and_bounded_by_what_s3_signs() {
+        let read =
+            IngestSettings::from_iter(vars(&[("IMGPIPE_INGEST_PRESIGN_TTL_SECS", "60")])).unwrap();
+        assert_eq!(read.presign_ttl_secs, 60);
+        for bad in ["0", "604801", "soon"] {
+            let error =
+                IngestSettings::from_iter(vars(&[("IMGPIPE_INGEST_PRESIGN_TTL_SECS", bad)]))
+                    .unwrap_err()
+                    .to_string();
+            assert!(
+                error.contains("IMGPIPE_INGEST_PRESIGN_TTL_SECS"),
+                "{bad}: {error}"
+            );
+        }
     }
 }

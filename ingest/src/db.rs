@@ -5,7 +5,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ImageRow {
     #[serde(skip)]
     pub owner: String,
@@ -28,9 +28,10 @@ pub struct ImageRow {
     pub updated_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct VariantRow {
     pub name: String,
+    /// The object key in the bucket.
     #[sqlx(rename = "object_key")]
     pub key: String,
     pub format: String,
@@ -65,9 +66,10 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct TimelineRow {
     pub event_id: Uuid,
+    /// `ImageUploaded`, `ImageProcessed`, `ImageFailed`, `ImageDeleted`, ...
     pub event_type: String,
     pub topic: String,
     pub partition: i32,
@@ -89,7 +91,7 @@ pub async fn timeline(pool: &PgPool, image_id: Uuid) -> Result<Vec<TimelineRow>,
     .await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ListedImage {
     #[serde(rename = "id")]
     pub image_id: Uuid,

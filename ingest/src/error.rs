@@ -70,6 +70,50 @@ pub struct ErrorBody {
 }
 
 impl IngestError {
+    /// Every stable code, in declaration order: what the API document lists. A client may
+    /// rely on these.
+    pub fn all_codes() -> Vec<&'static str> {
+        Self::one_of_each().iter().map(Self::code).collect()
+    }
+
+    /// One error of every variant, so the API document can say which codes each status
+    /// carries without a second table to keep in step.
+    pub fn one_of_each() -> Vec<IngestError> {
+        vec![
+            Self::MissingApiKey,
+            Self::InvalidApiKey,
+            Self::InsufficientScope,
+            Self::EmptyBody,
+            Self::PayloadTooLarge { limit: 0 },
+            Self::UnsupportedMediaType,
+            Self::UnreadableImage(String::new()),
+            Self::ImageTooLarge {
+                width: 0,
+                height: 0,
+                max_pixels: 0,
+                max_side: 0,
+            },
+            Self::BodyRead(String::new()),
+            Self::InvalidMultipart(String::new()),
+            Self::MissingFile,
+            Self::InvalidMetadata(String::new()),
+            Self::InvalidImageId(String::new()),
+            Self::ImageNotFound,
+            Self::InvalidQuery(String::new()),
+            Self::RateLimited {
+                retry_after_secs: 0,
+            },
+            Self::InvalidIdempotencyKey,
+            Self::IdempotencyKeyReused,
+            Self::IdempotencyKeyInFlight,
+            Self::RouteNotFound,
+            Self::MethodNotAllowed,
+            Self::EventLogUnavailable(String::new()),
+            Self::StorageUnavailable(String::new()),
+            Self::DatabaseUnavailable(String::new()),
+        ]
+    }
+
     pub fn code(&self) -> &'static str {
         match self {
             Self::MissingApiKey => "missing-api-key",
@@ -153,5 +197,78 @@ impl IntoResponse for IngestError {
             response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// No wildcard arm: a new variant does not compile here until it is given a number, and
+    /// then `one_of_each_covers_every_variant` fails until `one_of_each` has it.
+    fn variant_number(error: &IngestError) -> usize {
+        use IngestError::*;
+        match error {
+            MissingApiKey => 0,
+            InvalidApiKey => 1,
+            EmptyBody => 2,
+            PayloadTooLarge { .. } => 3,
+            UnsupportedMediaType => 4,
+            UnreadableImage(_) => 5,
+            ImageTooLarge { .. } => 6,
+            BodyRead(_) => 7,
+            InvalidImageId(_) => 8,
+            ImageNotFound => 9,
+            InvalidQuery(_) => 10,
+            RateLimited { .. } => 11,
+            InvalidIdempotencyKey => 12,
+            IdempotencyKeyReused => 13,
+            IdempotencyKeyInFlight => 14,
+            RouteNotFound => 15,
+            MethodNotAllowed => 16,
+            EventLogUnavailable(_) => 17,
+            StorageUnavailable(_) => 18,
+            DatabaseUnavailable(_) => 19,
+            InsufficientScope => 20,
+            InvalidMultipart(_) => 21,
+            MissingFile => 22,
+            InvalidMetadata(_) => 23,
+        }
+    }
+
+    #[test]
+    fn one_of_each_covers_every_variant() {
+        let numbers: BTreeSet<usize> = IngestError::one_of_each()
+            .iter()
+            .map(variant_number)
+            .collect();
+        assert_eq!(numbers, (0..=23).collect());
+    }
+
+    #[test]
+    fn no_two_variants_share_a_code() {
+        let codes = IngestError::all_codes();
+        let unique: BTreeSet<&str> = codes.iter().copied().collect();
+        assert_eq!(unique.len(), codes.len(), "{codes:?}");
+    }
+
+    #[test]
+    fn codes_are_kebab_case_and_errors_are_4xx_or_5xx() {
+        for error in IngestError::one_of_each() {
+            let code = error.code();
+            assert!(
+                !code.is_empty()
+                    && !code.starts_with('-')
+                    && !code.ends_with('-')
+                    && code.bytes().all(|b| b.is_ascii_lowercase() || b == b'-'),
+                "{code}"
+            );
+            assert!(
+                error.status().is_client_error() || error.status().is_server_error(),
+                "{code}"
+            );
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod config;
 mod db;
 mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
 pub mod sniff;

@@ -1,22 +1,28 @@
 //! One image: `GET /v1/images/{id}` and `DELETE /v1/images/{id}`, and what the other routes
 //! share about images.
 
+use std::time::Duration;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use imgpipe_schemas::{Event, ImageDeleted, Producer};
 use serde::Serialize;
+use time::OffsetDateTime;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::{AppState, REQUEST_ID};
 use crate::auth::Client;
 use crate::db::{self, ImageRow, VariantRow};
+use crate::error::ErrorBody;
 use crate::IngestError;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new().route("/images/{id}", get(status).delete(delete))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(status, delete))
 }
 
 pub(super) fn producer() -> Producer {
@@ -26,32 +32,76 @@ pub(super) fn producer() -> Producer {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct ImageStatus {
     id: Uuid,
     #[serde(flatten)]
     image: ImageRow,
+    /// Why processing failed; null unless the status is `failed`.
     failure: Option<Failure>,
-    variants: Vec<VariantRow>,
+    variants: Vec<Variant>,
+    /// When the variants' `url`s stop working (RFC 3339); fetch the image again for new ones.
+    #[serde(with = "time::serde::rfc3339")]
+    urls_expire_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+struct Variant {
+    #[serde(flatten)]
+    stored: VariantRow,
+    /// A presigned GET URL for the WebP: no Authorization header, valid until `urls_expire_at`.
+    url: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
 struct Failure {
+    /// `undecodable`, `unsupported-format`, `image-too-large`, `original-missing`,
+    /// `encode-failed`.
     code: String,
     reason: String,
 }
 
-/// `GET /v1/images/{id}`: the image as the read model has it. A client sees only its own
-/// images; another client's answer is the same 404 as a missing one.
+/// The image as the read model has it, with a presigned URL for each variant.
+///
+/// The read model trails the log by milliseconds: right after the upload's 202 this may still
+/// be 404, so poll.
+#[utoipa::path(
+    get,
+    path = "/images/{id}",
+    tag = "images",
+    operation_id = "get_image",
+    params(("id" = Uuid, Path, description = "The id the upload's 202 gave")),
+    responses(
+        (status = 200, description = "The image", body = ImageStatus),
+        (status = 400, description = "`invalid-image-id`", body = ErrorBody),
+        (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 404, description = "`image-not-found` (also another client's image)", body = ErrorBody),
+        (status = 503, description = "`database-unavailable`, `storage-unavailable`", body = ErrorBody),
+    ),
+)]
 async fn status(
     State(state): State<AppState>,
     Client(client): Client,
     Path(id): Path<String>,
 ) -> Result<Json<ImageStatus>, IngestError> {
     let (image_id, mut image) = owned_image(&state, &client, id).await?;
-    let variants = db::variants(&state.pool, image_id)
+    let stored = db::variants(&state.pool, image_id)
         .await
         .map_err(database_unavailable)?;
+    let ttl = Duration::from_secs(state.settings.presign_ttl_secs);
+    // Signatures are dated in whole seconds at signing; taking the time before signing and
+    // dropping its fraction keeps the advertised expiry from being later than theirs.
+    let now = OffsetDateTime::now_utc();
+    let urls_expire_at = now - time::Duration::nanoseconds(now.nanosecond().into()) + ttl;
+    let mut variants = Vec::with_capacity(stored.len());
+    for stored in stored {
+        let url = state
+            .store
+            .presigned_get(&stored.key, ttl)
+            .await
+            .map_err(|e| IngestError::StorageUnavailable(e.to_string()))?;
+        variants.push(Variant { stored, url });
+    }
     let failure = match (image.failure_code.take(), image.failure_reason.take()) {
         (Some(code), reason) => Some(Failure {
             code,
@@ -64,6 +114,7 @@ async fn status(
         image,
         failure,
         variants,
+        urls_expire_at,
     }))
 }
 
@@ -87,14 +138,33 @@ pub(super) fn database_unavailable(error: sqlx::Error) -> IngestError {
     IngestError::DatabaseUnavailable(error.to_string())
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Deleting {
     id: Uuid,
+    /// `deleting` when this request started the deletion, `deleted` when it was already done.
+    #[schema(value_type = String)]
     status: &'static str,
 }
 
-/// `DELETE /v1/images/{id}`: appends `ImageDeleted` and answers 202; the processor removes the
-/// objects and announces `ObjectsDeleted`. Deleting a deleted image again appends nothing.
+/// Deletes the image: the original and every variant are removed, then the image reads
+/// `deleted` with no variants.
+///
+/// Appends `ImageDeleted` and answers 202; the processor removes the objects and announces
+/// `ObjectsDeleted`. Deleting a deleted image again appends nothing.
+#[utoipa::path(
+    delete,
+    path = "/images/{id}",
+    tag = "images",
+    operation_id = "delete_image",
+    params(("id" = Uuid, Path, description = "The id the upload's 202 gave")),
+    responses(
+        (status = 202, description = "Deletion accepted (or already done)", body = Deleting),
+        (status = 400, description = "`invalid-image-id`", body = ErrorBody),
+        (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 404, description = "`image-not-found` (also another client's image)", body = ErrorBody),
+        (status = 503, description = "`database-unavailable`, `event-log-unavailable`", body = ErrorBody),
+    ),
+)]
 async fn delete(
     State(state): State<AppState>,
     Client(client): Client,

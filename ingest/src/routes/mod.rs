@@ -18,6 +18,7 @@ use tower_http::request_id::{
 };
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
@@ -37,15 +38,23 @@ pub struct AppState {
     pub rate_limits: Arc<RateLimits>,
 }
 
+/// The `/v1` routes, with the documentation of those that carry it.
+pub(crate) fn v1() -> OpenApiRouter<AppState> {
+    OpenApiRouter::default().nest(
+        "/v1",
+        images::router()
+            .merge(upload::router())
+            .merge(queries::router()),
+    )
+}
+
 pub fn router(state: AppState) -> Router {
     let readiness = Arc::new(readiness::Dependencies::from(&state));
+    let (v1, documented) = v1().split_for_parts();
+    let document = crate::openapi::assemble(documented);
     Router::new()
-        .nest(
-            "/v1",
-            images::router()
-                .merge(upload::router())
-                .merge(queries::router()),
-        )
+        .merge(v1)
+        .route("/v1/openapi.json", crate::openapi::serve(document))
         .with_state(state)
         .merge(imgpipe_infra::ops::router(readiness))
         .route("/metrics", axum::routing::get(crate::metrics::render))

@@ -1,32 +1,48 @@
 //! Read-only queries over a client's images: the listing, one image's timeline, and stats.
 
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use super::images::{database_unavailable, owned_image};
 use super::AppState;
 use crate::auth::Client;
 use crate::db::{self, ListedImage, TimelineRow};
+use crate::error::ErrorBody;
 use crate::IngestError;
 
-pub(super) fn router() -> Router<AppState> {
-    Router::new()
-        .route("/images", get(list))
-        .route("/images/{id}/events", get(timeline))
-        .route("/stats", get(stats))
+pub(super) fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(timeline))
+        .routes(routes!(stats))
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Timeline {
     id: Uuid,
     events: Vec<TimelineRow>,
 }
 
-/// `GET /v1/images/{id}/events`: every event of the image, oldest first, with where it sits
-/// in the log.
+/// The image's timeline: every event, oldest first, with where it sits in the log.
+#[utoipa::path(
+    get,
+    path = "/images/{id}/events",
+    tag = "images",
+    operation_id = "get_image_events",
+    params(("id" = Uuid, Path, description = "The id the upload's 202 gave")),
+    responses(
+        (status = 200, description = "The timeline", body = Timeline),
+        (status = 400, description = "`invalid-image-id`", body = ErrorBody),
+        (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 404, description = "`image-not-found` (also another client's image)", body = ErrorBody),
+        (status = 503, description = "`database-unavailable`", body = ErrorBody),
+    ),
+)]
 async fn timeline(
     State(state): State<AppState>,
     Client(client): Client,
@@ -46,14 +62,19 @@ const STATUSES: [&str; 5] = ["uploaded", "processing", "ready", "failed", "delet
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// Only images in this status: `uploaded`, `processing`, `ready`, `failed`, `deleted`.
     status: Option<String>,
+    /// Images per page, 1 to 200; default 50.
+    #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
+    /// The previous page's `next_cursor`.
     cursor: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Page {
     images: Vec<ListedImage>,
     /// Pass as `cursor` for the next page; absent on the last one.
@@ -61,8 +82,20 @@ struct Page {
     next_cursor: Option<String>,
 }
 
-/// `GET /v1/images?status=&limit=&cursor=`: the client's images, newest first, keyset
-/// paginated with an opaque cursor.
+/// The client's images, newest first, keyset paginated with an opaque cursor.
+#[utoipa::path(
+    get,
+    path = "/images",
+    tag = "images",
+    operation_id = "list_images",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = Page),
+        (status = 400, description = "`invalid-query`", body = ErrorBody),
+        (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 503, description = "`database-unavailable`", body = ErrorBody),
+    ),
+)]
 async fn list(
     State(state): State<AppState>,
     Client(client): Client,
@@ -152,7 +185,7 @@ mod cursor {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Stats {
     /// Images per status (every status present, zero when none).
     counts: std::collections::BTreeMap<&'static str, i64>,
@@ -161,14 +194,25 @@ struct Stats {
     processing_seconds: Option<Percentiles>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Percentiles {
     p50: f64,
     p95: f64,
     p99: f64,
 }
 
-/// `GET /v1/stats`: the client's images by status and upload-to-result percentiles.
+/// The client's images by status, and upload-to-result percentiles.
+#[utoipa::path(
+    get,
+    path = "/stats",
+    tag = "images",
+    operation_id = "get_stats",
+    responses(
+        (status = 200, description = "The client's stats", body = Stats),
+        (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 503, description = "`database-unavailable`", body = ErrorBody),
+    ),
+)]
 async fn stats(
     State(state): State<AppState>,
     Client(client): Client,

@@ -7,11 +7,13 @@ mod form;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::Json;
 use futures::TryStreamExt;
 use imgpipe_schemas::{Event, ImageUploaded};
 use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 
 use self::body::{
@@ -22,33 +24,63 @@ use super::images::{correlation_id, database_unavailable, producer};
 use super::AppState;
 use crate::auth::Client;
 use crate::db;
+use crate::error::ErrorBody;
 use crate::IngestError;
 
-pub(super) fn router() -> Router<AppState> {
+pub(super) fn router() -> OpenApiRouter<AppState> {
     // The upload counts its own bytes against the configured limit (413) as they stream; axum's
     // default 2 MB cap on multipart bodies would refuse legitimate images first.
-    Router::new().route("/images", post(upload).layer(DefaultBodyLimit::disable()))
+    // On the method router, not the router: a layered router's route would no longer merge
+    // with `GET /v1/images` on the same path.
+    let (schemas, paths, upload) = routes!(upload);
+    OpenApiRouter::new().routes((schemas, paths, upload.layer(DefaultBodyLimit::disable())))
 }
 
-#[derive(Debug, Serialize)]
+/// The 202 body of an accepted upload.
+#[derive(Debug, Serialize, ToSchema)]
 struct Accepted {
     id: Uuid,
+    /// Always `uploaded`: processing has not started yet.
+    #[schema(example = "uploaded")]
     status: &'static str,
+    /// From the magic bytes: `jpeg`, `png`, `webp`, `gif` or `tiff`.
     format: &'static str,
+    /// From the header, before EXIF orientation.
     width: u64,
     height: u64,
     bytes: u64,
+    /// Of the original's bytes, lowercase hex.
     sha256: String,
+    /// The form's `metadata`, when it had one.
     #[serde(skip_serializing_if = "Option::is_none")]
     metadata: Option<Metadata>,
     links: Links,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 struct Links {
+    /// Where to poll the image: `/v1/images/{id}`.
     #[serde(rename = "self")]
     this: String,
 }
+
+/// The upload as a form.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct UploadForm {
+    /// The image; its format comes from the magic bytes, not the part's Content-Type.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    /// Optional: a JSON object of up to 32 string values (keys 1-64 of `A-Za-z0-9_.-`, 8 KiB
+    /// in all), kept with the image.
+    metadata: Option<String>,
+}
+
+/// An image's bytes as the whole request body.
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+struct RawImage(Vec<u8>);
 
 /// `POST /v1/images`: the image as the raw body, or as the `file` field of a
 /// multipart/form-data body with an optional `metadata` field (a JSON object of strings).
@@ -58,6 +90,43 @@ struct Links {
 /// object storage before the event is appended, and 202 is sent only after the broker
 /// acknowledged the event. If the append fails, the client gets 503 and the stored original
 /// is an orphan for the sweeper, never a half-accepted upload.
+#[utoipa::path(
+    post,
+    path = "/images",
+    tag = "images",
+    operation_id = "upload_image",
+    request_body(
+        description = "Either the image as the raw body (any Content-Type), or \
+            multipart/form-data with a `file` part and an optional `metadata` part.",
+        content(
+            (RawImage = "*/*"),
+            (UploadForm = "multipart/form-data"),
+        ),
+    ),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, nullable = false,
+            min_length = 1, max_length = 255, pattern = "^[!-~]+$",
+            description = "Per client, 1 to 255 visible ASCII characters; makes retries safe"),
+    ),
+    responses(
+        (status = 202, description = "Stored and announced", body = Accepted,
+            headers(
+                ("Location" = String, description = "`/v1/images/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this is a stored answer"),
+            )),
+        (status = 400, description = "`empty-body`, `body-read-failed`, `invalid-multipart`, `missing-file`, `invalid-metadata`, `invalid-idempotency-key`", body = ErrorBody),
+        (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 403, description = "`insufficient-scope`: a read-only key", body = ErrorBody),
+        (status = 409, description = "`idempotency-key-reused`, `idempotency-key-in-flight` (with Retry-After)", body = ErrorBody),
+        (status = 413, description = "`payload-too-large`", body = ErrorBody),
+        (status = 415, description = "`unsupported-media-type`", body = ErrorBody),
+        (status = 422, description = "`unreadable-image`, `image-too-large`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
+        (status = 503, description = "`event-log-unavailable`, `storage-unavailable`, `database-unavailable`: not accepted, retry", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
+    ),
+)]
 async fn upload(
     State(state): State<AppState>,
     client: Result<Client, IngestError>,
