@@ -18,6 +18,9 @@ pub struct ImageRow {
     pub width: i32,
     pub height: i32,
     pub spec_version: Option<i32>,
+    /// `#rrggbb`; null until processed, and for images processed before schema v2.
+    pub dominant_color: Option<String>,
+    pub blurhash: Option<String>,
     #[serde(skip)]
     pub failure_code: Option<String>,
     #[serde(skip)]
@@ -44,7 +47,7 @@ pub struct VariantRow {
 pub async fn image(pool: &PgPool, image_id: Uuid) -> Result<Option<ImageRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT owner, original_key, status, format, bytes, sha256, width, height, spec_version,
-                failure_code, failure_reason, uploaded_at, updated_at
+                dominant_color, blurhash, failure_code, failure_reason, uploaded_at, updated_at
          FROM images WHERE image_id = $1",
     )
     .bind(image_id)

@@ -154,6 +154,8 @@ impl VariantHandler {
             original_width: rendered.width as i32,
             original_height: rendered.height as i32,
             variants,
+            dominant_color: rendered.dominant_color,
+            blurhash: Some(rendered.blurhash),
         };
         self.announce(event, processed).await
     }

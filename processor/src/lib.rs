@@ -2,6 +2,7 @@
 //! stored variants and an `ImageProcessed` (or `ImageFailed`) event.
 
 pub mod config;
+pub mod descriptors;
 mod error;
 mod handler;
 pub mod render;

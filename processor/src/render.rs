@@ -1,11 +1,18 @@
 //! Pure image work: decode once, apply EXIF orientation, resize in a cascade, encode lossy
-//! WebP. No IO; the caller runs it on a blocking thread.
+//! WebP, and describe the colours from a small downscale. No IO; the caller runs it on a
+//! blocking thread.
 
 use std::io::Cursor;
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageReader};
+
+use crate::descriptors;
+
+/// Longest edge of the downscale the descriptors are computed from: at most 4,096 pixels, plenty
+/// for a coarse colour histogram and a 4x3 BlurHash, and cheap next to any variant.
+const DESCRIPTOR_EDGE: u32 = 64;
 
 /// What to render: every size at most `max_edge` on its longest edge, never upscaled.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,6 +66,9 @@ pub struct Rendered {
     pub width: u32,
     pub height: u32,
     pub variants: Vec<RenderedVariant>,
+    /// `#rrggbb`; `None` when every pixel is fully transparent.
+    pub dominant_color: Option<String>,
+    pub blurhash: String,
 }
 
 #[derive(Debug)]
@@ -120,10 +130,45 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
     }
     // Report in the spec's order, not the cascade's.
     variants.sort_by_key(|v| spec.sizes.iter().position(|s| s.name == v.name));
+    // The cascade ends on the smallest variant, so the descriptors' downscale starts there.
+    let descriptors = describe(&source, &mut resizer)?;
     Ok(Rendered {
         width,
         height,
         variants,
+        dominant_color: descriptors.dominant_color,
+        blurhash: descriptors.blurhash,
+    })
+}
+
+struct Descriptors {
+    dominant_color: Option<String>,
+    blurhash: String,
+}
+
+/// Computes the colour descriptors from a `DESCRIPTOR_EDGE` downscale of `image`.
+fn describe(image: &Image<'_>, resizer: &mut Resizer) -> Result<Descriptors, RenderError> {
+    let (w, h) = fit(image.width(), image.height(), DESCRIPTOR_EDGE);
+    let mut small = Image::new(w, h, image.pixel_type());
+    // An area average: every source pixel counts in proportion and, unlike Lanczos, no ringing
+    // invents colours at edges that the histogram would then count.
+    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
+    resizer
+        .resize(image, &mut small, &options)
+        .map_err(|e| RenderError::Encode(e.to_string()))?;
+    let rgba = match image.pixel_type() {
+        PixelType::U8x4 => small.into_vec(),
+        _ => small
+            .buffer()
+            .chunks_exact(3)
+            .flat_map(|rgb| [rgb[0], rgb[1], rgb[2], u8::MAX])
+            .collect(),
+    };
+    let blurhash = descriptors::blurhash(w, h, &rgba)
+        .map_err(|e| RenderError::Encode(format!("blurhash: {e}")))?;
+    Ok(Descriptors {
+        dominant_color: descriptors::dominant_color(&rgba).map(descriptors::hex_color),
+        blurhash,
     })
 }
 
@@ -233,6 +278,58 @@ mod tests {
         assert_eq!((large.width, large.height), (300, 200));
         let decoded = image::load_from_memory(&large.webp).unwrap();
         assert_eq!((decoded.width(), decoded.height()), (300, 200));
+    }
+
+    fn solid_png(width: u32, height: u32, rgb: [u8; 3]) -> Vec<u8> {
+        let image = image::RgbImage::from_pixel(width, height, image::Rgb(rgb));
+        let mut out = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(image)
+            .write_to(&mut out, image::ImageFormat::Png)
+            .expect("encode test png");
+        out.into_inner()
+    }
+
+    #[test]
+    fn describes_the_colours_of_what_it_renders() {
+        let rendered = render(&solid_png(300, 200, [200, 30, 30]), &spec(), LIMITS).unwrap();
+        assert_eq!(rendered.dominant_color.as_deref(), Some("#c81e1e"));
+        assert_eq!(rendered.blurhash.len(), 28);
+        // The placeholder is that red too, within BlurHash's quantisation (its encoder's float
+        // noise on a flat image comes back as faint AC components).
+        let placeholder = blurhash::decode(&rendered.blurhash, 8, 8, 1.0).unwrap();
+        for pixel in placeholder.chunks_exact(4) {
+            let close = |value: u8, expected: u8| value.abs_diff(expected) <= 16;
+            assert!(
+                close(pixel[0], 200) && close(pixel[1], 30) && close(pixel[2], 30),
+                "{pixel:?} in {}",
+                rendered.blurhash
+            );
+        }
+    }
+
+    #[test]
+    fn the_dominant_colour_is_the_majority_not_the_average() {
+        // Left 70% red, right 30% blue: the average would be a purple nobody sees.
+        let image = image::RgbImage::from_fn(300, 200, |x, _| {
+            if x < 210 {
+                image::Rgb([220, 20, 30])
+            } else {
+                image::Rgb([20, 40, 210])
+            }
+        });
+        let mut png = Cursor::new(Vec::new());
+        DynamicImage::ImageRgb8(image)
+            .write_to(&mut png, image::ImageFormat::Png)
+            .unwrap();
+        let rendered = render(&png.into_inner(), &spec(), LIMITS).unwrap();
+        assert_eq!(rendered.dominant_color.as_deref(), Some("#dc141e"));
+    }
+
+    #[test]
+    fn a_fully_transparent_image_has_no_dominant_colour() {
+        let rendered = render(&png(100, 100, true), &spec(), LIMITS).unwrap();
+        assert_eq!(rendered.dominant_color, None);
+        assert_eq!(rendered.blurhash.len(), 28);
     }
 
     #[test]

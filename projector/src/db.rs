@@ -74,13 +74,16 @@ pub async fn apply(
             let updated = sqlx::query(
                 "UPDATE images
                  SET status = 'ready', spec_version = $2, width = $3, height = $4,
-                     failure_code = NULL, failure_reason = NULL, updated_at = $5
+                     dominant_color = $5, blurhash = $6,
+                     failure_code = NULL, failure_reason = NULL, updated_at = $7
                  WHERE image_id = $1 AND status <> 'deleted'",
             )
             .bind(event.image_id)
             .bind(processed.spec_version)
             .bind(processed.original_width)
             .bind(processed.original_height)
+            .bind(&processed.dominant_color)
+            .bind(&processed.blurhash)
             .bind(event.occurred_at)
             .execute(&mut *tx)
             .await?

@@ -96,6 +96,8 @@ async fn an_image_lifecycle_projects_and_replays_idempotently() {
                 original_width: 1600,
                 original_height: 2560,
                 variants: vec![variant("thumb"), variant("large")],
+                dominant_color: Some("#4a6b8c".into()),
+                blurhash: Some("LEHV6nWB2yk8pyo0adR*.7kCMdnj".into()),
             },
         ),
         event(
@@ -171,6 +173,69 @@ async fn an_image_lifecycle_projects_and_replays_idempotently() {
         .unwrap()
         .get(0);
     assert_eq!(timeline, events.len() as i64);
+
+    sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", config.schema))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+async fn descriptors(pool: &PgPool, image_id: Uuid) -> (Option<String>, Option<String>) {
+    sqlx::query_as("SELECT dominant_color, blurhash FROM images WHERE image_id = $1")
+        .bind(image_id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn image_processed_stores_the_colour_descriptors() {
+    let (config, pool) = database().await;
+    let id = Uuid::now_v7();
+    let uploaded = event(
+        id,
+        ImageUploaded {
+            owner: "client-a".into(),
+            original_key: format!("originals/{id}"),
+            format: "png".into(),
+            bytes: 10,
+            sha256: "ab".repeat(32),
+            width: 300,
+            height: 200,
+        },
+    );
+    let processed = |dominant_color: Option<&str>, blurhash: Option<&str>| {
+        event(
+            id,
+            ImageProcessed {
+                spec_version: 1,
+                original_width: 300,
+                original_height: 200,
+                variants: Vec::new(),
+                dominant_color: dominant_color.map(Into::into),
+                blurhash: blurhash.map(Into::into),
+            },
+        )
+    };
+    assert!(apply(&pool, &uploaded, 0).await);
+    assert_eq!(descriptors(&pool, id).await, (None, None));
+
+    let described = processed(Some("#c81e1e"), Some("L3N4Lk]TfQ]T|wjtfQjtfQfQfQfQ"));
+    assert!(apply(&pool, &described, 1).await);
+    let expected = (
+        Some("#c81e1e".to_string()),
+        Some("L3N4Lk]TfQ]T|wjtfQjtfQfQfQfQ".to_string()),
+    );
+    assert_eq!(descriptors(&pool, id).await, expected);
+    // Applying it again changes nothing.
+    assert!(!apply(&pool, &described, 1).await);
+    assert_eq!(descriptors(&pool, id).await, expected);
+
+    // A result written before schema v2 has no descriptors: the latest result is what the
+    // image reads, so they are cleared rather than left from an older rendering.
+    assert!(apply(&pool, &processed(None, None), 2).await);
+    assert_eq!(descriptors(&pool, id).await, (None, None));
+    assert_eq!(status(&pool, id).await, "ready");
 
     sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", config.schema))
         .execute(&pool)

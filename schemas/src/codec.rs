@@ -18,7 +18,7 @@ use crate::events::{Event, EventType, Payload, Producer};
 use crate::SchemaError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Value of the `content-type` record header for single-object encoded records.
 pub const CONTENT_TYPE: &str = "application/vnd.apache.avro+binary; encoding=single-object";
@@ -31,19 +31,34 @@ const HEADER_LEN: usize = 10;
 /// Every released version of the event schema, oldest first: the envelope's file, then one file
 /// per event record, in payload-union order. Never remove or edit one: records written with it
 /// stay in the log forever.
-pub const RELEASED: &[(i32, &[&str])] = &[(
-    1,
-    &[
-        include_str!("../avro/v1/imgpipe.events.Event.avsc"),
-        include_str!("../avro/v1/imgpipe.events.ImageUploaded.avsc"),
-        include_str!("../avro/v1/imgpipe.events.ImageProcessed.avsc"),
-        include_str!("../avro/v1/imgpipe.events.ImageFailed.avsc"),
-        include_str!("../avro/v1/imgpipe.events.ImageDeleted.avsc"),
-        include_str!("../avro/v1/imgpipe.events.ObjectsDeleted.avsc"),
-        include_str!("../avro/v1/imgpipe.events.OrphanRemoved.avsc"),
-        include_str!("../avro/v1/imgpipe.events.ReprocessRequested.avsc"),
-    ],
-)];
+pub const RELEASED: &[(i32, &[&str])] = &[
+    (
+        1,
+        &[
+            include_str!("../avro/v1/imgpipe.events.Event.avsc"),
+            include_str!("../avro/v1/imgpipe.events.ImageUploaded.avsc"),
+            include_str!("../avro/v1/imgpipe.events.ImageProcessed.avsc"),
+            include_str!("../avro/v1/imgpipe.events.ImageFailed.avsc"),
+            include_str!("../avro/v1/imgpipe.events.ImageDeleted.avsc"),
+            include_str!("../avro/v1/imgpipe.events.ObjectsDeleted.avsc"),
+            include_str!("../avro/v1/imgpipe.events.OrphanRemoved.avsc"),
+            include_str!("../avro/v1/imgpipe.events.ReprocessRequested.avsc"),
+        ],
+    ),
+    (
+        2,
+        &[
+            include_str!("../avro/v2/imgpipe.events.Event.avsc"),
+            include_str!("../avro/v2/imgpipe.events.ImageUploaded.avsc"),
+            include_str!("../avro/v2/imgpipe.events.ImageProcessed.avsc"),
+            include_str!("../avro/v2/imgpipe.events.ImageFailed.avsc"),
+            include_str!("../avro/v2/imgpipe.events.ImageDeleted.avsc"),
+            include_str!("../avro/v2/imgpipe.events.ObjectsDeleted.avsc"),
+            include_str!("../avro/v2/imgpipe.events.OrphanRemoved.avsc"),
+            include_str!("../avro/v2/imgpipe.events.ReprocessRequested.avsc"),
+        ],
+    ),
+];
 
 /// The released versions as self-contained schemas (JSON), oldest first.
 pub fn writer_schemas() -> Vec<(i32, String)> {

@@ -162,6 +162,11 @@ pub struct ImageProcessed {
     pub original_width: i32,
     pub original_height: i32,
     pub variants: Vec<Variant>,
+    /// `#rrggbb`, lowercase. `None` in records written before schema v2.
+    pub dominant_color: Option<String>,
+    /// A BlurHash placeholder for clients to paint before a variant loads. `None` in records
+    /// written before schema v2.
+    pub blurhash: Option<String>,
 }
 
 /// One stored rendition of an image.

@@ -39,6 +39,8 @@ fn every_payload() -> Vec<Payload> {
                 bytes: 9_000,
                 sha256: "cd".repeat(32),
             }],
+            dominant_color: Some("#c81e1e".into()),
+            blurhash: Some("LEHV6nWB2yk8pyo0adR*.7kCMdnj".into()),
         }
         .into(),
         ImageFailed {

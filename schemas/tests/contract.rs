@@ -14,7 +14,7 @@ use apache_avro::AvroSchema;
 use imgpipe_schemas::codec::{current_schema, writer_schemas};
 use imgpipe_schemas::{
     decode, encode, Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded,
-    ObjectsDeleted, OrphanRemoved, Producer, ReprocessRequested, Variant, SCHEMA_VERSION,
+    ObjectsDeleted, OrphanRemoved, Payload, Producer, ReprocessRequested, Variant, SCHEMA_VERSION,
 };
 use time::macros::datetime;
 use uuid::{uuid, Uuid};
@@ -146,6 +146,8 @@ fn golden_events() -> Vec<(&'static str, Event)> {
                         bytes: 3_392,
                         sha256: "c0".repeat(32),
                     }],
+                    dominant_color: Some("#4a6b8c".into()),
+                    blurhash: Some("LEHV6nWB2yk8pyo0adR*.7kCMdnj".into()),
                 }
                 .into(),
                 Some(CAUSE_ID),
@@ -272,6 +274,17 @@ fn golden_vectors_of_every_released_version_decode() {
             assert!(count > 0, "v{version} keeps its golden vectors");
         }
     }
+}
+
+#[test]
+fn image_processed_written_before_v2_reads_without_descriptors() {
+    let bytes = std::fs::read(golden_dir(1).join("image_processed.avro")).unwrap();
+    let Payload::ImageProcessed(processed) = decode(&bytes).unwrap().payload else {
+        panic!("the v1 vector is an ImageProcessed")
+    };
+    assert_eq!(processed.variants.len(), 1);
+    assert_eq!(processed.dominant_color, None);
+    assert_eq!(processed.blurhash, None);
 }
 
 #[test]
