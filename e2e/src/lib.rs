@@ -63,6 +63,15 @@ impl Pipeline {
     pub async fn start_with(
         adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
     ) -> anyhow::Result<Self> {
+        Self::start_with_kafka(|_| {}, adjust).await
+    }
+
+    /// Like [`Pipeline::start_with`], with the Kafka settings every service uses adjusted too
+    /// (another broker, a shorter produce timeout); the namespace's topic prefix is already set.
+    pub async fn start_with_kafka(
+        adjust_kafka: impl FnOnce(&mut KafkaConfig),
+        adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
+    ) -> anyhow::Result<Self> {
         let log = LogConfig {
             format: "pretty".into(),
         };
@@ -71,6 +80,7 @@ impl Pipeline {
         let mut kafka = KafkaConfig::from_env()?;
         kafka.topic_prefix = format!("{namespace}.");
         kafka.produce_timeout_ms = 10_000;
+        adjust_kafka(&mut kafka);
         let mut s3 = S3Config::from_env()?;
         s3.key_prefix = format!("{namespace}/");
         let mut database = DatabaseConfig::from_env()?;

@@ -1,5 +1,6 @@
 //! Kafka clients configured the one way imgpipe uses them.
 
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use imgpipe_schemas::{headers, Event};
@@ -75,12 +76,27 @@ pub struct Delivery {
 
 /// Appends events to the events topic: idempotent, acknowledged by all in-sync replicas, keyed
 /// by image id so one image's events stay in order.
+///
+/// After a failed append the producer is replaced by a new one. librdkafka's idempotent producer
+/// answers a failed message by bumping its producer epoch itself (KIP-360), and Tansu 0.6 refuses
+/// every produce with an epoch it did not hand out: one produce timeout during a broker outage
+/// would otherwise fail every later append of this process. A new producer gets a new producer
+/// id from the broker.
 #[derive(Clone)]
 pub struct EventProducer {
-    producer: FutureProducer,
+    current: Arc<RwLock<Generation>>,
+    client_config: ClientConfig,
     topic: String,
     timeout: Duration,
     codec: EventCodec,
+}
+
+/// One producer instance; `number` tells concurrent failures of the same instance apart from a
+/// failure of its successor, so one failure replaces it once.
+#[derive(Clone)]
+struct Generation {
+    number: u64,
+    producer: FutureProducer,
 }
 
 impl EventProducer {
@@ -90,18 +106,22 @@ impl EventProducer {
         codec: EventCodec,
     ) -> Result<Self, InfraError> {
         let timeout = Duration::from_millis(config.produce_timeout_ms);
-        let producer: FutureProducer = config
-            .client_config(client_id)
+        let mut client_config = config.client_config(client_id);
+        client_config
             .set("enable.idempotence", "true")
             .set("acks", "all")
             // The Java client's key hashing, so Redpanda tooling and any other client put an
             // image's records on the same partition as imgpipe does.
             .set("partitioner", "murmur2_random")
             .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-            .set("linger.ms", "5")
-            .create()?;
+            .set("linger.ms", "5");
+        let producer: FutureProducer = client_config.create()?;
         Ok(Self {
-            producer,
+            current: Arc::new(RwLock::new(Generation {
+                number: 0,
+                producer,
+            })),
+            client_config,
             topic: config.topics().events,
             timeout,
             codec,
@@ -120,20 +140,67 @@ impl EventProducer {
             .key(&key)
             .payload(&payload)
             .headers(event_headers(event, self.codec.content_type()));
-        let delivery = self
+        let generation = self.current();
+        match generation
             .producer
             .send(record, Timeout::After(self.timeout))
             .await
-            .map_err(|(error, _)| InfraError::Kafka(error))?;
-        Ok(Delivery {
-            partition: delivery.partition,
-            offset: delivery.offset,
-        })
+        {
+            Ok(delivery) => Ok(Delivery {
+                partition: delivery.partition,
+                offset: delivery.offset,
+            }),
+            Err((error, _)) => {
+                self.replace(generation);
+                Err(InfraError::Kafka(error))
+            }
+        }
+    }
+
+    fn current(&self) -> Generation {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Puts a new producer in place of `failed`, unless another failure already did.
+    fn replace(&self, failed: Generation) {
+        if self.current().number != failed.number {
+            return;
+        }
+        let producer: FutureProducer = match self.client_config.create() {
+            Ok(producer) => producer,
+            Err(error) => {
+                tracing::warn!(error = %error, "could not create a new producer; keeping the old one");
+                return;
+            }
+        };
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        let unused = if current.number == failed.number {
+            tracing::info!(
+                generation = failed.number + 1,
+                "producer replaced after a failed append"
+            );
+            let retired = std::mem::replace(
+                &mut *current,
+                Generation {
+                    number: failed.number + 1,
+                    producer,
+                },
+            );
+            retired.producer
+        } else {
+            producer
+        };
+        drop(current);
+        // Dropping a producer joins its threads: not on an async worker.
+        tokio::task::spawn_blocking(move || drop((unused, failed)));
     }
 
     /// Checks the broker answers a metadata request for the events topic.
     pub async fn ping(&self) -> Result<(), InfraError> {
-        let producer = self.producer.clone();
+        let producer = self.current().producer;
         let topic = self.topic.clone();
         tokio::task::spawn_blocking(move || {
             producer
@@ -148,7 +215,7 @@ impl EventProducer {
 
     /// Waits for in-flight produces; call on shutdown. Blocks, so it runs on a blocking thread.
     pub async fn flush(&self, timeout: Duration) {
-        let producer = self.producer.clone();
+        let producer = self.current().producer;
         let result =
             tokio::task::spawn_blocking(move || producer.flush(Timeout::After(timeout))).await;
         if let Ok(Err(error)) = result {

@@ -1,0 +1,357 @@
+//! Issue #4: an upload while the broker is down gets 503 and no event for it ever appears, not
+//! even once the broker is back; uploads before and after the outage are kept and processed.
+//!
+//! The test runs its own Tansu, so it can kill it without disturbing the shared stack's broker
+//! that every other test uses.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgpipe_e2e::Pipeline;
+use imgpipe_infra::{kafka, topics, FromEnv, KafkaConfig};
+use imgpipe_schemas::Event;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::{Message, Offset, TopicPartitionList};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// A Tansu broker of this test's own, on a free loopback port, storing into a fresh directory.
+/// Dropping it kills the process, also when the test panics.
+struct PrivateBroker {
+    dir: PathBuf,
+    port: u16,
+    process: Option<Child>,
+}
+
+impl PrivateBroker {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("imgpipe-broker-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut broker = Self {
+            dir,
+            port,
+            process: None,
+        };
+        broker.spawn();
+        broker
+    }
+
+    fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Installed by `scripts/stack up`, where the stack puts its tools.
+    fn binary() -> PathBuf {
+        let tools = std::env::var_os("IMGPIPE_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let cache = std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
+                    });
+                cache.join("imgpipe/tools")
+            });
+        tools.join("bin/tansu")
+    }
+
+    fn spawn(&mut self) {
+        let binary = Self::binary();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("tansu.log"))
+            .unwrap();
+        let listener = format!("tcp://{}", self.address());
+        // Tansu resolves a sqlite path against its working directory, even an absolute one.
+        let process = Command::new(&binary)
+            .current_dir(&self.dir)
+            .args(["broker", "--listener-url", &listener])
+            .args(["--advertised-listener-url", &listener])
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} (scripts/stack up installs it): {e}",
+                    binary.display()
+                )
+            });
+        self.process = Some(process);
+    }
+
+    /// An outage as abrupt as a crash: SIGKILL, no goodbye to the clients.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Restarts on the same port with the same storage, so the topics and offsets are back.
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Waits until the broker creates (or finds) the bundled topics: Tansu accepts connections
+    /// a while before it serves requests.
+    async fn wait_until_serving(&self) {
+        let mut config = KafkaConfig::from_env().unwrap();
+        config.brokers = self.address();
+        config.topic_prefix = String::new();
+        let specs = topics::bundled().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match kafka::ensure_topics(&config, &specs).await {
+                Ok(()) => return,
+                Err(error) if Instant::now() > deadline => {
+                    panic!("private broker not serving after 60 s: {error}")
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+}
+
+impl Drop for PrivateBroker {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "private broker's storage and log kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// `POST /v1/images` with our own request id, which becomes the events' correlation id.
+async fn upload(pipeline: &Pipeline, image: &str, request_id: &str) -> reqwest::Response {
+    let body = std::fs::read(imgpipe_e2e::corpus_dir().join(image)).unwrap();
+    let response = pipeline
+        .http
+        .post(pipeline.url("/v1/images"))
+        .bearer_auth(&pipeline.api_key)
+        .header("x-request-id", request_id)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-request-id"], request_id);
+    response
+}
+
+async fn upload_accepted_and_ready(pipeline: &Pipeline, image: &str, request_id: &str) {
+    let response = upload(pipeline, image, request_id).await;
+    assert_eq!(response.status(), 202);
+    let body: Value = response.json().await.unwrap();
+    let settled = pipeline
+        .wait_until_settled(body["id"].as_str().unwrap(), Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(settled["status"], "ready", "{settled}");
+}
+
+async fn readyz_status(pipeline: &Pipeline) -> u16 {
+    pipeline
+        .http
+        .get(pipeline.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Every record of the events topic from offset 0 up to its current end, decoded, with the
+/// correlation id its header carries.
+fn read_events_topic(kafka: &KafkaConfig) -> Vec<(Option<String>, Event)> {
+    let topic = kafka.topics().events;
+    let consumer: BaseConsumer = kafka
+        .client_config("broker-down-reader")
+        .set(
+            "group.id",
+            format!("{}broker-down-reader", kafka.topic_prefix),
+        )
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    let partitions = metadata.topics()[0].partitions().len() as i32;
+    assert!(partitions > 0, "{topic} has no partitions");
+
+    let mut ends = Vec::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
+            .unwrap();
+        if high > low {
+            assignment
+                .add_partition_offset(&topic, partition, Offset::Offset(low))
+                .unwrap();
+            ends.push((partition, high));
+        }
+    }
+    let mut records = Vec::new();
+    if ends.is_empty() {
+        return records;
+    }
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ends.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "reading {topic} did not reach {ends:?}"
+        );
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        let correlation_id = message.headers().and_then(|headers| {
+            headers
+                .iter()
+                .find(|h| h.key == imgpipe_schemas::headers::CORRELATION_ID)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        });
+        let event = imgpipe_schemas::decode(message.payload().unwrap_or_default())
+            .unwrap_or_else(|e| panic!("undecodable record at {}: {e}", message.offset()));
+        records.push((correlation_id, event));
+        ends.retain(|&(partition, high)| {
+            !(partition == message.partition() && message.offset() + 1 >= high)
+        });
+    }
+    records
+}
+
+async fn read_events(pipeline: &Pipeline) -> Vec<(Option<String>, Event)> {
+    let kafka = pipeline.kafka.clone();
+    tokio::task::spawn_blocking(move || read_events_topic(&kafka))
+        .await
+        .unwrap()
+}
+
+/// Delivery is at-least-once: a consumer whose offset commit died with the broker handles an
+/// event again, so a second ImageProcessed is fine; a second ImageUploaded is not.
+fn assert_accepted_upload_logged(records: &[(Option<String>, Event)], request_id: &str) {
+    let events = events_of(records, request_id);
+    let (first, results) = events
+        .split_first()
+        .unwrap_or_else(|| panic!("no events for the accepted upload {request_id}"));
+    assert_eq!(first, "ImageUploaded", "{request_id}: {events:?}");
+    assert!(
+        !results.is_empty() && results.iter().all(|e| e == "ImageProcessed"),
+        "{request_id}: {events:?}"
+    );
+}
+
+/// The types of the events correlated with `request_id` (by the record header or the envelope).
+fn events_of(records: &[(Option<String>, Event)], request_id: &str) -> Vec<String> {
+    records
+        .iter()
+        .filter(|(header, event)| {
+            header.as_deref() == Some(request_id) || event.correlation_id == request_id
+        })
+        .map(|(_, event)| event.event_type().as_str().to_string())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_upload_refused_while_the_broker_is_down_never_becomes_an_event() {
+    let mut broker = PrivateBroker::start();
+    broker.wait_until_serving().await;
+    let pipeline = Pipeline::start_with_kafka(
+        |kafka| {
+            kafka.brokers = broker.address();
+            // The 503 comes once a produce has waited this long; librdkafka gives up on the
+            // message at the same moment, so it cannot be sent after the client was told no.
+            kafka.produce_timeout_ms = 3_000;
+        },
+        |_| {},
+    )
+    .await
+    .expect("pipeline starts on the private broker");
+    let run = Uuid::now_v7().simple().to_string();
+    let before = format!("before-outage-{run}");
+    let during = format!("during-outage-{run}");
+    let after = format!("after-outage-{run}");
+
+    upload_accepted_and_ready(&pipeline, "photos/kde-DarkestHour-2560.jpg", &before).await;
+    // Checked now, not after the restart: Tansu 0.6 deletes every record of a topic with
+    // retention.ms=-1 (ours) whenever its maintenance runs, which is at start and every 10
+    // minutes (its policy_delete query reads -1 as "older than -1 ms").
+    assert_accepted_upload_logged(&read_events(&pipeline).await, &before);
+
+    broker.kill();
+    assert_eq!(
+        readyz_status(&pipeline).await,
+        503,
+        "ingest reports the broker down"
+    );
+    let response = upload(&pipeline, "exif/camera-Nikon_D70.jpg", &during).await;
+    assert_eq!(response.status(), 503);
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry_after >= 1, "{retry_after}");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "event-log-unavailable", "{body}");
+
+    broker.restart();
+    broker.wait_until_serving().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while readyz_status(&pipeline).await != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "ingest not ready again after the broker came back"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    upload_accepted_and_ready(&pipeline, "exif/camera-Canon_40D.jpg", &after).await;
+
+    // A produce librdkafka still held would be sent soon after the broker is back: look for
+    // the refused upload for a while, not just once.
+    let watch_until = Instant::now() + Duration::from_secs(15);
+    let records = loop {
+        let records = read_events(&pipeline).await;
+        assert_eq!(
+            events_of(&records, &during),
+            Vec::<String>::new(),
+            "the upload answered 503 was appended after all"
+        );
+        if Instant::now() > watch_until {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    assert_accepted_upload_logged(&records, &after);
+    for (header, event) in &records {
+        if event.event_type().as_str() == "ImageUploaded" {
+            assert!(
+                [&before, &after].contains(&&event.correlation_id),
+                "an upload nobody was told was accepted: {header:?} {event:?}"
+            );
+        }
+    }
+
+    pipeline.stop().await.unwrap();
+}
