@@ -68,10 +68,16 @@ mod tests {
         for name in [EVENTS, DEAD_LETTER] {
             let spec = specs.iter().find(|s| s.name == name).expect(name);
             assert!(spec.partitions >= 1);
+            // At least 100 years, and never -1: Tansu 0.6 reads a negative retention as "delete
+            // every record" (see topics.conf).
+            let retention_ms = spec
+                .configs
+                .iter()
+                .find(|(key, _)| key == "retention.ms")
+                .and_then(|(_, value)| value.parse::<i64>().ok());
             assert!(
-                spec.configs
-                    .contains(&("retention.ms".to_string(), "-1".to_string())),
-                "{name} must keep everything"
+                retention_ms.is_some_and(|ms| ms >= 100 * 365 * 24 * 3600 * 1000),
+                "{name} must keep everything, with a positive retention.ms: {retention_ms:?}"
             );
         }
     }
