@@ -72,6 +72,7 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_keeps_moving() {
             sha256: "00".repeat(32),
             width: 2560,
             height: 1600,
+            metadata: Default::default(),
         },
     );
     let key = image_id.to_string();

@@ -92,6 +92,11 @@ async fn a_body_of_unknown_length_larger_than_a_part_is_stored_byte_for_byte() {
 
     let image = pipeline.wait_until_settled(id, SETTLE).await.unwrap();
     assert_eq!(image["status"], "ready", "{image}");
+    assert_eq!(
+        image["metadata"],
+        json!({}),
+        "a raw body has no metadata: {image}"
+    );
     pipeline.stop().await.unwrap();
 }
 
@@ -192,7 +197,13 @@ async fn a_multipart_form_upload_carries_its_metadata_and_bad_forms_are_refused(
         "only the three accepted uploads have an original"
     );
 
+    // The metadata travelled in the ImageUploaded event to the read model.
     let image = pipeline.wait_until_settled(&id, SETTLE).await.unwrap();
     assert_eq!(image["status"], "ready", "{image}");
+    assert_eq!(
+        image["metadata"],
+        json!({"album": "kites", "source": "e2e"}),
+        "{image}"
+    );
     pipeline.stop().await.unwrap();
 }

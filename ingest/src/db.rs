@@ -21,6 +21,9 @@ pub struct ImageRow {
     /// `#rrggbb`; null until processed, and for images processed before schema v2.
     pub dominant_color: Option<String>,
     pub blurhash: Option<String>,
+    /// The upload form's `metadata`; `{}` when it had none.
+    #[schema(value_type = std::collections::BTreeMap<String, String>)]
+    pub metadata: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
     #[serde(skip)]
     pub failure_code: Option<String>,
     #[serde(skip)]
@@ -47,7 +50,8 @@ pub struct VariantRow {
 pub async fn image(pool: &PgPool, image_id: Uuid) -> Result<Option<ImageRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT owner, original_key, status, format, bytes, sha256, width, height, spec_version,
-                dominant_color, blurhash, failure_code, failure_reason, uploaded_at, updated_at
+                dominant_color, blurhash, metadata, failure_code, failure_reason, uploaded_at,
+                updated_at
          FROM images WHERE image_id = $1",
     )
     .bind(image_id)

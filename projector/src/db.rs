@@ -54,8 +54,8 @@ pub async fn apply(
             sqlx::query(
                 "INSERT INTO images
                      (image_id, owner, status, format, bytes, sha256, width, height,
-                      original_key, uploaded_at, updated_at)
-                 VALUES ($1, $2, 'uploaded', $3, $4, $5, $6, $7, $8, $9, $9)
+                      original_key, uploaded_at, updated_at, metadata)
+                 VALUES ($1, $2, 'uploaded', $3, $4, $5, $6, $7, $8, $9, $9, $10)
                  ON CONFLICT (image_id) DO NOTHING",
             )
             .bind(event.image_id)
@@ -67,6 +67,7 @@ pub async fn apply(
             .bind(uploaded.height)
             .bind(&uploaded.original_key)
             .bind(event.occurred_at)
+            .bind(sqlx::types::Json(&uploaded.metadata))
             .execute(&mut *tx)
             .await?;
         }

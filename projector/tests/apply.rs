@@ -87,6 +87,7 @@ async fn an_image_lifecycle_projects_and_replays_idempotently() {
                 sha256: "ab".repeat(32),
                 width: 2560,
                 height: 1600,
+                metadata: Default::default(),
             },
         ),
         event(
@@ -202,6 +203,7 @@ async fn image_processed_stores_the_colour_descriptors() {
             sha256: "ab".repeat(32),
             width: 300,
             height: 200,
+            metadata: Default::default(),
         },
     );
     let processed = |dominant_color: Option<&str>, blurhash: Option<&str>| {

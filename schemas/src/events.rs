@@ -1,3 +1,5 @@
+use std::collections::HashMap;
+
 use apache_avro::AvroSchema;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -151,6 +153,10 @@ pub struct ImageUploaded {
     pub sha256: String,
     pub width: i32,
     pub height: i32,
+    /// The uploader's labels (the upload form's `metadata`). Empty in records written before
+    /// schema v2.
+    #[serde(default)]
+    pub metadata: HashMap<String, String>,
 }
 
 /// Every variant of the spec is durable in object storage.

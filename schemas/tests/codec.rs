@@ -20,6 +20,9 @@ fn uploaded() -> ImageUploaded {
         sha256: "ab".repeat(32),
         width: 2560,
         height: 1600,
+        metadata: [("album", "kites"), ("source", "phone")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .into(),
     }
 }
 

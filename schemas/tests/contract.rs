@@ -125,6 +125,8 @@ fn golden_events() -> Vec<(&'static str, Event)> {
                     sha256: "bd".repeat(32),
                     width: 2560,
                     height: 1600,
+                    // One entry: a map's encoding follows its iteration order.
+                    metadata: [("album".to_string(), "kites".to_string())].into(),
                 }
                 .into(),
                 None,
@@ -285,6 +287,16 @@ fn image_processed_written_before_v2_reads_without_descriptors() {
     assert_eq!(processed.variants.len(), 1);
     assert_eq!(processed.dominant_color, None);
     assert_eq!(processed.blurhash, None);
+}
+
+#[test]
+fn image_uploaded_written_before_v2_reads_with_no_metadata() {
+    let bytes = std::fs::read(golden_dir(1).join("image_uploaded.avro")).unwrap();
+    let Payload::ImageUploaded(uploaded) = decode(&bytes).unwrap().payload else {
+        panic!("the v1 vector is an ImageUploaded")
+    };
+    assert_eq!(uploaded.width, 2560);
+    assert!(uploaded.metadata.is_empty());
 }
 
 #[test]

@@ -23,6 +23,7 @@ fn valid_record() -> Vec<u8> {
             sha256: "00".repeat(32),
             width: 1,
             height: 1,
+            metadata: Default::default(),
         },
     );
     encode(&event).unwrap()

@@ -273,6 +273,7 @@ async fn store_and_announce(
             sha256: sha256.clone(),
             width: sniffed.width as i32,
             height: sniffed.height as i32,
+            metadata: metadata.clone().unwrap_or_default().into_iter().collect(),
         },
     );
     let produce_started = std::time::Instant::now();
