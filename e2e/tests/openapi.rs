@@ -72,27 +72,8 @@ async fn the_document_describes_every_route_and_every_error_code() {
         "bearer"
     );
 
-    let documented: BTreeSet<(String, String)> = documented_operations(&document)
-        .into_iter()
-        .map(|(method, template, _)| (method, template))
-        .collect();
-    for (method, path) in [
-        ("GET", "/v1/images"),
-        ("POST", "/v1/images"),
-        ("GET", "/v1/images/{id}"),
-        ("DELETE", "/v1/images/{id}"),
-        ("GET", "/v1/images/{id}/events"),
-        ("GET", "/v1/stats"),
-        ("GET", "/v1/openapi.json"),
-        ("GET", "/healthz"),
-        ("GET", "/readyz"),
-        ("GET", "/metrics"),
-    ] {
-        assert!(
-            documented.contains(&(method.to_string(), path.to_string())),
-            "{method} {path} is not documented: {documented:?}"
-        );
-    }
+    // Which routes the document lists is the unit test's business (ingest/src/openapi.rs); here
+    // the served document is that one, and the server answers what it documents (below).
 
     let codes: BTreeSet<&str> = document["components"]["schemas"]["ErrorBody"]["properties"]
         ["code"]["enum"]
