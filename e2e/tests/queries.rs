@@ -56,6 +56,19 @@ async fn clients_page_through_their_images_and_read_each_timeline() {
 
     let (_, ready) = get(&pipeline, &key, "/v1/images?status=ready").await;
     assert_eq!(ready["images"].as_array().unwrap().len(), 3);
+    for image in ready["images"].as_array().unwrap() {
+        // A gallery's placeholder comes with the listing, not one GET per image.
+        assert!(
+            image["dominant_color"]
+                .as_str()
+                .is_some_and(|c| c.len() == 7 && c.starts_with('#')),
+            "{image}"
+        );
+        assert!(
+            image["blurhash"].as_str().is_some_and(|h| !h.is_empty()),
+            "{image}"
+        );
+    }
     let (_, failed) = get(&pipeline, &key, "/v1/images?status=failed").await;
     assert_eq!(failed["images"].as_array().unwrap().len(), 0);
     let (_, others) = get(&pipeline, &pipeline.other_api_key, "/v1/images").await;

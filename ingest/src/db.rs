@@ -107,6 +107,9 @@ pub struct ListedImage {
     pub width: i32,
     pub height: i32,
     pub bytes: i64,
+    /// A gallery's placeholder before the thumbnail loads; null until processed.
+    pub dominant_color: Option<String>,
+    pub blurhash: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub uploaded_at: OffsetDateTime,
 }
@@ -122,7 +125,8 @@ pub async fn list(
 ) -> Result<Vec<ListedImage>, sqlx::Error> {
     let (after_at, after_id) = after.unzip();
     sqlx::query_as(
-        "SELECT image_id, status, format, width, height, bytes, uploaded_at
+        "SELECT image_id, status, format, width, height, bytes, dominant_color, blurhash,
+                uploaded_at
          FROM images
          WHERE owner = $1
            AND ($2::text IS NULL OR status = $2)
