@@ -75,7 +75,12 @@ pub fn is_srgb(profile: &ColorProfile) -> Result<bool, String> {
         other => return Err(format!("a {other:?} profile on RGB or grey pixels")),
     };
     let transform = profile
-        .create_transform_8bit(layout, &ColorProfile::new_srgb(), Layout::Rgb, options())
+        .create_transform_8bit(
+            layout,
+            &ColorProfile::new_srgb(),
+            Layout::Rgb,
+            TransformOptions::default(),
+        )
         .map_err(|e| format!("no transform to sRGB: {e}"))?;
     let expected: Vec<u8> = match layout {
         Layout::Gray => probe.iter().flat_map(|&v| [v, v, v]).collect(),
@@ -91,22 +96,18 @@ pub fn is_srgb(profile: &ColorProfile) -> Result<bool, String> {
         .all(|(a, b)| a.abs_diff(*b) <= SRGB_TOLERANCE))
 }
 
-fn options() -> TransformOptions {
-    TransformOptions::default()
-}
-
 /// Converts in the image's own depth (16-bit stays 16-bit until the variants are made 8-bit);
 /// grey becomes RGB, since sRGB is an RGB space, and alpha is carried through untouched.
 fn convert(image: DynamicImage, profile: &ColorProfile) -> (DynamicImage, Result<(), String>) {
     let srgb = ColorProfile::new_srgb();
     let transform_8bit = |source: Layout, target: Layout| {
         profile
-            .create_transform_8bit(source, &srgb, target, options())
+            .create_transform_8bit(source, &srgb, target, TransformOptions::default())
             .map_err(|e| format!("no transform to sRGB: {e}"))
     };
     let transform_16bit = |source: Layout, target: Layout| {
         profile
-            .create_transform_16bit(source, &srgb, target, options())
+            .create_transform_16bit(source, &srgb, target, TransformOptions::default())
             .map_err(|e| format!("no transform to sRGB: {e}"))
     };
     match (profile.color_space, image) {
