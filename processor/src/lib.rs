@@ -1,6 +1,7 @@
 //! The processor: a stateless consumer-group member that turns each `ImageUploaded` event into
 //! stored variants and an `ImageProcessed` (or `ImageFailed`) event.
 
+pub mod color;
 pub mod config;
 pub mod descriptors;
 mod error;

@@ -1,6 +1,7 @@
-//! Pure image work: decode once, apply EXIF orientation, resize in a cascade, encode lossy
-//! WebP, and describe the colours from a small downscale. No IO; the caller runs it on a
-//! blocking thread.
+//! Pure image work: decode once, convert an embedded ICC profile's colours to sRGB, apply EXIF
+//! orientation, resize in a cascade, encode lossy WebP (no metadata: no EXIF, GPS, XMP or
+//! profile survives), and describe the colours from a small downscale. No IO; the caller runs
+//! it on a blocking thread.
 
 use std::io::Cursor;
 
@@ -8,6 +9,7 @@ use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageReader};
 
+use crate::color::{self, Conversion};
 use crate::descriptors;
 
 /// Longest edge of the downscale the descriptors are computed from: at most 4,096 pixels, plenty
@@ -81,8 +83,10 @@ pub struct RenderedVariant {
 
 /// Renders every variant of `spec` from the original's bytes.
 pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Rendered, RenderError> {
-    let image = decode_oriented(bytes, limits)?;
+    let image = decode_upright_srgb(bytes, limits)?;
     let (width, height) = (image.width(), image.height());
+    // Grey becomes RGB, 16-bit and float become 8-bit (rounded), a palette is already expanded
+    // by the decoder; alpha stays and becomes the WebP's alpha.
     let has_alpha = image.color().has_alpha();
     let (pixels, pixel_type, bytes_per_pixel) = if has_alpha {
         (image.into_rgba8().into_raw(), PixelType::U8x4, 4)
@@ -172,8 +176,10 @@ fn describe(image: &Image<'_>, resizer: &mut Resizer) -> Result<Descriptors, Ren
     })
 }
 
-/// Decodes with limits checked on the header first, then applies the EXIF orientation.
-pub fn decode_oriented(bytes: &[u8], limits: Limits) -> Result<DynamicImage, RenderError> {
+/// Decodes with limits checked on the header first, converts the pixels to sRGB if an ICC
+/// profile says they are something else, then applies the EXIF orientation. An animation
+/// (GIF, WebP) decodes to its first frame.
+pub fn decode_upright_srgb(bytes: &[u8], limits: Limits) -> Result<DynamicImage, RenderError> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| RenderError::Undecodable(e.to_string()))?;
@@ -191,7 +197,14 @@ pub fn decode_oriented(bytes: &[u8], limits: Limits) -> Result<DynamicImage, Ren
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    // A profile that cannot be read is one a viewer would ignore too: the pixels are shown
+    // as sRGB, so they are used as they are.
+    let icc_profile = decoder.icc_profile().ok().flatten();
+    let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
+    let (mut image, conversion) = color::to_srgb(image, icc_profile.as_deref());
+    if let Conversion::Unusable(reason) = conversion {
+        tracing::debug!(%reason, "ICC profile ignored");
+    }
     image.apply_orientation(orientation);
     Ok(image)
 }
