@@ -5,6 +5,7 @@ pub mod config;
 pub mod descriptors;
 mod error;
 mod handler;
+pub mod metrics;
 pub mod render;
 pub mod startup;
 

@@ -3,6 +3,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use imgpipe_infra::breaker::CircuitBreaker;
 use imgpipe_infra::consume::{self, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::ops::{self, Readiness};
@@ -14,6 +15,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::VariantHandler;
+use crate::metrics::{self, ProcessorMetrics};
 use crate::{Config, ProcessorError};
 
 const GROUP: &str = "imgpipe-processor";
@@ -47,8 +49,15 @@ impl Processor {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let metrics = ProcessorMetrics::new();
+        let store_breaker = CircuitBreaker::new("object-store", settings.breaker(), {
+            let metrics = metrics.clone();
+            Arc::new(move |to| metrics.breaker_transition(to))
+        });
         let handler = VariantHandler {
             store: ObjectStore::connect(&config.s3).await,
+            store_breaker,
+            metrics,
             events: EventProducer::new(&config.kafka, "imgpipe-processor", codec.clone())?,
             spec: Arc::new(spec),
             limits: settings.limits(),
@@ -82,11 +91,25 @@ impl Processor {
             store: self.handler.store.clone(),
             events: self.handler.events.clone(),
         });
+        let metrics_handle = self.handler.metrics.handle();
         let ops = tokio::spawn(ops::serve(
             self.ops_listener,
-            ops::router(readiness),
+            ops::router(readiness).merge(metrics::router(metrics_handle.clone())),
             shutdown.clone(),
         ));
+        // Histograms buffer samples until drained; without scrapes that would grow unbounded.
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = upkeep.tick() => metrics_handle.run_upkeep(),
+                    }
+                }
+            }
+        });
         let events = self.handler.events.clone();
         tracing::info!(
             spec_version = self.handler.spec.version,
