@@ -148,6 +148,24 @@ async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
+/// The processor's `imgpipe_processor_consumer_lag` gauges, one per partition measured so far.
+async fn lag_per_partition(pipeline: &Pipeline) -> Vec<f64> {
+    let text = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.processor_ops_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{}{{", names::CONSUMER_LAG);
+    text.lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+        .collect()
+}
+
 /// Records on the dead-letter topic, over all its partitions.
 fn dead_letters(pipeline: &Pipeline) -> i64 {
     let consumer: BaseConsumer = pipeline
@@ -246,6 +264,20 @@ async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it()
     assert_eq!(metric(&pipeline, names::STORAGE_BREAKER_STATE).await, 0.0);
     assert!(metric(&pipeline, names::IMAGES_PROCESSED).await >= ids.len() as f64);
     assert_eq!(metric(&pipeline, names::IMAGES_IN_FLIGHT).await, 0.0);
+
+    // Once the group has committed everything, every partition's lag reads 0.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lags = lag_per_partition(&pipeline).await;
+        if !lags.is_empty() && lags.iter().all(|lag| *lag == 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer lag not 0 on every partition after 60 s: {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 
     pipeline.stop().await.unwrap();
 }

@@ -29,6 +29,9 @@ pub const IMAGES_IN_FLIGHT: &str = "imgpipe_processor_images_in_flight";
 pub const STORAGE_BREAKER_STATE: &str = "imgpipe_processor_storage_breaker_state";
 /// The breaker's state changes, by the state it changed `to` (closed, half-open, open).
 pub const STORAGE_BREAKER_TRANSITIONS: &str = "imgpipe_processor_storage_breaker_transitions_total";
+/// Records of the events topic the group has not committed yet, by `partition`: the high
+/// watermark minus the committed offset, measured every few seconds.
+pub const CONSUMER_LAG: &str = "imgpipe_processor_consumer_lag";
 
 /// A step of handling an image, timed under [`STAGE_SECONDS`].
 #[derive(Debug, Clone, Copy)]
@@ -124,6 +127,14 @@ impl ProcessorMetrics {
     }
 }
 
+impl ProcessorMetrics {
+    pub(crate) fn consumer_lag(&self, partition: i32, lag: i64) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+        });
+    }
+}
+
 pub(crate) struct InFlight(Gauge);
 
 impl Drop for InFlight {
@@ -176,6 +187,7 @@ mod tests {
         metrics.stage(Stage::Render, Duration::from_millis(30));
         let guard = metrics.in_flight();
         metrics.breaker_transition(BreakerState::Open);
+        metrics.consumer_lag(3, 7);
         let text = metrics.handle().render();
         for expected in [
             "imgpipe_processor_images_processed_total 1",
@@ -184,6 +196,7 @@ mod tests {
             "imgpipe_processor_images_in_flight 1",
             "imgpipe_processor_storage_breaker_state 2",
             "imgpipe_processor_storage_breaker_transitions_total{to=\"open\"} 1",
+            "imgpipe_processor_consumer_lag{partition=\"3\"} 7",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
