@@ -49,6 +49,8 @@ pub struct Pipeline {
     pub store: ObjectStore,
     pub kafka: KafkaConfig,
     pub database: DatabaseConfig,
+    /// The processor's ops endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub processor_ops_url: String,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -72,6 +74,18 @@ impl Pipeline {
         adjust_kafka: impl FnOnce(&mut KafkaConfig),
         adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
     ) -> anyhow::Result<Self> {
+        Self::start_with_stack(adjust_kafka, |_| {}, |_| {}, adjust).await
+    }
+
+    /// Like [`Pipeline::start_with_kafka`], with the S3 settings every service uses (another
+    /// object store; the namespace's key prefix is already set) and the processor's settings
+    /// adjusted too.
+    pub async fn start_with_stack(
+        adjust_kafka: impl FnOnce(&mut KafkaConfig),
+        adjust_s3: impl FnOnce(&mut S3Config),
+        adjust_processor: impl FnOnce(&mut imgpipe_processor::config::ProcessorSettings),
+        adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
+    ) -> anyhow::Result<Self> {
         let log = LogConfig {
             format: "pretty".into(),
         };
@@ -83,6 +97,7 @@ impl Pipeline {
         adjust_kafka(&mut kafka);
         let mut s3 = S3Config::from_env()?;
         s3.key_prefix = format!("{namespace}/");
+        adjust_s3(&mut s3);
         let mut database = DatabaseConfig::from_env()?;
         database.schema = namespace.clone();
         database.max_connections = 4;
@@ -118,7 +133,7 @@ impl Pipeline {
         };
         let mut ingest_config = ingest_config;
         adjust(&mut ingest_config.ingest);
-        let processor_config = imgpipe_processor::Config {
+        let mut processor_config = imgpipe_processor::Config {
             processor: imgpipe_processor::config::ProcessorSettings {
                 ops_addr: "127.0.0.1:0".into(),
                 variants: "thumb:256,medium:1024,large:2048".into(),
@@ -128,12 +143,15 @@ impl Pipeline {
                 max_side: 20_000,
                 max_attempts: 0,
                 cpu_jobs: 0,
+                breaker_failures: 5,
+                breaker_open_secs: 10,
             },
             kafka: kafka.clone(),
             s3: s3.clone(),
             registry: RegistryConfig::default(),
             log: log.clone(),
         };
+        adjust_processor(&mut processor_config.processor);
         let projector_config = imgpipe_projector::Config {
             projector: imgpipe_projector::config::ProjectorSettings {
                 ops_addr: "127.0.0.1:0".into(),
@@ -148,6 +166,7 @@ impl Pipeline {
         let ingest = imgpipe_ingest::Application::build(&ingest_config).await?;
         let base_url = format!("http://127.0.0.1:{}", ingest.port());
         let processor = imgpipe_processor::Processor::build(&processor_config).await?;
+        let processor_ops_url = format!("http://127.0.0.1:{}", processor.ops_port());
         let projector = imgpipe_projector::Projector::build(&projector_config).await?;
         let tasks = vec![
             tokio::spawn({
@@ -183,6 +202,7 @@ impl Pipeline {
             store,
             kafka,
             database,
+            processor_ops_url,
             shutdown,
             tasks,
         })

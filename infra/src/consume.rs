@@ -6,17 +6,23 @@
 //! cannot be decoded, a permanent error, or a transient one that outlived its attempts goes to
 //! the dead-letter topic, and only then is its offset stored. Records are handled one at a
 //! time, so the offset stored is always the highest one fully done.
+//!
+//! A handler can also say a dependency is known to be down ([`HandlerError::Unavailable`], from
+//! an open circuit breaker). Then the record is neither failed nor counted as an attempt: the
+//! loop pauses the assignment, keeps polling (so the group keeps us and rebalances run) until
+//! [`EventHandler::until_available`] resolves, resumes, and handles the same record again.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::time::Duration;
 
 use backon::{ExponentialBuilder, Retryable};
 use imgpipe_schemas::Event;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::Message;
+use rdkafka::{Message, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::EventCodec;
@@ -45,6 +51,13 @@ pub enum HandlerError {
         class: &'static str,
         message: String,
     },
+    /// A dependency is known to be down (its circuit breaker is open): wait for
+    /// [`EventHandler::until_available`], then handle the record again. Not an attempt.
+    #[error("{class} unavailable: {message}")]
+    Unavailable {
+        class: &'static str,
+        message: String,
+    },
 }
 
 impl HandlerError {
@@ -62,9 +75,18 @@ impl HandlerError {
         }
     }
 
+    pub fn unavailable(class: &'static str, error: impl std::fmt::Display) -> Self {
+        Self::Unavailable {
+            class,
+            message: error.to_string(),
+        }
+    }
+
     fn class(&self) -> &'static str {
         match self {
-            Self::Transient { class, .. } | Self::Permanent { class, .. } => class,
+            Self::Transient { class, .. }
+            | Self::Permanent { class, .. }
+            | Self::Unavailable { class, .. } => class,
         }
     }
 }
@@ -76,6 +98,12 @@ pub trait EventHandler: Send + Sync {
         event: &Event,
         position: &RecordPosition,
     ) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Resolves once the dependency behind a [`HandlerError::Unavailable`] may answer again.
+    /// Handlers that never report one keep this default, which only spaces out the attempts.
+    fn until_available(&self) -> impl Future<Output = ()> + Send {
+        tokio::time::sleep(Duration::from_secs(1))
+    }
 }
 
 /// How hard to retry transient failures.
@@ -122,28 +150,58 @@ pub async fn run<H: EventHandler>(
     retry: RetryPolicy,
     shutdown: CancellationToken,
 ) {
+    // Records received while paused for an unavailable dependency (from partitions assigned
+    // meanwhile), handled in order before anything new is received.
+    let mut received_while_paused = VecDeque::new();
     loop {
-        let message = tokio::select! {
-            () = shutdown.cancelled() => break,
-            message = consumer.recv() => message,
-        };
-        let message = match message {
-            Ok(message) => message,
-            Err(error) => {
-                tracing::warn!(error = %error, "kafka receive failed");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
+        let message = match received_while_paused.pop_front() {
+            Some(message) => message,
+            None => {
+                let message = tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    message = consumer.recv() => message,
+                };
+                match message {
+                    // Owned, so the record can be held while the consumer keeps polling.
+                    Ok(message) => message.detach(),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "kafka receive failed");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
             }
         };
-        let done = tokio::select! {
-            () = shutdown.cancelled() => false,
-            done = process(&message, &codec, &handler, &dead_letters, retry) => done,
+        let done = loop {
+            let outcome = tokio::select! {
+                () = shutdown.cancelled() => Outcome::Stopped,
+                outcome = process(&message, &codec, &handler, &dead_letters, retry) => outcome,
+            };
+            match outcome {
+                Outcome::Done => break true,
+                Outcome::Stopped => break false,
+                Outcome::Unavailable => {
+                    let available = pause_until_available(
+                        &consumer,
+                        &handler,
+                        &mut received_while_paused,
+                        &shutdown,
+                    )
+                    .await;
+                    if !available {
+                        break false;
+                    }
+                }
+            }
         };
         if !done {
             // Stopped mid-record: leave its offset unstored so it is handled again.
             break;
         }
-        if let Err(error) = consumer.store_offset_from_message(&message) {
+        // librdkafka stores the offset after this one: the next to read.
+        if let Err(error) =
+            consumer.store_offset(message.topic(), message.partition(), message.offset())
+        {
             // After a rebalance the partition may belong to another member; it will redo it.
             tracing::warn!(error = %error, "could not store offset");
         }
@@ -151,14 +209,75 @@ pub async fn run<H: EventHandler>(
     close(consumer).await;
 }
 
-/// Returns true once the record is finished (handled or dead-lettered).
+enum Outcome {
+    /// Handled or dead-lettered: store the offset.
+    Done,
+    /// A dependency is down: wait for it and handle the record again.
+    Unavailable,
+    Stopped,
+}
+
+/// Pauses the assignment and keeps polling until the handler's dependency may answer again;
+/// false if `shutdown` came first. Polling keeps this member in the group (librdkafka evicts a
+/// consumer not polled for `max.poll.interval.ms`) and runs rebalances. A partition assigned
+/// meanwhile is not paused yet, so its first record is kept in `received` and the partition
+/// paused too; nothing is handled out of order and nothing is skipped.
+async fn pause_until_available<H: EventHandler>(
+    consumer: &StreamConsumer,
+    handler: &H,
+    received: &mut VecDeque<OwnedMessage>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut paused = consumer.assignment().unwrap_or_default();
+    if let Err(error) = consumer.pause(&paused) {
+        tracing::warn!(error = %error, "could not pause the assignment");
+    }
+    tracing::warn!(
+        partitions = paused.count(),
+        "a dependency is unavailable, consumption paused until it answers"
+    );
+    let available = {
+        let until_available = handler.until_available();
+        tokio::pin!(until_available);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break false,
+                () = &mut until_available => break true,
+                message = consumer.recv() => match message {
+                    Ok(message) => {
+                        let mut partition = TopicPartitionList::new();
+                        partition.add_partition(message.topic(), message.partition());
+                        if let Err(error) = consumer.pause(&partition) {
+                            tracing::warn!(error = %error, "could not pause a new partition");
+                        }
+                        paused.add_partition(message.topic(), message.partition());
+                        received.push_back(message.detach());
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "kafka receive failed while paused");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                },
+            }
+        }
+    };
+    // Partitions revoked meanwhile are no longer ours to resume; librdkafka skips them.
+    if let Err(error) = consumer.resume(&paused) {
+        tracing::warn!(error = %error, "could not resume the assignment");
+    }
+    if available {
+        tracing::info!("dependency available again, consumption resumed");
+    }
+    available
+}
+
 async fn process<H: EventHandler>(
-    message: &BorrowedMessage<'_>,
+    message: &OwnedMessage,
     codec: &EventCodec,
     handler: &H,
     dead_letters: &DeadLetterProducer,
     retry: RetryPolicy,
-) -> bool {
+) -> Outcome {
     let position = RecordPosition {
         topic: message.topic().to_string(),
         partition: message.partition(),
@@ -185,7 +304,8 @@ async fn process<H: EventHandler>(
                 "undecodable record, dead-lettering it"
             );
             let failure = HandlerError::permanent("undecodable-record", &error);
-            return dead_letters.send(message, &failure, 1).await;
+            dead_letters.send(message, &failure, 1).await;
+            return Outcome::Done;
         }
     };
     let mut attempts = 0usize;
@@ -203,14 +323,22 @@ async fn process<H: EventHandler>(
     })
     .await;
     match result {
-        Ok(()) => true,
+        Ok(()) => Outcome::Done,
+        Err(error @ HandlerError::Unavailable { .. }) => {
+            tracing::warn!(
+                image_id = %event.image_id, event_id = %event.event_id, error = %error,
+                "dependency unavailable, the record waits for it"
+            );
+            Outcome::Unavailable
+        }
         Err(error) => {
             tracing::error!(
                 image_id = %event.image_id, event_id = %event.event_id,
                 event_type = %event.event_type(), error = %error, attempts,
                 "handler gave up, dead-lettering the record"
             );
-            dead_letters.send(message, &error, attempts).await
+            dead_letters.send(message, &error, attempts).await;
+            Outcome::Done
         }
     }
 }
@@ -249,14 +377,9 @@ impl DeadLetterProducer {
         })
     }
 
-    /// Returns true once the broker has the copy. Retries until then: losing a record here
-    /// would break the promise that every image ends processed or failed.
-    async fn send(
-        &self,
-        message: &BorrowedMessage<'_>,
-        error: &HandlerError,
-        attempts: usize,
-    ) -> bool {
+    /// Returns once the broker has the copy. Retries until then: losing a record here would
+    /// break the promise that every image ends processed or failed.
+    async fn send(&self, message: &OwnedMessage, error: &HandlerError, attempts: usize) {
         use dead_letter_headers::*;
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
@@ -298,7 +421,7 @@ impl DeadLetterProducer {
                 .send(record, Timeout::After(Duration::from_secs(10)))
                 .await
             {
-                Ok(_) => return true,
+                Ok(_) => return,
                 Err((error, _)) => {
                     tracing::error!(error = %error, "dead-letter produce failed, retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;

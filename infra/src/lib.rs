@@ -2,6 +2,7 @@
 //! logic: typed env config, Kafka clients and the topic definitions, the S3 object store,
 //! telemetry, and the `/healthz` `/readyz` endpoints of the workers.
 
+pub mod breaker;
 pub mod config;
 pub mod consume;
 pub mod db;

@@ -1,3 +1,6 @@
+use std::time::Duration;
+
+use imgpipe_infra::breaker::BreakerSettings;
 use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{FromEnv, InfraError, KafkaConfig, S3Config};
@@ -17,7 +20,7 @@ pub struct Config {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProcessorSettings {
-    /// Address of /healthz and /readyz.
+    /// Address of /healthz, /readyz and /metrics.
     #[serde(default = "default_ops_addr")]
     pub ops_addr: String,
     /// `name:longest-edge` pairs, comma-separated.
@@ -41,6 +44,13 @@ pub struct ProcessorSettings {
     /// Concurrent decode/resize/encode jobs; 0 means one per core.
     #[serde(default)]
     pub cpu_jobs: usize,
+    /// Object-store failures in a row that open the circuit breaker: consumption then pauses
+    /// (no attempts spent, nothing dead-lettered) until a probe finds the store answering.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// Seconds the breaker stays open before it probes the store again.
+    #[serde(default = "default_breaker_open_secs")]
+    pub breaker_open_secs: u64,
 }
 
 impl FromEnv for ProcessorSettings {
@@ -64,6 +74,12 @@ fn default_max_pixels() -> u64 {
 }
 fn default_max_side() -> u32 {
     20_000
+}
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_secs() -> u64 {
+    10
 }
 
 impl ProcessorSettings {
@@ -120,6 +136,13 @@ impl ProcessorSettings {
             sizes,
             webp_quality: self.webp_quality,
         })
+    }
+
+    pub fn breaker(&self) -> BreakerSettings {
+        BreakerSettings {
+            failure_threshold: self.breaker_failures.max(1),
+            open_for: Duration::from_secs(self.breaker_open_secs),
+        }
     }
 
     pub fn limits(&self) -> Limits {

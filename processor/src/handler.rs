@@ -1,9 +1,12 @@
+use std::future::Future;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use imgpipe_infra::breaker::{BreakerError, BreakerState, CircuitBreaker};
 use imgpipe_infra::consume::{EventHandler, HandlerError, RecordPosition};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::storage::ObjectStore;
+use imgpipe_infra::InfraError;
 use imgpipe_schemas::{
     Event, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted, Payload,
     Producer, Variant,
@@ -11,10 +14,15 @@ use imgpipe_schemas::{
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::metrics::{ProcessorMetrics, Stage, StageTimer};
 use crate::render::{self, Limits, RenderError, Rendered, VariantSpec};
 
 pub(crate) struct VariantHandler {
     pub(crate) store: ObjectStore,
+    /// Every object-store call goes through it, so an outage pauses consumption instead of
+    /// spending attempts.
+    pub(crate) store_breaker: CircuitBreaker,
+    pub(crate) metrics: ProcessorMetrics,
     pub(crate) events: EventProducer,
     pub(crate) spec: Arc<VariantSpec>,
     pub(crate) limits: Limits,
@@ -32,19 +40,67 @@ pub(crate) fn producer() -> Producer {
 impl EventHandler for VariantHandler {
     async fn handle(&self, event: &Event, _position: &RecordPosition) -> Result<(), HandlerError> {
         match &event.payload {
-            Payload::ImageUploaded(uploaded) => self.process(event, uploaded).await,
+            Payload::ImageUploaded(uploaded) => {
+                let _in_flight = self.metrics.in_flight();
+                self.process(event, uploaded).await
+            }
             Payload::ImageDeleted(deleted) => self.remove_objects(event, deleted).await,
             // Results, audits and deletions are not the variant maker's to act on (yet).
             _ => Ok(()),
         }
     }
+
+    async fn until_available(&self) {
+        self.store_breaker
+            .wait_until_closed(|| self.store.ping())
+            .await;
+    }
 }
 
 impl VariantHandler {
+    /// Makes an object-store call through the breaker. A missing object is the store's answer
+    /// and passes through; a failure is transient while the breaker is closed, and unavailable
+    /// (consumption pauses) once it opened, including when this very failure opened it.
+    async fn storage<T>(
+        &self,
+        call: impl Future<Output = Result<T, InfraError>>,
+    ) -> Result<Result<T, InfraError>, HandlerError> {
+        match self
+            .store_breaker
+            .call(call, |error| !error.is_not_found())
+            .await
+        {
+            Ok(value) => Ok(Ok(value)),
+            Err(BreakerError::Failed(error)) if error.is_not_found() => Ok(Err(error)),
+            Err(BreakerError::Failed(error)) => match self.store_breaker.state() {
+                BreakerState::Closed => Err(HandlerError::transient("storage", error)),
+                BreakerState::Open | BreakerState::HalfOpen => {
+                    Err(HandlerError::unavailable("storage", error))
+                }
+            },
+            Err(BreakerError::Open) => {
+                Err(HandlerError::unavailable("storage", "circuit breaker open"))
+            }
+        }
+    }
+
+    /// Like [`VariantHandler::storage`], for calls where a missing object is a failure too.
+    async fn storage_strict<T>(
+        &self,
+        call: impl Future<Output = Result<T, InfraError>>,
+    ) -> Result<T, HandlerError> {
+        self.storage(call)
+            .await?
+            .map_err(|error| HandlerError::transient("storage", error))
+    }
+
     async fn process(&self, event: &Event, uploaded: &ImageUploaded) -> Result<(), HandlerError> {
-        let original = match self.store.get(&uploaded.original_key).await {
+        let download = StageTimer::start(&self.metrics, Stage::Download);
+        let original = self.storage(self.store.get(&uploaded.original_key)).await?;
+        download.done();
+        let original = match original {
             Ok(bytes) => bytes,
-            Err(error) if error.is_not_found() => {
+            Err(error) => {
                 return self
                     .fail(
                         event,
@@ -53,9 +109,11 @@ impl VariantHandler {
                     )
                     .await;
             }
-            Err(error) => return Err(HandlerError::transient("storage", error)),
         };
-        match self.render(original).await? {
+        let render = StageTimer::start(&self.metrics, Stage::Render);
+        let rendered = self.render(original).await?;
+        render.done();
+        match rendered {
             Ok(rendered) => self.store_and_announce(event, rendered).await,
             Err(error) => {
                 tracing::info!(
@@ -76,21 +134,18 @@ impl VariantHandler {
         event: &Event,
         deleted: &ImageDeleted,
     ) -> Result<(), HandlerError> {
-        let storage = |e| HandlerError::transient("storage", e);
         let mut keys = vec![deleted.original_key.clone()];
         keys.extend(deleted.variant_keys.iter().cloned());
         keys.extend(
-            self.store
-                .list(&self.store.variants_prefix(event.image_id))
-                .await
-                .map_err(storage)?,
+            self.storage_strict(self.store.list(&self.store.variants_prefix(event.image_id)))
+                .await?,
         );
         keys.sort();
         keys.dedup();
         let (mut removed, mut missing) = (Vec::new(), Vec::new());
         for key in keys {
-            if self.store.exists(&key).await.map_err(storage)? {
-                self.store.delete(&key).await.map_err(storage)?;
+            if self.storage_strict(self.store.exists(&key)).await? {
+                self.storage_strict(self.store.delete(&key)).await?;
                 removed.push(key);
             } else {
                 missing.push(key);
@@ -129,16 +184,18 @@ impl VariantHandler {
         rendered: Rendered,
     ) -> Result<(), HandlerError> {
         let mut variants = Vec::with_capacity(rendered.variants.len());
+        let upload = StageTimer::start(&self.metrics, Stage::Upload);
         for variant in rendered.variants {
             let key =
                 self.store
                     .variant_key(event.image_id, self.spec.version, &variant.name, "webp");
             let sha256 = hex::encode(Sha256::digest(&variant.webp));
             let bytes = variant.webp.len() as i64;
-            self.store
-                .put(&key, Bytes::from(variant.webp), "image/webp")
-                .await
-                .map_err(|e| HandlerError::transient("storage", e))?;
+            self.storage_strict(
+                self.store
+                    .put(&key, Bytes::from(variant.webp), "image/webp"),
+            )
+            .await?;
             variants.push(Variant {
                 name: variant.name,
                 key,
@@ -149,6 +206,7 @@ impl VariantHandler {
                 sha256,
             });
         }
+        upload.done();
         let processed = ImageProcessed {
             spec_version: self.spec.version,
             original_width: rendered.width as i32,
@@ -157,7 +215,9 @@ impl VariantHandler {
             dominant_color: rendered.dominant_color,
             blurhash: Some(rendered.blurhash),
         };
-        self.announce(event, processed).await
+        self.announce(event, processed).await?;
+        self.metrics.image_processed();
+        Ok(())
     }
 
     async fn fail(
@@ -170,7 +230,9 @@ impl VariantHandler {
             reason_code: reason_code.into(),
             message,
         };
-        self.announce(event, failed).await
+        self.announce(event, failed).await?;
+        self.metrics.image_failed(reason_code);
+        Ok(())
     }
 
     async fn announce(
@@ -185,10 +247,12 @@ impl VariantHandler {
             producer(),
             payload,
         );
+        let announce = StageTimer::start(&self.metrics, Stage::Announce);
         self.events
             .publish(&result)
             .await
             .map_err(|e| HandlerError::transient("event-log", e))?;
+        announce.done();
         tracing::info!(
             image_id = %result.image_id, event_type = %result.event_type(),
             correlation_id = %result.correlation_id, "result published"

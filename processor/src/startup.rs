@@ -3,20 +3,26 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use imgpipe_infra::breaker::CircuitBreaker;
 use imgpipe_infra::consume::{self, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::ops::{self, Readiness};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::error::KafkaResult;
+use rdkafka::{Offset, TopicPartitionList};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::VariantHandler;
+use crate::metrics::{self, ProcessorMetrics};
 use crate::{Config, ProcessorError};
 
 const GROUP: &str = "imgpipe-processor";
+/// How often the group's lag is measured.
+const LAG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A built processor: subscribed, its ops endpoint bound, not yet consuming.
 pub struct Processor {
@@ -26,6 +32,10 @@ pub struct Processor {
     handler: VariantHandler,
     retry: RetryPolicy,
     ops_listener: TcpListener,
+    /// Measures the group's lag. A client of its own that never subscribes, so it never joins
+    /// the group and cannot disturb the consuming one.
+    lag_probe: Arc<BaseConsumer>,
+    events_topic: String,
 }
 
 impl Processor {
@@ -47,8 +57,15 @@ impl Processor {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let metrics = ProcessorMetrics::new();
+        let store_breaker = CircuitBreaker::new("object-store", settings.breaker(), {
+            let metrics = metrics.clone();
+            Arc::new(move |to| metrics.breaker_transition(to))
+        });
         let handler = VariantHandler {
             store: ObjectStore::connect(&config.s3).await,
+            store_breaker,
+            metrics,
             events: EventProducer::new(&config.kafka, "imgpipe-processor", codec.clone())?,
             spec: Arc::new(spec),
             limits: settings.limits(),
@@ -65,6 +82,15 @@ impl Processor {
                 max_delay: Duration::from_secs(10),
             },
             ops_listener: TcpListener::bind(&settings.ops_addr).await?,
+            lag_probe: Arc::new(
+                config
+                    .kafka
+                    .consumer_config("imgpipe-processor-lag", GROUP)
+                    .set("enable.auto.commit", "false")
+                    .create()
+                    .map_err(imgpipe_infra::InfraError::from)?,
+            ),
+            events_topic: config.kafka.topics().events,
         })
     }
 
@@ -82,9 +108,29 @@ impl Processor {
             store: self.handler.store.clone(),
             events: self.handler.events.clone(),
         });
+        let metrics_handle = self.handler.metrics.handle();
         let ops = tokio::spawn(ops::serve(
             self.ops_listener,
-            ops::router(readiness),
+            ops::router(readiness).merge(metrics::router(metrics_handle.clone())),
+            shutdown.clone(),
+        ));
+        // Histograms buffer samples until drained; without scrapes that would grow unbounded.
+        tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let mut upkeep = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = upkeep.tick() => metrics_handle.run_upkeep(),
+                    }
+                }
+            }
+        });
+        tokio::spawn(report_lag(
+            self.lag_probe,
+            self.events_topic,
+            self.handler.metrics.clone(),
             shutdown.clone(),
         ));
         let events = self.handler.events.clone();
@@ -108,6 +154,61 @@ impl Processor {
         tracing::info!("processor stopped");
         Ok(())
     }
+}
+
+/// Every [`LAG_INTERVAL`], sets the lag gauge of each partition of the events topic.
+async fn report_lag(
+    probe: Arc<BaseConsumer>,
+    topic: String,
+    metrics: ProcessorMetrics,
+    shutdown: CancellationToken,
+) {
+    let mut ticks = tokio::time::interval(LAG_INTERVAL);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            _ = ticks.tick() => {}
+        }
+        // librdkafka's metadata and offset queries block.
+        let measured = tokio::task::spawn_blocking({
+            let (probe, topic) = (Arc::clone(&probe), topic.clone());
+            move || measure_lag(&probe, &topic)
+        })
+        .await;
+        match measured {
+            Ok(Ok(lags)) => {
+                for (partition, lag) in lags {
+                    metrics.consumer_lag(partition, lag);
+                }
+            }
+            Ok(Err(error)) => tracing::debug!(error = %error, "could not measure consumer lag"),
+            Err(error) => tracing::warn!(error = %error, "consumer lag task failed"),
+        }
+    }
+}
+
+/// The group's lag per partition: high watermark minus committed offset (a partition the group
+/// never committed counts from the log's start).
+fn measure_lag(probe: &BaseConsumer, topic: &str) -> KafkaResult<Vec<(i32, i64)>> {
+    let timeout = Duration::from_secs(5);
+    let metadata = probe.fetch_metadata(Some(topic), timeout)?;
+    let mut partitions = TopicPartitionList::new();
+    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
+        partitions.add_partition(topic, partition.id());
+    }
+    let committed = probe.committed_offsets(partitions, timeout)?;
+    committed
+        .elements()
+        .iter()
+        .map(|element| {
+            let (low, high) = probe.fetch_watermarks(topic, element.partition(), timeout)?;
+            let done = match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => low,
+            };
+            Ok((element.partition(), (high - done).max(0)))
+        })
+        .collect()
 }
 
 struct Dependencies {

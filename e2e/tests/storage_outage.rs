@@ -1,0 +1,283 @@
+//! Issue #5: when the object store goes away mid-run, the processor's circuit breaker opens and
+//! consumption pauses: no image fails for it and nothing is dead-lettered. Once the store is
+//! back, the breaker's probe closes it and every image ends `ready`.
+//!
+//! The test runs its own s3s-fs, so it can kill it without disturbing the shared stack's object
+//! store that every other test uses.
+#![allow(clippy::unwrap_used)]
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgpipe_e2e::Pipeline;
+use imgpipe_processor::metrics as names;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use uuid::Uuid;
+
+/// An s3s-fs of this test's own, on a free loopback port, storing into a fresh directory.
+/// Dropping it kills the process, also when the test panics.
+struct PrivateObjectStore {
+    dir: PathBuf,
+    port: u16,
+    process: Option<Child>,
+}
+
+impl PrivateObjectStore {
+    fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!("imgpipe-s3-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut store = Self {
+            dir,
+            port,
+            process: None,
+        };
+        store.spawn();
+        store
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Installed by `scripts/stack up`, where the stack puts its tools.
+    fn binary() -> PathBuf {
+        let tools = std::env::var_os("IMGPIPE_TOOLS_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| {
+                let cache = std::env::var_os("XDG_CACHE_HOME")
+                    .map(PathBuf::from)
+                    .unwrap_or_else(|| {
+                        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
+                    });
+                cache.join("imgpipe/tools")
+            });
+        tools.join("bin/s3s-fs")
+    }
+
+    /// The same command line as `scripts/stack`'s.
+    fn spawn(&mut self) {
+        let binary = Self::binary();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("s3s-fs.log"))
+            .unwrap();
+        let process = Command::new(&binary)
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args([
+                "--access-key",
+                "imgpipe",
+                "--secret-key",
+                "imgpipe-local-secret",
+            ])
+            .arg(self.dir.join("data"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} (scripts/stack up installs it): {e}",
+                    binary.display()
+                )
+            });
+        self.process = Some(process);
+    }
+
+    /// An outage as abrupt as a crash: SIGKILL, no goodbye to the clients.
+    fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Restarts on the same port with the same directory, so every object is back.
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    async fn wait_until_listening(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "private s3s-fs not listening after 30 s (log in {})",
+                self.dir.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for PrivateObjectStore {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("private s3s-fs data and log kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
+async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
+    let text = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.processor_ops_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// The processor's `imgpipe_processor_consumer_lag` gauges, one per partition measured so far.
+async fn lag_per_partition(pipeline: &Pipeline) -> Vec<f64> {
+    let text = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.processor_ops_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prefix = format!("{}{{", names::CONSUMER_LAG);
+    text.lines()
+        .filter(|line| line.starts_with(&prefix))
+        .filter_map(|line| line.rsplit_once(' ')?.1.parse().ok())
+        .collect()
+}
+
+/// Records on the dead-letter topic, over all its partitions.
+fn dead_letters(pipeline: &Pipeline) -> i64 {
+    let consumer: BaseConsumer = pipeline
+        .kafka
+        .client_config("dlq-counter")
+        .set("group.id", "dlq-counter")
+        .create()
+        .unwrap();
+    let topic = pipeline.kafka.topics().dead_letter;
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0]
+        .partitions()
+        .iter()
+        .map(|partition| {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))
+                .unwrap();
+            high - low
+        })
+        .sum()
+}
+
+async fn assert_no_image_failed(pipeline: &Pipeline, ids: &[String]) {
+    for id in ids {
+        let (types, _) = pipeline.timeline(id).await.unwrap();
+        assert!(
+            !types.iter().any(|t| t == "ImageFailed"),
+            "{id} failed: {types:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it() {
+    let mut s3 = PrivateObjectStore::start();
+    s3.wait_until_listening().await;
+    let endpoint = s3.endpoint();
+    let pipeline = Pipeline::start_with_stack(
+        |_| {},
+        |config| config.endpoint = Some(endpoint),
+        |processor| {
+            // Open fast and probe often, so the outage is seen within seconds.
+            processor.breaker_failures = 2;
+            processor.breaker_open_secs = 1;
+            processor.cpu_jobs = 1;
+        },
+        |_| {},
+    )
+    .await
+    .expect("pipeline starts");
+
+    // Twice the photos, so the processor is still busy when the store goes away.
+    let photos = imgpipe_e2e::corpus_files("photos");
+    let mut ids = Vec::new();
+    for path in photos.iter().chain(&photos) {
+        let (status, body) = pipeline.upload(std::fs::read(path).unwrap()).await.unwrap();
+        assert_eq!(status, 202, "{}: {body}", path.display());
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+    s3.kill();
+    let (_, last) = pipeline.image(ids.last().unwrap()).await.unwrap();
+    assert_ne!(
+        last["status"], "ready",
+        "every image was done before the outage began; the test needs more work in flight"
+    );
+
+    // The breaker opens instead of the images failing or being dead-lettered, and a probe
+    // that finds the store still down opens it again.
+    let opened = format!("{}{{to=\"open\"}}", names::STORAGE_BREAKER_TRANSITIONS);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(&pipeline, &opened).await < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the breaker did not open and fail a probe within 120 s of the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(dead_letters(&pipeline), 0, "nothing is dead-lettered");
+    assert_no_image_failed(&pipeline, &ids).await;
+
+    s3.restart();
+    s3.wait_until_listening().await;
+    for id in &ids {
+        let image = pipeline
+            .wait_until_settled(id, Duration::from_secs(300))
+            .await
+            .unwrap();
+        assert_eq!(image["status"], "ready", "{image}");
+    }
+    assert_no_image_failed(&pipeline, &ids).await;
+    assert_eq!(dead_letters(&pipeline), 0, "nothing is dead-lettered");
+    let closed = format!("{}{{to=\"closed\"}}", names::STORAGE_BREAKER_TRANSITIONS);
+    assert!(metric(&pipeline, &closed).await >= 1.0);
+    assert_eq!(metric(&pipeline, names::STORAGE_BREAKER_STATE).await, 0.0);
+    assert!(metric(&pipeline, names::IMAGES_PROCESSED).await >= ids.len() as f64);
+    assert_eq!(metric(&pipeline, names::IMAGES_IN_FLIGHT).await, 0.0);
+
+    // Once the group has committed everything, every partition's lag reads 0.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let lags = lag_per_partition(&pipeline).await;
+        if !lags.is_empty() && lags.iter().all(|lag| *lag == 0.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "consumer lag not 0 on every partition after 60 s: {lags:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    pipeline.stop().await.unwrap();
+}

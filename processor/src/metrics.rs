@@ -1,0 +1,209 @@
+//! Every metric the processor exports, named in one place, and `GET /metrics`.
+//!
+//! Each processor records into a registry of its own rather than the process-wide recorder:
+//! the end-to-end tests run ingest and several processors in one process, and each pipeline's
+//! numbers must be its own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use imgpipe_infra::breaker::BreakerState;
+use metrics::{Counter, Gauge};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// Images whose variants were stored and announced.
+pub const IMAGES_PROCESSED: &str = "imgpipe_processor_images_processed_total";
+/// Images announced as failed, by `reason` code (`undecodable`, `original-missing`, ...).
+pub const IMAGES_FAILED: &str = "imgpipe_processor_images_failed_total";
+/// Seconds per step of an image, by `stage`: download, render, upload, announce.
+pub const STAGE_SECONDS: &str = "imgpipe_processor_stage_duration_seconds";
+/// Images being handled right now.
+pub const IMAGES_IN_FLIGHT: &str = "imgpipe_processor_images_in_flight";
+/// The object-store circuit breaker: 0 closed, 1 half-open, 2 open.
+pub const STORAGE_BREAKER_STATE: &str = "imgpipe_processor_storage_breaker_state";
+/// The breaker's state changes, by the state it changed `to` (closed, half-open, open).
+pub const STORAGE_BREAKER_TRANSITIONS: &str = "imgpipe_processor_storage_breaker_transitions_total";
+/// Records of the events topic the group has not committed yet, by `partition`: the high
+/// watermark minus the committed offset, measured every few seconds.
+pub const CONSUMER_LAG: &str = "imgpipe_processor_consumer_lag";
+
+/// A step of handling an image, timed under [`STAGE_SECONDS`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Stage {
+    Download,
+    Render,
+    Upload,
+    Announce,
+}
+
+impl Stage {
+    fn label(self) -> &'static str {
+        match self {
+            Stage::Download => "download",
+            Stage::Render => "render",
+            Stage::Upload => "upload",
+            Stage::Announce => "announce",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct ProcessorMetrics {
+    recorder: Arc<PrometheusRecorder>,
+    processed: Counter,
+    in_flight: Gauge,
+    breaker_state: Gauge,
+}
+
+impl ProcessorMetrics {
+    pub(crate) fn new() -> Self {
+        // Up to 10 minutes: a large image on a busy machine, or a stage waiting out retries.
+        const STAGE_BUCKETS: &[f64] = &[
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 600.0,
+        ];
+        let recorder = match PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(STAGE_SECONDS.into()), STAGE_BUCKETS)
+        {
+            Ok(builder) => builder.build_recorder(),
+            // Only an empty bucket list is refused; summaries are the fallback.
+            Err(_) => PrometheusBuilder::new().build_recorder(),
+        };
+        let recorder = Arc::new(recorder);
+        let (processed, in_flight, breaker_state) =
+            metrics::with_local_recorder(&*recorder, || {
+                (
+                    metrics::counter!(IMAGES_PROCESSED),
+                    metrics::gauge!(IMAGES_IN_FLIGHT),
+                    metrics::gauge!(STORAGE_BREAKER_STATE),
+                )
+            });
+        breaker_state.set(BreakerState::Closed.as_gauge());
+        Self {
+            recorder,
+            processed,
+            in_flight,
+            breaker_state,
+        }
+    }
+
+    pub(crate) fn handle(&self) -> PrometheusHandle {
+        self.recorder.handle()
+    }
+
+    pub(crate) fn image_processed(&self) {
+        self.processed.increment(1);
+    }
+
+    pub(crate) fn image_failed(&self, reason_code: &str) {
+        let reason = reason_code.to_string();
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::counter!(IMAGES_FAILED, "reason" => reason).increment(1);
+        });
+    }
+
+    pub(crate) fn stage(&self, stage: Stage, took: Duration) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::histogram!(STAGE_SECONDS, "stage" => stage.label()).record(took.as_secs_f64());
+        });
+    }
+
+    /// Counts an image in flight until the guard is dropped (also when its future is).
+    pub(crate) fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
+    }
+
+    pub(crate) fn breaker_transition(&self, to: BreakerState) {
+        self.breaker_state.set(to.as_gauge());
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::counter!(STORAGE_BREAKER_TRANSITIONS, "to" => to.as_str()).increment(1);
+        });
+    }
+}
+
+impl ProcessorMetrics {
+    pub(crate) fn consumer_lag(&self, partition: i32, lag: i64) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+        });
+    }
+}
+
+pub(crate) struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+/// Times a stage from creation to [`StageTimer::done`].
+pub(crate) struct StageTimer<'a> {
+    metrics: &'a ProcessorMetrics,
+    stage: Stage,
+    started: Instant,
+}
+
+impl<'a> StageTimer<'a> {
+    pub(crate) fn start(metrics: &'a ProcessorMetrics, stage: Stage) -> Self {
+        Self {
+            metrics,
+            stage,
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn done(self) {
+        self.metrics.stage(self.stage, self.started.elapsed());
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format, for the ops router.
+pub(crate) fn router(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = handle.render();
+            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_recorded_under_the_documented_names() {
+        let metrics = ProcessorMetrics::new();
+        metrics.image_processed();
+        metrics.image_failed("undecodable");
+        metrics.stage(Stage::Render, Duration::from_millis(30));
+        let guard = metrics.in_flight();
+        metrics.breaker_transition(BreakerState::Open);
+        metrics.consumer_lag(3, 7);
+        let text = metrics.handle().render();
+        for expected in [
+            "imgpipe_processor_images_processed_total 1",
+            "imgpipe_processor_images_failed_total{reason=\"undecodable\"} 1",
+            "imgpipe_processor_stage_duration_seconds_bucket{stage=\"render\",le=\"0.05\"} 1",
+            "imgpipe_processor_images_in_flight 1",
+            "imgpipe_processor_storage_breaker_state 2",
+            "imgpipe_processor_storage_breaker_transitions_total{to=\"open\"} 1",
+            "imgpipe_processor_consumer_lag{partition=\"3\"} 7",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from:\n{text}");
+        }
+        drop(guard);
+        assert!(metrics
+            .handle()
+            .render()
+            .contains("imgpipe_processor_images_in_flight 0"));
+    }
+}
