@@ -87,7 +87,7 @@ async fn uploaded(pipeline: &Pipeline, photo: &[u8]) -> Event {
         .unwrap();
     Event::new(
         image_id,
-        &format!("req-{image_id}"),
+        format!("req-{image_id}"),
         None,
         Producer {
             service: "test".into(),
