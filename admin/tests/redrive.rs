@@ -14,37 +14,25 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The `imgpipe` built from this tree. `CARGO_BIN_EXE_imgpipe` names the copy cargo puts in
-/// the target dir's top level, which other worktrees sharing the target dir overwrite with
-/// their own builds; cargo's own file in `deps/` is named by a hash of this build and its
-/// dep-info names this tree's sources, so that one is taken when it can be found.
+/// The `imgpipe` built from this tree: `CARGO_BIN_EXE_imgpipe`, checked. Checkouts that share
+/// a target dir overwrite each other's copy there, so its dep-info (written with it, naming
+/// the sources by absolute path) must name this checkout, or the test stops and says so
+/// rather than fail on another build's behaviour.
 fn imgpipe_binary() -> PathBuf {
-    let linked = PathBuf::from(env!("CARGO_BIN_EXE_imgpipe"));
-    let main_source = concat!(env!("CARGO_MANIFEST_DIR"), "/src/main.rs");
-    let deps = linked.parent().unwrap().join("deps");
-    let ours = std::fs::read_dir(&deps)
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| {
-            let name = path.file_name().unwrap().to_string_lossy();
-            name.starts_with("imgpipe-") && name.ends_with(".d")
-        })
-        .filter(|dep_info| {
-            std::fs::read_to_string(dep_info)
-                .map(|text| {
-                    text.lines()
-                        .next()
-                        .unwrap_or_default()
-                        .contains(main_source)
-                })
-                .unwrap_or(false)
-        })
-        .map(|dep_info| dep_info.with_extension(""))
-        .filter(|exe| exe.is_file())
-        .max_by_key(|exe| exe.metadata().and_then(|m| m.modified()).ok());
-    ours.unwrap_or(linked)
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_imgpipe"));
+    let checkout = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("admin/src/main.rs");
+    let dep_info = std::fs::read_to_string(binary.with_extension("d")).unwrap_or_default();
+    assert!(
+        dep_info.contains(&*checkout.to_string_lossy()),
+        "{} is not built from {} (another checkout sharing the target dir rebuilt it): \
+         build and run again",
+        binary.display(),
+        checkout.display()
+    );
+    binary
 }
 
 fn imgpipe(pipeline: &Pipeline, args: &[&str]) -> String {
@@ -234,6 +222,90 @@ async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
     assert_eq!(again["moved"], 0, "{again}");
     let nothing = redrive(&pipeline, &["--dry-run"]);
     assert_eq!(nothing["moved"], 0, "{nothing}");
+
+    pipeline.stop().await.unwrap();
+}
+
+/// The dead-letter topic's records, as `imgpipe events tail --topic dlq` prints them, once
+/// there are at least `count`.
+async fn dead_letters_when(pipeline: &Pipeline, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines: Vec<Value> = tokio::task::block_in_place(|| {
+            imgpipe(pipeline, &["events", "tail", "--topic", "dlq"])
+        })
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} dead letters, not {count}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_record_the_pipeline_dead_lettered_goes_back_once_per_run() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let topics = pipeline.kafka.topics();
+    let producer: FutureProducer = pipeline.kafka.client_config("poisoner").create().unwrap();
+    let poison_key = "00000000-0000-7000-8000-00000000dead";
+    producer
+        .send(
+            FutureRecord::to(&topics.events)
+                .key(poison_key)
+                .payload(b"definitely not avro")
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "event-type",
+                    value: Some("ImageUploaded"),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // Processor and projector each dead-letter it, with the consume loop's own headers.
+    dead_letters_when(&pipeline, 2).await;
+
+    let dry = redrive(&pipeline, &["--dry-run"]);
+    assert_eq!(dry["scanned"], 2, "{dry}");
+    assert_eq!(dry["moved"], 1, "{dry}");
+    assert_eq!(dry["skipped_duplicates"], 1, "{dry}");
+    assert_eq!(
+        dry["by_error_class"]["undecodable-record"]["scanned"], 2,
+        "{dry}"
+    );
+    assert_eq!(dry["records"][0]["original_topic"], topics.events.as_str());
+
+    let moved = redrive(&pipeline, &[]);
+    assert_eq!(moved["moved"], 1, "{moved}");
+    assert_eq!(moved["committed"], true, "{moved}");
+    let on_events: Vec<Value> = tokio::task::block_in_place(|| {
+        imgpipe(&pipeline, &["events", "tail", "--image", poison_key])
+    })
+    .lines()
+    .map(|line| serde_json::from_str(line).unwrap())
+    .collect();
+    assert_eq!(
+        on_events.len(),
+        2,
+        "the original and its copy: {on_events:?}"
+    );
+    let copy = &on_events[1];
+    assert_eq!(copy["key"], poison_key);
+    assert_eq!(copy["headers"]["event-type"], "ImageUploaded");
+    assert_eq!(copy["headers"].as_object().unwrap().len(), 1, "{copy}");
+    assert!(copy["value"]["error"].is_string(), "still not avro: {copy}");
+
+    // Still poison, so both groups dead-letter the copy; the next run sees only those two.
+    dead_letters_when(&pipeline, 4).await;
+    let next = redrive(&pipeline, &["--dry-run"]);
+    assert_eq!(next["scanned"], 2, "{next}");
+    assert_eq!(next["moved"], 1, "{next}");
 
     pipeline.stop().await.unwrap();
 }
