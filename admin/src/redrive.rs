@@ -452,3 +452,54 @@ fn header_text(message: &BorrowedMessage<'_>, key: &str) -> Option<String> {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(dry_run: bool) -> Summary {
+        let mut by_error_class = BTreeMap::new();
+        by_error_class.insert(
+            "undecodable-record".to_string(),
+            ClassCounts {
+                scanned: 2,
+                moved: 1,
+            },
+        );
+        Summary {
+            dry_run,
+            scanned: 2,
+            moved: 1,
+            skipped_duplicates: 1,
+            by_error_class,
+            committed: !dry_run,
+            ..Summary::default()
+        }
+    }
+
+    #[test]
+    fn the_table_says_what_moved_or_would_move() {
+        let mut out = Vec::new();
+        summary(true).write_table(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("dry run: nothing was moved"), "{text}");
+        assert!(text.contains("would move"), "{text}");
+        assert!(text.contains("position committed: no"), "{text}");
+
+        let mut out = Vec::new();
+        summary(false).write_table(&mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains("would move"), "{text}");
+        assert!(text.contains("undecodable-record"), "{text}");
+        assert!(text.contains("position committed: yes"), "{text}");
+    }
+
+    #[test]
+    fn the_json_counts_by_error_class() {
+        let json = summary(false).to_json();
+        assert_eq!(json["moved"], 1);
+        assert_eq!(json["skipped_duplicates"], 1);
+        assert_eq!(json["by_error_class"]["undecodable-record"]["scanned"], 2);
+        assert_eq!(json["committed"], true);
+    }
+}
