@@ -12,6 +12,7 @@ use rand::RngCore;
 use uuid::Uuid;
 
 mod events;
+mod redrive;
 
 #[derive(Parser)]
 #[command(name = "imgpipe", version, about = "Operate an imgpipe deployment")]
@@ -35,6 +36,31 @@ enum Command {
     Events {
         #[command(subcommand)]
         command: EventsCommand,
+    },
+    /// Move dead letters back to the topic they came from (all, or one image's), byte for byte:
+    /// key, value and the original headers, without the `dlq-*` ones.
+    ///
+    /// It reads the dead-letter topic up to the end it had when the run began, from where the
+    /// consumer group `imgpipe-redrive` (after the topic prefix) left off, and commits a
+    /// record's offset only once the broker acknowledged its copy: a second run moves nothing
+    /// the first one moved. A record several consumer groups dead-lettered moves once (one copy
+    /// reaches every group). `--dry-run` and `--image` commit nothing, so a later unfiltered
+    /// run moves the filtered image's records again; consumers are idempotent, so that is
+    /// harmless. Progress goes to stderr, the summary to stdout.
+    #[command(verbatim_doc_comment)]
+    Redrive {
+        /// Only this image's dead letters; the others stay for a later run.
+        #[arg(long)]
+        image: Option<Uuid>,
+        /// List what would move; move and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The summary (and the records moved) as one JSON object.
+        #[arg(long)]
+        json: bool,
+        /// A progress line on stderr every N records scanned (0: none).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        progress_every: u64,
     },
     /// Mint a new API key for a client: prints the key (give it to the client) and the
     /// IMGPIPE_INGEST_API_KEYS entry (give it to ingest).
@@ -112,6 +138,29 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Migrate => migrate().await?,
         Command::Events { command } => run_events(command).await?,
+        Command::Redrive {
+            image,
+            dry_run,
+            json,
+            progress_every,
+        } => {
+            let config = KafkaConfig::from_env()?;
+            let codec = EventCodec::reader(&RegistryConfig::from_env()?);
+            let options = redrive::Options {
+                image,
+                dry_run,
+                progress_every,
+            };
+            let summary =
+                redrive::redrive(&config, &codec, &options, &mut std::io::stderr()).await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                use std::io::Write;
+                writeln!(out, "{}", summary.to_json())?;
+            } else {
+                summary.write_table(&mut out)?;
+            }
+        }
         Command::ApiKey {
             client,
             plain,

@@ -39,6 +39,9 @@ pub fn corpus_files(folder: &str) -> Vec<PathBuf> {
     files
 }
 
+/// The variant spec every test processor makes (spec version 1).
+pub const PROCESSOR_VARIANTS: &str = "thumb:256,medium:1024,large:2048";
+
 /// One isolated pipeline.
 pub struct Pipeline {
     pub namespace: String,
@@ -49,8 +52,10 @@ pub struct Pipeline {
     pub store: ObjectStore,
     pub kafka: KafkaConfig,
     pub database: DatabaseConfig,
-    /// The processor's ops endpoint (`/healthz`, `/readyz`, `/metrics`).
+    /// The in-process processor's ops endpoint (`/healthz`, `/readyz`, `/metrics`); empty
+    /// when the test runs the processor itself ([`Pipeline::start_without_processor`]).
     pub processor_ops_url: String,
+    s3: S3Config,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -85,6 +90,63 @@ impl Pipeline {
         adjust_s3: impl FnOnce(&mut S3Config),
         adjust_processor: impl FnOnce(&mut imgpipe_processor::config::ProcessorSettings),
         adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
+    ) -> anyhow::Result<Self> {
+        Self::start_services(adjust_kafka, adjust_s3, adjust_processor, adjust, true).await
+    }
+
+    /// Ingest and projector only: the test runs the processor itself, as a process of its own
+    /// configured by [`Pipeline::processor_env`] (to kill it, say).
+    pub async fn start_without_processor() -> anyhow::Result<Self> {
+        Self::start_services(|_| {}, |_| {}, |_| {}, |_| {}, false).await
+    }
+
+    /// The `IMGPIPE_*` variables that point a processor process at this pipeline's namespace,
+    /// with the settings the in-process processor gets.
+    pub fn processor_env(&self) -> Vec<(String, String)> {
+        let s3 = &self.s3;
+        let mut env = vec![
+            ("IMGPIPE_KAFKA_BROKERS", self.kafka.brokers.clone()),
+            (
+                "IMGPIPE_KAFKA_TOPIC_PREFIX",
+                self.kafka.topic_prefix.clone(),
+            ),
+            (
+                "IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS",
+                self.kafka.produce_timeout_ms.to_string(),
+            ),
+            ("IMGPIPE_S3_REGION", s3.region.clone()),
+            ("IMGPIPE_S3_BUCKET", s3.bucket.clone()),
+            ("IMGPIPE_S3_KEY_PREFIX", s3.key_prefix.clone()),
+            (
+                "IMGPIPE_S3_FORCE_PATH_STYLE",
+                s3.force_path_style.to_string(),
+            ),
+            ("IMGPIPE_PROCESSOR_OPS_ADDR", "127.0.0.1:0".into()),
+            ("IMGPIPE_PROCESSOR_VARIANTS", PROCESSOR_VARIANTS.into()),
+            ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1".into()),
+            ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0".into()),
+            ("IMGPIPE_LOG_FORMAT", "pretty".into()),
+        ];
+        for (name, value) in [
+            ("IMGPIPE_S3_ENDPOINT", &s3.endpoint),
+            ("IMGPIPE_S3_ACCESS_KEY_ID", &s3.access_key_id),
+            ("IMGPIPE_S3_SECRET_ACCESS_KEY", &s3.secret_access_key),
+        ] {
+            if let Some(value) = value {
+                env.push((name, value.clone()));
+            }
+        }
+        env.into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect()
+    }
+
+    async fn start_services(
+        adjust_kafka: impl FnOnce(&mut KafkaConfig),
+        adjust_s3: impl FnOnce(&mut S3Config),
+        adjust_processor: impl FnOnce(&mut imgpipe_processor::config::ProcessorSettings),
+        adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
+        processor_in_process: bool,
     ) -> anyhow::Result<Self> {
         let log = LogConfig {
             format: "pretty".into(),
@@ -136,7 +198,7 @@ impl Pipeline {
         let mut processor_config = imgpipe_processor::Config {
             processor: imgpipe_processor::config::ProcessorSettings {
                 ops_addr: "127.0.0.1:0".into(),
-                variants: "thumb:256,medium:1024,large:2048".into(),
+                variants: PROCESSOR_VARIANTS.into(),
                 spec_version: 1,
                 webp_quality: 80.0,
                 max_pixels: 50_000_000,
@@ -165,10 +227,17 @@ impl Pipeline {
         let shutdown = CancellationToken::new();
         let ingest = imgpipe_ingest::Application::build(&ingest_config).await?;
         let base_url = format!("http://127.0.0.1:{}", ingest.port());
-        let processor = imgpipe_processor::Processor::build(&processor_config).await?;
-        let processor_ops_url = format!("http://127.0.0.1:{}", processor.ops_port());
+        let processor = if processor_in_process {
+            Some(imgpipe_processor::Processor::build(&processor_config).await?)
+        } else {
+            None
+        };
+        let processor_ops_url = processor
+            .as_ref()
+            .map(|p| format!("http://127.0.0.1:{}", p.ops_port()))
+            .unwrap_or_default();
         let projector = imgpipe_projector::Projector::build(&projector_config).await?;
-        let tasks = vec![
+        let mut tasks = vec![
             tokio::spawn({
                 let shutdown = shutdown.clone();
                 async move {
@@ -178,16 +247,18 @@ impl Pipeline {
             tokio::spawn({
                 let shutdown = shutdown.clone();
                 async move {
-                    processor.run(shutdown).await.expect("processor runs");
-                }
-            }),
-            tokio::spawn({
-                let shutdown = shutdown.clone();
-                async move {
                     projector.run(shutdown).await.expect("projector runs");
                 }
             }),
         ];
+        if let Some(processor) = processor {
+            tasks.push(tokio::spawn({
+                let shutdown = shutdown.clone();
+                async move {
+                    processor.run(shutdown).await.expect("processor runs");
+                }
+            }));
+        }
         Ok(Self {
             namespace,
             base_url,
@@ -201,6 +272,7 @@ impl Pipeline {
                 .build()?,
             store,
             kafka,
+            s3,
             database,
             processor_ops_url,
             shutdown,

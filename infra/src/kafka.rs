@@ -273,3 +273,20 @@ pub async fn ensure_topics(config: &KafkaConfig, specs: &[TopicSpec]) -> Result<
     }
     Ok(())
 }
+
+impl KafkaConfig {
+    /// The settings `EventProducer` appends with (idempotent, `acks=all`, the Java client's key
+    /// hashing, a delivery timeout equal to the produce timeout), for tools that append
+    /// records they did not encode themselves, such as `imgpipe redrive` putting dead letters
+    /// back byte for byte: same key hashing, so a record returns to its image's partition.
+    pub fn idempotent_producer_config(&self, client_id: &str) -> ClientConfig {
+        let mut config = self.client_config(client_id);
+        config
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("partitioner", "murmur2_random")
+            .set("message.timeout.ms", self.produce_timeout_ms.to_string())
+            .set("linger.ms", "5");
+        config
+    }
+}

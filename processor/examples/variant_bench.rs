@@ -39,9 +39,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for _ in 0..rounds {
         for path in &files {
             let bytes = std::fs::read(path)?;
-            let rendered = render(&bytes, &spec, limits)
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-            output_bytes += rendered.variants.iter().map(|v| v.webp.len()).sum::<usize>();
+            let rendered =
+                render(&bytes, &spec, limits).map_err(|e| format!("{}: {e}", path.display()))?;
+            output_bytes += rendered
+                .variants
+                .iter()
+                .map(|v| v.webp.len())
+                .sum::<usize>();
             images += 1;
         }
     }

@@ -1,0 +1,311 @@
+//! `imgpipe redrive` against a live pipeline on the real stack: dead letters go back to the
+//! events topic byte for byte, once, and the pipeline then handles them like any event.
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use imgpipe_e2e::Pipeline;
+use imgpipe_infra::consume::dead_letter_headers as dlq;
+use imgpipe_schemas::{Event, ImageUploaded, Producer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The `imgpipe` built from this tree: `CARGO_BIN_EXE_imgpipe`, checked. Checkouts that share
+/// a target dir overwrite each other's copy there, so its dep-info (written with it, naming
+/// the sources by absolute path) must name this checkout, or the test stops and says so
+/// rather than fail on another build's behaviour.
+fn imgpipe_binary() -> PathBuf {
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_imgpipe"));
+    let checkout = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .join("admin/src/main.rs");
+    let dep_info = std::fs::read_to_string(binary.with_extension("d")).unwrap_or_default();
+    assert!(
+        dep_info.contains(&*checkout.to_string_lossy()),
+        "{} is not built from {} (another checkout sharing the target dir rebuilt it): \
+         build and run again",
+        binary.display(),
+        checkout.display()
+    );
+    binary
+}
+
+fn imgpipe(pipeline: &Pipeline, args: &[&str]) -> String {
+    let output = Command::new(imgpipe_binary())
+        .args(args)
+        .env("IMGPIPE_KAFKA_TOPIC_PREFIX", &pipeline.kafka.topic_prefix)
+        .env("IMGPIPE_KAFKA_BROKERS", &pipeline.kafka.brokers)
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "imgpipe {args:?} failed");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn redrive(pipeline: &Pipeline, args: &[&str]) -> Value {
+    let mut all = vec!["redrive", "--json", "--progress-every", "1"];
+    all.extend_from_slice(args);
+    let stdout = tokio::task::block_in_place(|| imgpipe(pipeline, &all));
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// The image's records on the events topic, as `imgpipe events tail` prints them.
+fn events_of(pipeline: &Pipeline, image: Uuid) -> Vec<Value> {
+    let image = image.to_string();
+    tokio::task::block_in_place(|| imgpipe(pipeline, &["events", "tail", "--image", &image]))
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+/// An upload whose original is in the store, as ingest would have announced it.
+async fn uploaded(pipeline: &Pipeline, photo: &[u8]) -> Event {
+    let image_id = Uuid::now_v7();
+    let original_key = pipeline.store.original_key(image_id);
+    pipeline
+        .store
+        .put(&original_key, photo.to_vec().into(), "image/jpeg")
+        .await
+        .unwrap();
+    Event::new(
+        image_id,
+        format!("req-{image_id}"),
+        None,
+        Producer {
+            service: "test".into(),
+            version: "0".into(),
+        },
+        ImageUploaded {
+            owner: "client-a".into(),
+            original_key,
+            format: "jpeg".into(),
+            bytes: photo.len() as i64,
+            sha256: "00".repeat(32),
+            width: 2560,
+            height: 1600,
+            metadata: Default::default(),
+        },
+    )
+}
+
+/// Writes `event` to the dead-letter topic the way the consume loop does when a group gives up
+/// on it: the record's own key, value and headers, plus the `dlq-*` ones.
+async fn dead_letter(
+    producer: &FutureProducer,
+    pipeline: &Pipeline,
+    event: &Event,
+    original_offset: i64,
+    group: &str,
+) {
+    let topics = pipeline.kafka.topics();
+    let key = event.image_id.to_string();
+    let value = imgpipe_schemas::encode(event).unwrap();
+    let offset = original_offset.to_string();
+    let group = pipeline.kafka.group_id(group);
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in [
+        ("event-type", "ImageUploaded"),
+        ("correlation-id", event.correlation_id.as_str()),
+        ("content-type", "application/vnd.imgpipe.event+avro"),
+        (dlq::ORIGINAL_TOPIC, topics.events.as_str()),
+        (dlq::ORIGINAL_PARTITION, "0"),
+        (dlq::ORIGINAL_OFFSET, offset.as_str()),
+        (dlq::ERROR_CLASS, "storage-unavailable"),
+        (dlq::ERROR_MESSAGE, "s3 get: timed out"),
+        (dlq::ATTEMPTS, "5"),
+        (dlq::CONSUMER_GROUP, group.as_str()),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(&topics.dead_letter)
+                .key(&key)
+                .payload(&value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let first = uploaded(&pipeline, &photo).await;
+    let second = uploaded(&pipeline, &photo).await;
+    let producer: FutureProducer = pipeline
+        .kafka
+        .client_config("dead-letterer")
+        .create()
+        .unwrap();
+    // The first upload was given up on by both groups: two dead letters of one record.
+    dead_letter(&producer, &pipeline, &first, 1000, "imgpipe-processor").await;
+    dead_letter(&producer, &pipeline, &first, 1000, "imgpipe-projector").await;
+    dead_letter(&producer, &pipeline, &second, 1001, "imgpipe-processor").await;
+    let first_id = first.image_id.to_string();
+
+    // A dry run lists what would move and moves nothing.
+    let dry = redrive(&pipeline, &["--dry-run"]);
+    assert_eq!(dry["dry_run"], true, "{dry}");
+    assert_eq!(dry["scanned"], 3, "{dry}");
+    assert_eq!(dry["moved"], 2, "{dry}");
+    assert_eq!(dry["skipped_duplicates"], 1, "{dry}");
+    assert_eq!(dry["committed"], false, "{dry}");
+    assert_eq!(
+        dry["by_error_class"]["storage-unavailable"]["scanned"], 3,
+        "{dry}"
+    );
+    assert_eq!(dry["records"].as_array().unwrap().len(), 2, "{dry}");
+    let table = tokio::task::block_in_place(|| imgpipe(&pipeline, &["redrive", "--dry-run"]));
+    assert!(table.contains("would move"), "{table}");
+    assert!(table.contains(&first_id), "{table}");
+    assert!(events_of(&pipeline, first.image_id).is_empty());
+    assert!(events_of(&pipeline, second.image_id).is_empty());
+
+    // One image only: its record moves, the other stays, nothing is committed.
+    let only_first = redrive(&pipeline, &["--image", &first_id]);
+    assert_eq!(only_first["moved"], 1, "{only_first}");
+    assert_eq!(only_first["skipped_by_filter"], 1, "{only_first}");
+    assert_eq!(only_first["skipped_duplicates"], 1, "{only_first}");
+    assert_eq!(only_first["committed"], false, "{only_first}");
+    let back = events_of(&pipeline, first.image_id);
+    assert_eq!(back.len(), 1, "{back:?}");
+    assert_eq!(back[0]["key"], first_id.as_str());
+    assert_eq!(back[0]["value"]["event_id"], first.event_id.to_string());
+    let headers = back[0]["headers"].as_object().unwrap();
+    assert_eq!(headers["event-type"], "ImageUploaded");
+    assert_eq!(headers["correlation-id"], first.correlation_id.as_str());
+    assert!(
+        headers.keys().all(|key| !key.starts_with("dlq-")),
+        "{headers:?}"
+    );
+    assert!(events_of(&pipeline, second.image_id).is_empty());
+    // The redriven upload is processed like any other.
+    let image = pipeline
+        .wait_until_settled(&first_id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(image["status"], "ready", "{image}");
+    assert_eq!(image["variants"].as_array().unwrap().len(), 3, "{image}");
+
+    // Everything: the filtered run committed nothing, so the first image moves again
+    // (harmless: handlers are idempotent) along with the second; now it is committed.
+    let all = redrive(&pipeline, &[]);
+    assert_eq!(all["scanned"], 3, "{all}");
+    assert_eq!(all["moved"], 2, "{all}");
+    assert_eq!(all["committed"], true, "{all}");
+    let second_id = second.image_id.to_string();
+    let image = pipeline
+        .wait_until_settled(&second_id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(image["status"], "ready", "{image}");
+    assert_eq!(
+        events_of(&pipeline, second.image_id).len(),
+        2 /* uploaded, processed */
+    );
+
+    // Again: nothing is left to move.
+    let again = redrive(&pipeline, &[]);
+    assert_eq!(again["scanned"], 0, "{again}");
+    assert_eq!(again["moved"], 0, "{again}");
+    let nothing = redrive(&pipeline, &["--dry-run"]);
+    assert_eq!(nothing["moved"], 0, "{nothing}");
+
+    pipeline.stop().await.unwrap();
+}
+
+/// The dead-letter topic's records, as `imgpipe events tail --topic dlq` prints them, once
+/// there are at least `count`.
+async fn dead_letters_when(pipeline: &Pipeline, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let lines: Vec<Value> = tokio::task::block_in_place(|| {
+            imgpipe(pipeline, &["events", "tail", "--topic", "dlq"])
+        })
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} dead letters, not {count}",
+            lines.len()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_poison_record_the_pipeline_dead_lettered_goes_back_once_per_run() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let topics = pipeline.kafka.topics();
+    let producer: FutureProducer = pipeline.kafka.client_config("poisoner").create().unwrap();
+    let poison_key = "00000000-0000-7000-8000-00000000dead";
+    producer
+        .send(
+            FutureRecord::to(&topics.events)
+                .key(poison_key)
+                .payload(b"definitely not avro")
+                .headers(OwnedHeaders::new().insert(Header {
+                    key: "event-type",
+                    value: Some("ImageUploaded"),
+                })),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    // Processor and projector each dead-letter it, with the consume loop's own headers.
+    dead_letters_when(&pipeline, 2).await;
+
+    let dry = redrive(&pipeline, &["--dry-run"]);
+    assert_eq!(dry["scanned"], 2, "{dry}");
+    assert_eq!(dry["moved"], 1, "{dry}");
+    assert_eq!(dry["skipped_duplicates"], 1, "{dry}");
+    assert_eq!(
+        dry["by_error_class"]["undecodable-record"]["scanned"], 2,
+        "{dry}"
+    );
+    assert_eq!(dry["records"][0]["original_topic"], topics.events.as_str());
+
+    let moved = redrive(&pipeline, &[]);
+    assert_eq!(moved["moved"], 1, "{moved}");
+    assert_eq!(moved["committed"], true, "{moved}");
+    let on_events: Vec<Value> = tokio::task::block_in_place(|| {
+        imgpipe(&pipeline, &["events", "tail", "--image", poison_key])
+    })
+    .lines()
+    .map(|line| serde_json::from_str(line).unwrap())
+    .collect();
+    assert_eq!(
+        on_events.len(),
+        2,
+        "the original and its copy: {on_events:?}"
+    );
+    let copy = &on_events[1];
+    assert_eq!(copy["key"], poison_key);
+    assert_eq!(copy["headers"]["event-type"], "ImageUploaded");
+    assert_eq!(copy["headers"].as_object().unwrap().len(), 1, "{copy}");
+    assert!(copy["value"]["error"].is_string(), "still not avro: {copy}");
+
+    // Still poison, so both groups dead-letter the copy; the next run sees only those two.
+    dead_letters_when(&pipeline, 4).await;
+    let next = redrive(&pipeline, &["--dry-run"]);
+    assert_eq!(next["scanned"], 2, "{next}");
+    assert_eq!(next["moved"], 1, "{next}");
+
+    pipeline.stop().await.unwrap();
+}

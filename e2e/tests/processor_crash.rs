@@ -1,0 +1,270 @@
+//! `kill -9` of the processor mid-batch: after a restart every image is done once, with
+//! exactly the spec's variants, and any result the crash caused to be announced twice is the
+//! same result.
+//!
+//! The processor runs as a process of its own so that it can be SIGKILLed. That process is
+//! this test executable again, running `processor_child` below, which does what
+//! `processor/src/main.rs` does (config from the environment, `Processor::build`, `run`). The
+//! `imgpipe-processor` binary itself is not used: e2e cannot name it with
+//! `CARGO_BIN_EXE_*` (another package's), `cargo test -p imgpipe-e2e` does not build it, and
+//! the copy in the shared target dir may be another worktree's build.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgpipe_e2e::Pipeline;
+use imgpipe_schemas::{ImageProcessed, Payload};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use uuid::Uuid;
+
+const CHILD_ENV: &str = "IMGPIPE_E2E_PROCESSOR_CHILD";
+const IMAGES: usize = 10;
+
+/// The processor process: only when the crash test starts this executable as one.
+#[test]
+#[ignore = "the processor process of the crash test; it starts it itself"]
+fn processor_child() {
+    if std::env::var_os(CHILD_ENV).is_none() {
+        return;
+    }
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = imgpipe_processor::Config::from_env().unwrap();
+        imgpipe_infra::telemetry::init(&config.log);
+        let processor = imgpipe_processor::Processor::build(&config).await.unwrap();
+        processor
+            .run(imgpipe_infra::ops::shutdown_token())
+            .await
+            .unwrap();
+    });
+}
+
+/// A processor process, SIGKILLed when dropped so a failing test leaves none behind.
+struct ProcessorProcess(Child);
+
+impl ProcessorProcess {
+    fn start(pipeline: &Pipeline) -> Self {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "processor_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, "1")
+            .envs(pipeline.processor_env())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        Self(child)
+    }
+
+    /// SIGKILL: no shutdown, no offset commit, no flush.
+    fn kill(mut self) {
+        self.0.kill().unwrap();
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for ProcessorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The client's images that are `ready`, by the listing.
+async fn ready_ids(pipeline: &Pipeline) -> Vec<String> {
+    let (status, body) = pipeline
+        .get("/v1/images?status=ready&limit=200")
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    body["images"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|image| image["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every `ImageProcessed` on the events topic, by image.
+fn processed_events(pipeline: &Pipeline) -> BTreeMap<Uuid, Vec<ImageProcessed>> {
+    let topic = pipeline.kafka.topics().events;
+    let consumer: BaseConsumer = pipeline
+        .kafka
+        .client_config("crash-test-reader")
+        .set("group.id", "crash-test-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining = BTreeMap::new();
+    for partition in metadata.topics()[0].partitions() {
+        let id = partition.id();
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, id, Duration::from_secs(10))
+            .unwrap();
+        if low < high {
+            remaining.insert(id, high);
+        }
+        assignment
+            .add_partition_offset(&topic, id, Offset::Offset(low))
+            .unwrap();
+    }
+    consumer.assign(&assignment).unwrap();
+    let mut processed: BTreeMap<Uuid, Vec<ImageProcessed>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !remaining.is_empty() {
+        assert!(Instant::now() < deadline, "events topic not read in time");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
+            continue;
+        };
+        let message = message.unwrap();
+        if remaining
+            .get(&message.partition())
+            .is_some_and(|&high| message.offset() + 1 >= high)
+        {
+            remaining.remove(&message.partition());
+        }
+        let event = imgpipe_schemas::decode(message.payload().unwrap()).unwrap();
+        if let Payload::ImageProcessed(result) = event.payload {
+            processed.entry(event.image_id).or_default().push(result);
+        }
+    }
+    processed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_processor_killed_mid_batch_finishes_every_image_once_after_a_restart() {
+    let pipeline = Pipeline::start_without_processor()
+        .await
+        .expect("pipeline starts");
+    let mut photos = imgpipe_e2e::corpus_files("photos");
+    photos.extend(imgpipe_e2e::corpus_files("exif"));
+    photos.retain(|path| {
+        matches!(
+            path.extension().and_then(|e| e.to_str()),
+            Some("jpg" | "png" | "webp")
+        )
+    });
+    photos.truncate(IMAGES);
+    assert_eq!(photos.len(), IMAGES);
+    let mut ids = Vec::new();
+    for path in &photos {
+        let (status, body) = pipeline.upload(std::fs::read(path).unwrap()).await.unwrap();
+        assert_eq!(status, 202, "{}: {body}", path.display());
+        ids.push(body["id"].as_str().unwrap().to_string());
+    }
+
+    // Kill it as soon as the first image is done, with the rest in flight or queued.
+    let processor = ProcessorProcess::start(&pipeline);
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let ready_before_kill = loop {
+        let ready = ready_ids(&pipeline).await.len();
+        if ready >= 1 {
+            break ready;
+        }
+        assert!(Instant::now() < deadline, "no image ready in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    processor.kill();
+    assert!(
+        ready_before_kill < IMAGES,
+        "every image was ready before the kill: nothing was cut short"
+    );
+
+    // Restart only once the killed member's session (10 s) has lapsed. Tansu 0.6 evicts a
+    // silent member only when a group request finds it overdue; a new member that joined
+    // a quarter of a second after the kill got no partitions for more than five minutes in
+    // two runs of three, while one that joins after the session lapsed gets them at once.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let restarted = Instant::now();
+    let processor = ProcessorProcess::start(&pipeline);
+    for id in &ids {
+        let image = pipeline
+            .wait_until_settled(id, Duration::from_secs(300))
+            .await
+            .unwrap();
+        assert_eq!(image["status"], "ready", "{id}: {image}");
+    }
+    eprintln!("all ready {:?} after the restart", restarted.elapsed());
+    processor.kill();
+
+    // Each image once in the read model, ready.
+    let mut ready = ready_ids(&pipeline).await;
+    ready.sort();
+    let mut expected_ids = ids.clone();
+    expected_ids.sort();
+    assert_eq!(ready, expected_ids);
+
+    let processed = processed_events(&pipeline);
+    let spec = ["thumb", "medium", "large"];
+    for id in &ids {
+        let image_id: Uuid = id.parse().unwrap();
+        // Exactly the spec's objects under the image's variants prefix: nothing left over from
+        // the killed attempt.
+        let mut stored = pipeline
+            .store
+            .list(&pipeline.store.variants_prefix(image_id))
+            .await
+            .unwrap();
+        stored.sort();
+        let mut expected_keys: Vec<String> = spec
+            .iter()
+            .map(|name| pipeline.store.variant_key(image_id, 1, name, "webp"))
+            .collect();
+        expected_keys.sort();
+        assert_eq!(stored, expected_keys, "{id}");
+
+        // One upload, no failure; a result announced twice (the kill came between the
+        // append and the offset commit) is the same result, and it is what the read model
+        // shows.
+        let (types, _) = pipeline.timeline(id).await.unwrap();
+        assert_eq!(
+            types.iter().filter(|t| *t == "ImageUploaded").count(),
+            1,
+            "{id}: {types:?}"
+        );
+        assert!(!types.iter().any(|t| t == "ImageFailed"), "{id}: {types:?}");
+        let results = processed.get(&image_id).map(Vec::as_slice).unwrap_or(&[]);
+        assert!(!results.is_empty(), "{id}: no ImageProcessed");
+        assert!(
+            results.iter().all(|result| result == &results[0]),
+            "{id}: results differ: {results:?}"
+        );
+        assert_eq!(
+            types.iter().filter(|t| *t == "ImageProcessed").count(),
+            results.len(),
+            "{id}: the timeline has every ImageProcessed: {types:?}"
+        );
+        let names: BTreeSet<&str> = results[0]
+            .variants
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(names, spec.into_iter().collect(), "{id}");
+        let (_, image) = pipeline.image(id).await.unwrap();
+        for variant in image["variants"].as_array().unwrap() {
+            let announced = results[0]
+                .variants
+                .iter()
+                .find(|v| v.name == variant["name"].as_str().unwrap())
+                .unwrap();
+            assert_eq!(variant["key"], announced.key.as_str(), "{id}");
+            assert_eq!(variant["sha256"], announced.sha256.as_str(), "{id}");
+        }
+    }
+
+    pipeline.stop().await.unwrap();
+}
