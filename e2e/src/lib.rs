@@ -6,6 +6,8 @@
 //! The stack's addresses come from the same `IMGPIPE_*` variables the services read
 //! (`scripts/test` exports `.stack/env`); the defaults match `scripts/stack`.
 
+pub mod private_server;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 

@@ -5,11 +5,9 @@
 //! that every other test uses.
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imgpipe_e2e::private_server::PrivateServer;
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::{kafka, topics, FromEnv, KafkaConfig};
 use imgpipe_schemas::Event;
@@ -19,122 +17,40 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// A Tansu broker of this test's own, on a free loopback port, storing into a fresh directory.
-/// Dropping it kills the process, also when the test panics.
-struct PrivateBroker {
-    dir: PathBuf,
-    port: u16,
-    process: Option<Child>,
+/// A Tansu broker of this test's own, storing into its private directory (Tansu resolves a
+/// sqlite path against its working directory).
+fn private_broker() -> PrivateServer {
+    PrivateServer::start("tansu", |port, _| {
+        let listener = format!("tcp://127.0.0.1:{port}");
+        [
+            "broker",
+            "--listener-url",
+            &listener,
+            "--advertised-listener-url",
+            &listener,
+        ]
+        .into_iter()
+        .chain(["--storage-engine", "sqlite://tansu.db"])
+        .map(Into::into)
+        .collect()
+    })
 }
 
-impl PrivateBroker {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("imgpipe-broker-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut broker = Self {
-            dir,
-            port,
-            process: None,
-        };
-        broker.spawn();
-        broker
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// Installed by `scripts/stack up`, where the stack puts its tools.
-    fn binary() -> PathBuf {
-        let tools = std::env::var_os("IMGPIPE_TOOLS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let cache = std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| {
-                        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
-                    });
-                cache.join("imgpipe/tools")
-            });
-        tools.join("bin/tansu")
-    }
-
-    fn spawn(&mut self) {
-        let binary = Self::binary();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("tansu.log"))
-            .unwrap();
-        let listener = format!("tcp://{}", self.address());
-        // Tansu resolves a sqlite path against its working directory, even an absolute one.
-        let process = Command::new(&binary)
-            .current_dir(&self.dir)
-            .args(["broker", "--listener-url", &listener])
-            .args(["--advertised-listener-url", &listener])
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "starting {} (scripts/stack up installs it): {e}",
-                    binary.display()
-                )
-            });
-        self.process = Some(process);
-    }
-
-    /// An outage as abrupt as a crash: SIGKILL, no goodbye to the clients.
-    fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-
-    /// Restarts on the same port with the same storage, so the topics and offsets are back.
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    /// Waits until the broker creates (or finds) the bundled topics: Tansu accepts connections
-    /// a while before it serves requests.
-    async fn wait_until_serving(&self) {
-        let mut config = KafkaConfig::from_env().unwrap();
-        config.brokers = self.address();
-        config.topic_prefix = String::new();
-        let specs = topics::bundled().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            match kafka::ensure_topics(&config, &specs).await {
-                Ok(()) => return,
-                Err(error) if Instant::now() > deadline => {
-                    panic!("private broker not serving after 60 s: {error}")
-                }
-                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+/// Waits until the broker creates (or finds) the bundled topics: Tansu accepts connections a
+/// while before it serves requests.
+async fn wait_until_serving(broker: &PrivateServer) {
+    let mut config = KafkaConfig::from_env().unwrap();
+    config.brokers = format!("127.0.0.1:{}", broker.port());
+    config.topic_prefix = String::new();
+    let specs = topics::bundled().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match kafka::ensure_topics(&config, &specs).await {
+            Ok(()) => return,
+            Err(error) if Instant::now() > deadline => {
+                panic!("private broker not serving after 60 s: {error}")
             }
-        }
-    }
-}
-
-impl Drop for PrivateBroker {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!(
-                "private broker's storage and log kept in {}",
-                self.dir.display()
-            );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
@@ -275,11 +191,11 @@ fn events_of(records: &[(Option<String>, Event)], request_id: &str) -> Vec<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_refused_while_the_broker_is_down_never_becomes_an_event() {
-    let mut broker = PrivateBroker::start();
-    broker.wait_until_serving().await;
+    let mut broker = private_broker();
+    wait_until_serving(&broker).await;
     let pipeline = Pipeline::start_with_kafka(
         |kafka| {
-            kafka.brokers = broker.address();
+            kafka.brokers = format!("127.0.0.1:{}", broker.port());
             // The 503 comes once a produce has waited this long; librdkafka gives up on the
             // message at the same moment, so it cannot be sent after the client was told no.
             kafka.produce_timeout_ms = 3_000;
@@ -314,7 +230,7 @@ async fn an_upload_refused_while_the_broker_is_down_never_becomes_an_event() {
     assert_eq!(body["code"], "event-log-unavailable", "{body}");
 
     broker.restart();
-    broker.wait_until_serving().await;
+    wait_until_serving(&broker).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while readyz_status(&pipeline).await != 200 {
         assert!(

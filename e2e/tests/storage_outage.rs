@@ -6,130 +6,31 @@
 //! store that every other test uses.
 #![allow(clippy::unwrap_used)]
 
-use std::fs::File;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imgpipe_e2e::private_server::PrivateServer;
 use imgpipe_e2e::Pipeline;
 use imgpipe_processor::metrics as names;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use uuid::Uuid;
 
-/// An s3s-fs of this test's own, on a free loopback port, storing into a fresh directory.
-/// Dropping it kills the process, also when the test panics.
-struct PrivateObjectStore {
-    dir: PathBuf,
-    port: u16,
-    process: Option<Child>,
-}
-
-impl PrivateObjectStore {
-    fn start() -> Self {
-        let dir = std::env::temp_dir().join(format!("imgpipe-s3-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(dir.join("data")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut store = Self {
-            dir,
-            port,
-            process: None,
-        };
-        store.spawn();
-        store
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Installed by `scripts/stack up`, where the stack puts its tools.
-    fn binary() -> PathBuf {
-        let tools = std::env::var_os("IMGPIPE_TOOLS_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| {
-                let cache = std::env::var_os("XDG_CACHE_HOME")
-                    .map(PathBuf::from)
-                    .unwrap_or_else(|| {
-                        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache")
-                    });
-                cache.join("imgpipe/tools")
-            });
-        tools.join("bin/s3s-fs")
-    }
-
-    /// The same command line as `scripts/stack`'s.
-    fn spawn(&mut self) {
-        let binary = Self::binary();
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("s3s-fs.log"))
-            .unwrap();
-        let process = Command::new(&binary)
-            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
-            .args([
+/// An s3s-fs of this test's own, with `scripts/stack`'s command line.
+fn private_object_store() -> PrivateServer {
+    PrivateServer::start("s3s-fs", |port, dir| {
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let port = port.to_string();
+        ["--host", "127.0.0.1", "--port", &port]
+            .into_iter()
+            .chain([
                 "--access-key",
                 "imgpipe",
                 "--secret-key",
                 "imgpipe-local-secret",
             ])
-            .arg(self.dir.join("data"))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "starting {} (scripts/stack up installs it): {e}",
-                    binary.display()
-                )
-            });
-        self.process = Some(process);
-    }
-
-    /// An outage as abrupt as a crash: SIGKILL, no goodbye to the clients.
-    fn kill(&mut self) {
-        if let Some(mut process) = self.process.take() {
-            let _ = process.kill();
-            let _ = process.wait();
-        }
-    }
-
-    /// Restarts on the same port with the same directory, so every object is back.
-    fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
-    async fn wait_until_listening(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                Instant::now() < deadline,
-                "private s3s-fs not listening after 30 s (log in {})",
-                self.dir.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for PrivateObjectStore {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            eprintln!("private s3s-fs data and log kept in {}", self.dir.display());
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
+            .map(Into::into)
+            .chain([data.into_os_string()])
+            .collect()
+    })
 }
 
 /// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
@@ -202,9 +103,9 @@ async fn assert_no_image_failed(pipeline: &Pipeline, ids: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it() {
-    let mut s3 = PrivateObjectStore::start();
+    let mut s3 = private_object_store();
     s3.wait_until_listening().await;
-    let endpoint = s3.endpoint();
+    let endpoint = format!("http://127.0.0.1:{}", s3.port());
     let pipeline = Pipeline::start_with_stack(
         |_| {},
         |config| config.endpoint = Some(endpoint),
