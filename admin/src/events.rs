@@ -7,7 +7,8 @@ use anyhow::{bail, Context};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
 use imgpipe_schemas::{Event, Payload};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
@@ -75,18 +76,7 @@ pub fn tail(
     let mut assignment = TopicPartitionList::new();
     let mut remaining: Vec<(String, i32, i64)> = Vec::new();
     for topic in &tail.topics {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("reading metadata of {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            bail!("topic {topic} does not exist");
-        }
-        for partition in partitions {
+        for partition in partitions_of(&consumer, topic)? {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, Duration::from_secs(10))
                 .with_context(|| format!("reading watermarks of {topic}/{partition}"))?;
@@ -213,6 +203,25 @@ pub fn decode_lines(
         written += 1;
     }
     Ok(written)
+}
+
+/// The partition ids of `topic`; an error when the topic does not exist.
+pub(crate) fn partitions_of<C: ConsumerContext>(
+    consumer: &impl Consumer<C>,
+    topic: &str,
+) -> anyhow::Result<Vec<i32>> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(10))
+        .with_context(|| format!("reading metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        bail!("topic {topic} does not exist");
+    }
+    Ok(partitions)
 }
 
 #[cfg(test)]

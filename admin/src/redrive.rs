@@ -277,17 +277,7 @@ pub async fn redrive(
 
 /// Where the run starts and ends on each partition of the dead-letter topic.
 fn plan(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Vec<PartitionScan>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
-        .with_context(|| format!("reading metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!("topic {topic} does not exist");
-    }
+    let partitions = crate::events::partitions_of(consumer, topic)?;
     let mut wanted = TopicPartitionList::new();
     for &partition in &partitions {
         wanted.add_partition(topic, partition);

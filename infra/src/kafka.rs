@@ -106,15 +106,7 @@ impl EventProducer {
         codec: EventCodec,
     ) -> Result<Self, InfraError> {
         let timeout = Duration::from_millis(config.produce_timeout_ms);
-        let mut client_config = config.client_config(client_id);
-        client_config
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            // The Java client's key hashing, so Redpanda tooling and any other client put an
-            // image's records on the same partition as imgpipe does.
-            .set("partitioner", "murmur2_random")
-            .set("message.timeout.ms", config.produce_timeout_ms.to_string())
-            .set("linger.ms", "5");
+        let client_config = config.idempotent_producer_config(client_id);
         let producer: FutureProducer = client_config.create()?;
         Ok(Self {
             current: Arc::new(RwLock::new(Generation {
@@ -284,7 +276,10 @@ impl KafkaConfig {
         config
             .set("enable.idempotence", "true")
             .set("acks", "all")
+            // The Java client's key hashing, so Redpanda tooling and any other client put an
+            // image's records on the same partition as imgpipe does.
             .set("partitioner", "murmur2_random")
+            // A record ingest answered 503 for is never delivered later (ARCHITECTURE.md).
             .set("message.timeout.ms", self.produce_timeout_ms.to_string())
             .set("linger.ms", "5");
         config
