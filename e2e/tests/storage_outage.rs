@@ -33,9 +33,9 @@ fn private_object_store() -> PrivateServer {
     })
 }
 
-/// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
-async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
-    let text = pipeline
+/// The processor's `/metrics` page.
+async fn metrics_text(pipeline: &Pipeline) -> String {
+    pipeline
         .http
         .get(format!("{}/metrics", pipeline.processor_ops_url))
         .send()
@@ -43,7 +43,12 @@ async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
         .unwrap()
         .text()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
+async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
+    let text = metrics_text(pipeline).await;
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
         .map_or(0.0, |value| value.trim().parse().unwrap())
@@ -51,15 +56,7 @@ async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
 
 /// The processor's `imgpipe_processor_consumer_lag` gauges, one per partition measured so far.
 async fn lag_per_partition(pipeline: &Pipeline) -> Vec<f64> {
-    let text = pipeline
-        .http
-        .get(format!("{}/metrics", pipeline.processor_ops_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(pipeline).await;
     let prefix = format!("{}{{", names::CONSUMER_LAG);
     text.lines()
         .filter(|line| line.starts_with(&prefix))
