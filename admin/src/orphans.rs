@@ -39,7 +39,6 @@ pub async fn run(
     json: bool,
 ) -> anyhow::Result<Summary> {
     let mut printer = Printer::new(std::io::stdout().lock(), std::io::stderr(), json);
-    printer.header()?;
     let summary = orphans::sweep(backend, options, &mut printer)
         .await
         .context("sweeping")?;
@@ -56,6 +55,8 @@ pub struct Printer<O: Write, E: Write> {
     json: bool,
     /// The first write error; the sweep itself goes on to its end.
     failed: Option<std::io::Error>,
+    /// The table's header goes before its first row (none when nothing is found).
+    header_written: bool,
 }
 
 /// The table's columns, as wide as their widest value (a key is last and as long as it is).
@@ -86,14 +87,8 @@ impl<O: Write, E: Write> Printer<O, E> {
             err,
             json,
             failed: None,
+            header_written: false,
         }
-    }
-
-    fn header(&mut self) -> std::io::Result<()> {
-        if !self.json {
-            writeln!(self.out, "{}", table_header())?;
-        }
-        Ok(())
     }
 
     pub fn summary(
@@ -120,7 +115,9 @@ impl<O: Write, E: Write> Printer<O, E> {
             ("marks cleared", summary.marks_cleared),
             ("recent, within the grace", summary.recent_unreferenced),
         ];
-        writeln!(self.out)?;
+        if self.header_written {
+            writeln!(self.out)?;
+        }
         for (label, count) in rows {
             writeln!(self.out, "{label:<26}{count}")?;
         }
@@ -143,10 +140,13 @@ impl<O: Write, E: Write> Printer<O, E> {
 
     fn write_finding(&mut self, finding: &Finding) -> std::io::Result<()> {
         if self.json {
-            writeln!(self.out, "{}", finding_json(finding))
-        } else {
-            writeln!(self.out, "{}", table_row(finding))
+            return writeln!(self.out, "{}", finding_json(finding));
         }
+        if !self.header_written {
+            writeln!(self.out, "{}", table_header())?;
+            self.header_written = true;
+        }
+        writeln!(self.out, "{}", table_row(finding))
     }
 }
 
@@ -280,6 +280,19 @@ mod tests {
     }
 
     #[test]
+    fn without_findings_the_table_is_only_the_counts() {
+        let mut out = Vec::new();
+        let options = orphans::SweepOptions::new(Duration::from_secs(3600), false, "test");
+        Printer::new(&mut out, Vec::new(), false)
+            .summary(&Summary::default(), &options)
+            .unwrap();
+        let table = String::from_utf8(out).unwrap();
+        assert!(table.starts_with("objects scanned "), "{table}");
+        assert!(!table.contains("FINDING"), "{table}");
+        assert!(!table.contains("dry run"), "nothing to remove: {table}");
+    }
+
+    #[test]
     fn findings_print_as_rows_or_json_lines_and_the_summary_last() {
         let image_id = Uuid::now_v7();
         let findings = [
@@ -309,7 +322,6 @@ mod tests {
 
         let (mut out, mut err) = (Vec::new(), Vec::new());
         let mut printer = Printer::new(&mut out, &mut err, false);
-        printer.header().unwrap();
         for finding in &findings {
             printer.finding(finding);
         }
@@ -362,7 +374,6 @@ mod tests {
 
         let mut out = Vec::new();
         let mut printer = Printer::new(&mut out, Vec::new(), true);
-        printer.header().unwrap();
         for finding in &findings {
             printer.finding(finding);
         }
