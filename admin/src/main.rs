@@ -12,6 +12,7 @@ use rand::RngCore;
 use uuid::Uuid;
 
 mod events;
+mod orphans;
 mod redrive;
 
 #[derive(Parser)]
@@ -61,6 +62,37 @@ enum Command {
         /// A progress line on stderr every N records scanned (0: none).
         #[arg(long, value_name = "N", default_value_t = 1000)]
         progress_every: u64,
+    },
+    /// Find objects in storage that no event accounts for (orphans) and objects the read model
+    /// names that are missing from storage.
+    ///
+    /// An orphan is an object under the deployment's originals/ or variants/ that nothing
+    /// current names and that was written longer ago than --grace: an original whose upload
+    /// was never announced (reason no-event), or a variant of an older spec or an object a
+    /// deletion left behind (unreferenced). A dry run by default; --delete removes each one
+    /// after appending its OrphanRemoved event (the audit record) and re-checking it, and only
+    /// once the projector has applied every event in the log. A missing object is reported and
+    /// marked in the missing_objects table, never deleted from the read model. Findings are
+    /// printed as they are found (one page of keys at a time), progress goes to stderr, the
+    /// counts come last.
+    #[command(verbatim_doc_comment)]
+    Orphans {
+        /// Only objects written longer ago than this (s, m, h, d) can be orphans; keep it
+        /// well above the time an upload takes.
+        #[arg(long, default_value = "1h", value_parser = orphans::parse_duration)]
+        grace: std::time::Duration,
+        /// Remove the orphans (each with an OrphanRemoved event); otherwise only list them.
+        #[arg(long)]
+        delete: bool,
+        /// JSON lines: one object per finding, then {"summary": {...}}.
+        #[arg(long)]
+        json: bool,
+        /// Keys per listing page (and per read-model page).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i32).range(1..=1000))]
+        page_size: i32,
+        /// How long to wait for the projector to catch up with the log before sweeping.
+        #[arg(long, default_value = "60s", value_parser = orphans::parse_duration)]
+        lag_wait: std::time::Duration,
     },
     /// Mint a new API key for a client: prints the key (give it to the client) and the
     /// IMGPIPE_INGEST_API_KEYS entry (give it to ingest).
@@ -160,6 +192,27 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 summary.write_table(&mut out)?;
             }
+        }
+        Command::Orphans {
+            grace,
+            delete,
+            json,
+            page_size,
+            lag_wait,
+        } => {
+            let backend = imgpipe_projector::orphans::StoreBackend::connect(
+                &KafkaConfig::from_env()?,
+                &S3Config::from_env()?,
+                &DatabaseConfig::from_env()?,
+                &RegistryConfig::from_env()?,
+                "imgpipe-admin-orphans",
+            )
+            .await?;
+            let mut options =
+                imgpipe_projector::orphans::SweepOptions::new(grace, delete, "imgpipe-admin");
+            options.page_size = page_size;
+            options.lag_wait = lag_wait;
+            orphans::run(&backend, &options, json).await?;
         }
         Command::ApiKey {
             client,

@@ -224,6 +224,8 @@ impl Pipeline {
             database: database.clone(),
             registry: RegistryConfig::default(),
             log,
+            orphans: Default::default(),
+            s3: s3.clone(),
         };
 
         let shutdown = CancellationToken::new();

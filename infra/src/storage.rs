@@ -78,7 +78,7 @@ impl ObjectStore {
 
     /// Where an upload's original bytes live.
     pub fn original_key(&self, image_id: Uuid) -> String {
-        format!("{}originals/{image_id}", self.key_prefix)
+        format!("{}{image_id}", self.originals_prefix())
     }
 
     /// Where a variant lives. Deterministic, so processing an event twice overwrites the same
@@ -236,9 +236,91 @@ impl ObjectStore {
         Ok(keys)
     }
 
+    /// One page of the objects under `prefix`, in key order (S3 sorts keys by their UTF-8
+    /// bytes), at most `max_keys` of them; pass the page's `next` back as `continuation` for
+    /// the next one. For walking a whole bucket without holding its keys: the caller keeps
+    /// one page at a time.
+    pub async fn list_page(
+        &self,
+        prefix: &str,
+        continuation: Option<String>,
+        max_keys: i32,
+    ) -> Result<ObjectPage, InfraError> {
+        let output = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .max_keys(max_keys)
+            .set_continuation_token(continuation)
+            .send()
+            .await
+            .map_err(|error| storage_error("list", prefix, error))?;
+        let objects = output
+            .contents()
+            .iter()
+            .filter_map(|object| {
+                Some(ObjectInfo {
+                    key: object.key()?.to_string(),
+                    bytes: object.size().unwrap_or(0),
+                    last_modified_micros: object.last_modified().map(micros).unwrap_or(0),
+                })
+            })
+            .collect();
+        // A page that says it is truncated but gives no token would loop forever on the same
+        // page; treat it as the last one.
+        let next = if output.is_truncated() == Some(true) {
+            output.next_continuation_token().map(str::to_string)
+        } else {
+            None
+        };
+        Ok(ObjectPage { objects, next })
+    }
+
+    /// An object's size and time of last write, or `None` when it is not there.
+    pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, InfraError> {
+        match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(output) => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                bytes: output.content_length().unwrap_or(0),
+                last_modified_micros: output.last_modified().map(micros).unwrap_or(0),
+            })),
+            Err(error) => {
+                let error = storage_error("head", key, error);
+                if error.is_not_found() {
+                    Ok(None)
+                } else {
+                    Err(error)
+                }
+            }
+        }
+    }
+
+    /// Put in front of every key this deployment writes.
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
+    }
+
+    /// The prefix of every original (`originals/{image_id}`).
+    pub fn originals_prefix(&self) -> String {
+        format!("{}originals/", self.key_prefix)
+    }
+
+    /// The prefix of every variant (`variants/{image_id}/v{spec}/{name}.{ext}`).
+    pub fn all_variants_prefix(&self) -> String {
+        format!("{}variants/", self.key_prefix)
+    }
+
     /// The prefix under which all of an image's variants live, whatever the spec version.
     pub fn variants_prefix(&self, image_id: Uuid) -> String {
-        format!("{}variants/{image_id}/", self.key_prefix)
+        format!("{}{image_id}/", self.all_variants_prefix())
     }
 
     /// Checks the bucket answers.
@@ -296,6 +378,30 @@ impl ObjectStore {
             },
         }
     }
+}
+
+/// One stored object, as a listing or a HEAD describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub key: String,
+    pub bytes: i64,
+    /// When the object was last written, microseconds since the Unix epoch (0 if the store
+    /// did not say).
+    pub last_modified_micros: i64,
+}
+
+/// A page of [`ObjectStore::list_page`].
+#[derive(Debug, Clone, Default)]
+pub struct ObjectPage {
+    pub objects: Vec<ObjectInfo>,
+    /// The continuation token of the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+fn micros(at: &aws_sdk_s3::primitives::DateTime) -> i64 {
+    at.secs()
+        .saturating_mul(1_000_000)
+        .saturating_add(i64::from(at.subsec_nanos() / 1_000))
 }
 
 /// Parts of a multipart upload: S3's minimum is 5 MiB (all but the last); 8 MiB keeps the

@@ -1,7 +1,9 @@
 use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::telemetry::LogConfig;
-use imgpipe_infra::{DatabaseConfig, FromEnv, InfraError, KafkaConfig};
+use imgpipe_infra::{DatabaseConfig, FromEnv, InfraError, KafkaConfig, S3Config};
 use serde::Deserialize;
+
+use crate::orphans::OrphanSweepSettings;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -10,6 +12,10 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub registry: RegistryConfig,
     pub log: LogConfig,
+    /// The periodic orphan sweep (off unless `IMGPIPE_PROJECTOR_ORPHAN_SWEEP_SECS` is set).
+    pub orphans: OrphanSweepSettings,
+    /// The bucket, for the orphan sweep only.
+    pub s3: S3Config,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -35,6 +41,8 @@ impl Config {
             database: DatabaseConfig::from_env()?,
             registry: RegistryConfig::from_env()?,
             log: LogConfig::from_env()?,
+            orphans: OrphanSweepSettings::from_env()?,
+            s3: S3Config::from_env()?,
         })
     }
 
@@ -46,6 +54,8 @@ impl Config {
             DatabaseConfig::env_vars(),
             RegistryConfig::env_vars(),
             LogConfig::env_vars(),
+            OrphanSweepSettings::env_vars(),
+            S3Config::env_vars(),
         ]
         .concat()
     }

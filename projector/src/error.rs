@@ -8,4 +8,6 @@ pub enum ProjectorError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("ops endpoint: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the read model is {lag} events behind the log: nothing is deleted until the projector catches up")]
+    ReadModelBehind { lag: u64 },
 }

@@ -4,6 +4,7 @@
 pub mod config;
 pub mod db;
 mod error;
+pub mod orphans;
 mod projection;
 pub mod startup;
 

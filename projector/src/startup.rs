@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::projection::Projection;
 use crate::{db, Config, ProjectorError};
 
-const GROUP: &str = "imgpipe-projector";
+pub(crate) const GROUP: &str = "imgpipe-projector";
 
 /// A built projector: subscribed, its ops endpoint bound, not yet consuming.
 pub struct Projector {
@@ -23,6 +23,7 @@ pub struct Projector {
     dead_letters: DeadLetterProducer,
     pool: PgPool,
     ops_listener: TcpListener,
+    orphan_sweep: Option<crate::orphans::PeriodicSweep>,
 }
 
 impl Projector {
@@ -42,6 +43,7 @@ impl Projector {
             dead_letters,
             pool: config.database.pool()?,
             ops_listener: TcpListener::bind(&config.projector.ops_addr).await?,
+            orphan_sweep: crate::orphans::PeriodicSweep::from_config(config).await?,
         })
     }
 
@@ -70,6 +72,9 @@ impl Projector {
         let handler = Projection {
             pool: self.pool.clone(),
         };
+        let orphan_sweep = self
+            .orphan_sweep
+            .map(|s| tokio::spawn(s.run(shutdown.clone())));
         tracing::info!("projector consuming");
         consume::run(
             self.consumer,
@@ -80,6 +85,12 @@ impl Projector {
             shutdown,
         )
         .await;
+        if let Some(Err(error)) = match orphan_sweep {
+            Some(task) => Some(task.await),
+            None => None,
+        } {
+            tracing::warn!(error = %error, "orphan sweep task failed");
+        }
         self.pool.close().await;
         if let Ok(Err(error)) = ops.await {
             tracing::warn!(error = %error, "ops endpoint stopped with an error");
