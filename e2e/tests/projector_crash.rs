@@ -217,7 +217,8 @@ fn life(rng: &mut fastrand::Rng, start: time::OffsetDateTime) -> Life {
         }
         _ => {} // still processing when the log ends
     }
-    if r.u8(..100) < 25 {
+    // Up to three reprocessing rounds (a spec change each), each ending processed or failed.
+    while spec < 4 && r.bool() {
         spec += 1;
         life.push(ReprocessRequested {
             requested_by: "ops".into(),
@@ -233,7 +234,7 @@ fn life(rng: &mut fastrand::Rng, start: time::OffsetDateTime) -> Life {
             life.push(failed);
         }
     }
-    if r.u8(..100) < 35 {
+    if r.bool() {
         let variant_keys: Vec<String> = if ready {
             life.variants(spec).into_iter().map(|v| v.key).collect()
         } else {
@@ -244,9 +245,14 @@ fn life(rng: &mut fastrand::Rng, start: time::OffsetDateTime) -> Life {
             original_key: life.original_key(),
             variant_keys: variant_keys.clone(),
         });
-        if r.u8(..100) < 30 {
+        match r.u8(..100) {
             // A result that was in flight when the deletion was appended.
-            life.push(life.processed(spec));
+            0..=29 => life.push(life.processed(spec)),
+            30..=39 => {
+                let failed = life.failed();
+                life.push(failed);
+            }
+            _ => {}
         }
         let (keys, missing_keys) = variant_keys.split_at(variant_keys.len().min(2));
         life.push(ObjectsDeleted {
@@ -254,7 +260,7 @@ fn life(rng: &mut fastrand::Rng, start: time::OffsetDateTime) -> Life {
             missing_keys: missing_keys.to_vec(),
         });
     }
-    if r.u8(..100) < 10 {
+    for _ in 0..r.usize(0..2) {
         life.push(OrphanRemoved {
             key: format!("variants/{}/v9/stray.webp", life.image_id),
             bytes: r.i64(1..10_000),
@@ -263,7 +269,12 @@ fn life(rng: &mut fastrand::Rng, start: time::OffsetDateTime) -> Life {
         });
     }
     // Exact duplicates: the same event (same id, same bytes) again, right after or later.
-    for _ in 0..r.usize(0..3) {
+    let duplicates = match r.u8(..100) {
+        0..=49 => 0,
+        50..=84 => 1,
+        _ => 2,
+    };
+    for _ in 0..duplicates {
         let n = life.events.len();
         let copy = life.events[r.usize(..n)].clone();
         let at = r.usize(1..=n);
