@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
-use imgpipe_schemas::{Event, Payload};
+use imgpipe_schemas::Event;
 
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::message::{BorrowedMessage, Headers};
@@ -159,16 +159,7 @@ pub fn value_json(bytes: &[u8], codec: &EventCodec) -> Value {
 }
 
 pub fn event_json(event: &Event) -> Value {
-    let payload = match &event.payload {
-        Payload::ImageUploaded(p) => serde_json::to_value(p),
-        Payload::ImageProcessed(p) => serde_json::to_value(p),
-        Payload::ImageFailed(p) => serde_json::to_value(p),
-        Payload::ImageDeleted(p) => serde_json::to_value(p),
-        Payload::ObjectsDeleted(p) => serde_json::to_value(p),
-        Payload::OrphanRemoved(p) => serde_json::to_value(p),
-        Payload::ReprocessRequested(p) => serde_json::to_value(p),
-    }
-    .unwrap_or(Value::Null);
+    let payload = event.payload.to_json();
     json!({
         "event_id": event.event_id,
         "event_type": event.event_type().as_str(),

@@ -98,6 +98,34 @@ pub async fn timeline(pool: &PgPool, image_id: Uuid) -> Result<Vec<TimelineRow>,
     .await
 }
 
+/// A timeline row with what the fold needs.
+#[derive(Debug, sqlx::FromRow)]
+pub struct StoredEvent {
+    pub event_type: String,
+    pub occurred_at: OffsetDateTime,
+    /// Null for rows projected before the timeline kept payloads.
+    pub payload: Option<serde_json::Value>,
+}
+
+/// The image's events that occurred at or before `until`, in the order they are folded:
+/// by time, then by where they sit in the log.
+pub async fn events_until(
+    pool: &PgPool,
+    image_id: Uuid,
+    until: OffsetDateTime,
+) -> Result<Vec<StoredEvent>, sqlx::Error> {
+    sqlx::query_as(
+        r#"SELECT event_type, occurred_at, payload
+           FROM image_events
+           WHERE image_id = $1 AND occurred_at <= $2
+           ORDER BY occurred_at, partition, "offset", event_id"#,
+    )
+    .bind(image_id)
+    .bind(until)
+    .fetch_all(pool)
+    .await
+}
+
 #[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 pub struct ListedImage {
     #[serde(rename = "id")]

@@ -41,6 +41,10 @@ pub enum IngestError {
     InvalidImageId(String),
     #[error("no image with that id")]
     ImageNotFound,
+    #[error("the image had not been uploaded yet at {0}")]
+    NotYetUploaded(String),
+    #[error("the image's events up to {0} were recorded before the timeline kept payloads; a read model rebuilt from the log can answer")]
+    AsOfUnavailable(String),
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,
     #[error("this Idempotency-Key was used with a different body")]
@@ -99,6 +103,8 @@ impl IngestError {
             Self::InvalidMetadata(String::new()),
             Self::InvalidImageId(String::new()),
             Self::ImageNotFound,
+            Self::NotYetUploaded(String::new()),
+            Self::AsOfUnavailable(String::new()),
             Self::InvalidQuery(String::new()),
             Self::RateLimited {
                 retry_after_secs: 0,
@@ -130,6 +136,8 @@ impl IngestError {
             Self::InvalidMetadata(_) => "invalid-metadata",
             Self::InvalidImageId(_) => "invalid-image-id",
             Self::ImageNotFound => "image-not-found",
+            Self::NotYetUploaded(_) => "not-yet-uploaded",
+            Self::AsOfUnavailable(_) => "as-of-unavailable",
             Self::InvalidQuery(_) => "invalid-query",
             Self::RateLimited { .. } => "rate-limited",
             Self::InvalidIdempotencyKey => "invalid-idempotency-key",
@@ -160,10 +168,14 @@ impl IngestError {
             Self::UnreadableImage(_) | Self::ImageTooLarge { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::ImageNotFound | Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::ImageNotFound | Self::NotYetUploaded(_) | Self::RouteNotFound => {
+                StatusCode::NOT_FOUND
+            }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Self::IdempotencyKeyReused | Self::IdempotencyKeyInFlight => StatusCode::CONFLICT,
+            Self::IdempotencyKeyReused
+            | Self::IdempotencyKeyInFlight
+            | Self::AsOfUnavailable(_) => StatusCode::CONFLICT,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
             | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -235,6 +247,8 @@ mod tests {
             InvalidMultipart(_) => 21,
             MissingFile => 22,
             InvalidMetadata(_) => 23,
+            NotYetUploaded(_) => 24,
+            AsOfUnavailable(_) => 25,
         }
     }
 
@@ -244,7 +258,7 @@ mod tests {
             .iter()
             .map(variant_number)
             .collect();
-        assert_eq!(numbers, (0..=23).collect());
+        assert_eq!(numbers, (0..=25).collect());
     }
 
     #[test]

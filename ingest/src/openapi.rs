@@ -300,6 +300,33 @@ mod tests {
     }
 
     #[test]
+    fn get_image_documents_as_of_and_its_errors() {
+        let doc = json();
+        let operation = &doc["paths"]["/v1/images/{id}"]["get"];
+        let as_of = operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "as_of")
+            .unwrap();
+        assert_eq!(as_of["in"], "query");
+        assert_eq!(as_of["required"], false);
+        assert_eq!(as_of["schema"]["format"], "date-time", "{as_of}");
+        let responses = &operation["responses"];
+        assert!(responses["404"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("`not-yet-uploaded`"));
+        assert!(responses["409"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("`as-of-unavailable`"));
+        // Its own fields follow the flattened `ImageRow` in an allOf.
+        let status = &doc["components"]["schemas"]["ImageStatus"]["allOf"][1]["properties"];
+        assert_eq!(status["as_of"]["format"], "date-time", "{status}");
+    }
+
+    #[test]
     fn path_parameters_are_declared() {
         let doc = json();
         for (method, path, operation) in operations(&doc) {

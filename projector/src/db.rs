@@ -29,8 +29,8 @@ pub async fn apply(
     let inserted = sqlx::query(
         r#"INSERT INTO image_events
                (event_id, image_id, event_type, topic, partition, "offset", occurred_at,
-                correlation_id, causation_id)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                correlation_id, causation_id, payload)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
            ON CONFLICT (event_id) DO NOTHING"#,
     )
     .bind(event.event_id)
@@ -42,6 +42,7 @@ pub async fn apply(
     .bind(event.occurred_at)
     .bind(&event.correlation_id)
     .bind(event.causation_id)
+    .bind(event.payload.to_json())
     .execute(&mut *tx)
     .await?
     .rows_affected()

@@ -7,6 +7,8 @@
 pub mod codec;
 mod error;
 mod events;
+mod json;
+pub mod state;
 
 pub use codec::{
     decode, decode_with, encode, encode_confluent, Framing, SchemaLookup, CONTENT_TYPE,
@@ -17,6 +19,7 @@ pub use events::{
     Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted,
     OrphanRemoved, Payload, Producer, ReprocessRequested, Variant,
 };
+pub use state::ImageState;
 
 /// Record header names every producer sets, so `rpk topic consume` shows what a record is.
 pub mod headers {

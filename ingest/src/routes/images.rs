@@ -3,19 +3,19 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use imgpipe_schemas::{Event, ImageDeleted, Producer};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::{AppState, REQUEST_ID};
+use super::{as_of, AppState, REQUEST_ID};
 use crate::auth::Client;
 use crate::db::{self, ImageRow, VariantRow};
 use crate::error::ErrorBody;
@@ -33,35 +33,72 @@ pub(super) fn producer() -> Producer {
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-struct ImageStatus {
-    id: Uuid,
+pub(super) struct ImageStatus {
+    pub(super) id: Uuid,
     #[serde(flatten)]
-    image: ImageRow,
+    pub(super) image: ImageRow,
     /// Why processing failed; null unless the status is `failed`.
-    failure: Option<Failure>,
-    variants: Vec<Variant>,
+    pub(super) failure: Option<Failure>,
+    pub(super) variants: Vec<Variant>,
     /// When the variants' `url`s stop working (RFC 3339); fetch the image again for new ones.
-    #[serde(with = "time::serde::rfc3339")]
-    urls_expire_at: OffsetDateTime,
+    /// Absent with `as_of`, whose variants have no `url`.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(super) urls_expire_at: Option<OffsetDateTime>,
+    /// The `as_of` time asked for (RFC 3339): the image is as it was then. Absent without it.
+    #[serde(
+        with = "time::serde::rfc3339::option",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub(super) as_of: Option<OffsetDateTime>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-struct Variant {
+pub(super) struct Variant {
     #[serde(flatten)]
-    stored: VariantRow,
+    pub(super) stored: VariantRow,
     /// A presigned GET URL for the WebP: no Authorization header, valid until `urls_expire_at`.
-    url: String,
+    /// Absent with `as_of`: a past variant may no longer exist.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(super) url: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-struct Failure {
+pub(super) struct Failure {
     /// `undecodable`, `unsupported-format`, `image-too-large`, `original-missing`,
     /// `encode-failed`.
-    code: String,
-    reason: String,
+    pub(super) code: String,
+    pub(super) reason: String,
 }
 
-/// The image as the read model has it, with a presigned URL for each variant.
+impl Failure {
+    /// The failure the row holds, taken out of it.
+    pub(super) fn take_from(image: &mut ImageRow) -> Option<Failure> {
+        match (image.failure_code.take(), image.failure_reason.take()) {
+            (Some(code), reason) => Some(Failure {
+                code,
+                reason: reason.unwrap_or_default(),
+            }),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct StatusQuery {
+    /// An RFC 3339 time, e.g. `2026-11-22T19:30:00Z` (a `+hh:mm` offset's `+` sent unencoded
+    /// reads as a space, which is taken as `+`): the image as it was then, folded from its
+    /// timeline's events that occurred at or before it. The answer has the same fields, plus
+    /// `as_of`, and its variants carry no `url`.
+    #[param(value_type = Option<String>, format = DateTime)]
+    as_of: Option<String>,
+}
+
+/// The image as the read model has it, with a presigned URL for each variant; or, with
+/// `as_of`, as it was at that time.
 ///
 /// The read model trails the log by milliseconds: right after the upload's 202 this may still
 /// be 404, so poll.
@@ -70,12 +107,13 @@ struct Failure {
     path = "/images/{id}",
     tag = "images",
     operation_id = "get_image",
-    params(("id" = Uuid, Path, description = "The id the upload's 202 gave")),
+    params(("id" = Uuid, Path, description = "The id the upload's 202 gave"), StatusQuery),
     responses(
         (status = 200, description = "The image", body = ImageStatus),
-        (status = 400, description = "`invalid-image-id`", body = ErrorBody),
+        (status = 400, description = "`invalid-image-id`, `invalid-query` (as_of is not an RFC 3339 time)", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
-        (status = 404, description = "`image-not-found` (also another client's image)", body = ErrorBody),
+        (status = 404, description = "`image-not-found` (also another client's image); `not-yet-uploaded` (as_of is before the upload)", body = ErrorBody),
+        (status = 409, description = "`as-of-unavailable`: the image's events up to as_of were projected before the timeline kept payloads", body = ErrorBody),
         (status = 503, description = "`database-unavailable`, `storage-unavailable`", body = ErrorBody),
     ),
 )]
@@ -83,8 +121,14 @@ async fn status(
     State(state): State<AppState>,
     Client(client): Client,
     Path(id): Path<String>,
+    Query(query): Query<StatusQuery>,
 ) -> Result<Json<ImageStatus>, IngestError> {
+    // Checked before the image is looked up, so a bad time is 400 whether or not the id exists.
+    let as_of = query.as_of.as_deref().map(as_of::parse).transpose()?;
     let (image_id, mut image) = owned_image(&state, &client, id).await?;
+    if let Some(as_of) = as_of {
+        return as_of::image_at(&state, image_id, as_of).await.map(Json);
+    }
     let stored = db::variants(&state.pool, image_id)
         .await
         .map_err(database_unavailable)?;
@@ -100,21 +144,19 @@ async fn status(
             .presigned_get(&stored.key, ttl)
             .await
             .map_err(|e| IngestError::StorageUnavailable(e.to_string()))?;
-        variants.push(Variant { stored, url });
+        variants.push(Variant {
+            stored,
+            url: Some(url),
+        });
     }
-    let failure = match (image.failure_code.take(), image.failure_reason.take()) {
-        (Some(code), reason) => Some(Failure {
-            code,
-            reason: reason.unwrap_or_default(),
-        }),
-        _ => None,
-    };
+    let failure = Failure::take_from(&mut image);
     Ok(Json(ImageStatus {
         id: image_id,
         image,
         failure,
         variants,
-        urls_expire_at,
+        urls_expire_at: Some(urls_expire_at),
+        as_of: None,
     }))
 }
 

@@ -1,5 +1,6 @@
 //! The HTTP surface: `/v1` for apps, `/healthz` and `/readyz` for operators.
 
+mod as_of;
 mod images;
 mod queries;
 mod readiness;
