@@ -1,11 +1,12 @@
 //! Correct pixels through the whole pipeline: the nine EXIF orientations of one photo come out
-//! as the same upright variants, and a camera photo's EXIF and GPS position are in none of its
-//! variants.
+//! as the same upright variants, a camera photo's EXIF and GPS position are in none of its
+//! variants, and an animated GIF gives its first frame and says so (`animated`).
 #![allow(clippy::unwrap_used)]
 
 use std::time::Duration;
 
-use image::DynamicImage;
+use image::codecs::gif::GifEncoder;
+use image::{DynamicImage, Frame, Rgba, RgbaImage};
 use imgpipe_e2e::{corpus_dir, Pipeline};
 use serde_json::Value;
 
@@ -161,6 +162,56 @@ async fn no_variant_keeps_exif_xmp_or_the_gps_position() {
                 String::from_utf8_lossy(marker)
             );
         }
+    }
+
+    pipeline.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_animated_gif_gives_its_first_frame_and_says_it_is_animated() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let (red, blue) = (Rgba([220, 20, 30, 255]), Rgba([20, 40, 210, 255]));
+    let mut gif = Vec::new();
+    {
+        let mut encoder = GifEncoder::new(&mut gif);
+        let frames = [red, blue, blue].map(|c| Frame::new(RgbaImage::from_pixel(300, 200, c)));
+        encoder.encode_frames(frames).unwrap();
+    }
+    let (status, response) = pipeline.upload(gif).await.unwrap();
+    assert_eq!(status, 202, "{response}");
+    let animated = response["id"].as_str().unwrap().to_string();
+    // Stills of both formats that can animate, and a JPEG.
+    let mut still_gif = Vec::new();
+    GifEncoder::new(&mut still_gif)
+        .encode_frames([Frame::new(RgbaImage::from_pixel(300, 200, red))])
+        .unwrap();
+    let (status, response) = pipeline.upload(still_gif).await.unwrap();
+    assert_eq!(status, 202, "{response}");
+    let mut stills = vec![response["id"].as_str().unwrap().to_string()];
+    for path in ["photos/gnome-licorice-l.webp", "photos/kde-Kite-2560.jpg"] {
+        stills.push(upload(&pipeline, path).await);
+    }
+
+    let image = settle_ready(&pipeline, &animated).await;
+    assert_eq!(image["animated"], true, "{image}");
+    assert_eq!(
+        (&image["width"], &image["height"]),
+        (&300.into(), &200.into())
+    );
+    let (_, thumb) = variants(&pipeline, &image)
+        .await
+        .into_iter()
+        .find(|(name, _)| name == "thumb")
+        .unwrap();
+    let thumb = image::load_from_memory(&thumb).unwrap().into_rgba8();
+    let centre = thumb.get_pixel(thumb.width() / 2, thumb.height() / 2).0;
+    assert!(
+        centre.iter().zip(red.0).all(|(a, b)| a.abs_diff(b) <= 8),
+        "the first frame is red: {centre:?}"
+    );
+    for id in &stills {
+        let image = settle_ready(&pipeline, id).await;
+        assert_eq!(image["animated"], false, "{image}");
     }
 
     pipeline.stop().await.unwrap();

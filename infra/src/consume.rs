@@ -1,32 +1,67 @@
 //! The at-least-once consume loop shared by the workers.
 //!
-//! For each record: decode the event, run the handler, and store the record's offset only once
-//! the handler's outputs are durable (librdkafka commits stored offsets in the background).
-//! Transient handler errors are retried with exponential backoff and jitter; a record that
-//! cannot be decoded, a permanent error, or a transient one that outlived its attempts goes to
-//! the dead-letter topic, and only then is its offset stored. Records are handled one at a
-//! time, so the offset stored is always the highest one fully done.
+//! Each assigned partition gets a task of its own that handles its records one at a time, in
+//! order: decode the event, run the handler, and store the record's offset only once the
+//! handler's outputs are durable (librdkafka commits stored offsets in the background). So the
+//! offset stored for a partition is always the highest one fully done, while the partitions
+//! run side by side: one image in a slow retry holds up only the images behind it in its own
+//! partition, and a process works on as many images at once as it has partitions (what bounds
+//! the CPU work is the handler's business; the processor's renders wait on a semaphore sized to
+//! the cores).
+//!
+//! One dispatcher polls the consumer, which keeps the member in the group and runs rebalances,
+//! and hands each record to its partition's task through a short queue. When a queue is full
+//! (its task is busy or backing off), the dispatcher keeps the record aside and pauses that
+//! partition alone until the task catches up. A partition the group took away is noticed
+//! within a second: its task drops what it had queued, finishes the record in hand and stores
+//! its offset (which librdkafka refuses once the partition is gone: the new owner handles the
+//! record again, and handlers are idempotent).
+//!
+//! Transient handler errors are retried with exponential backoff and jitter in the partition's
+//! task; a record that cannot be decoded, a permanent error, a panic in the handler, or a
+//! transient error that outlived its attempts goes to the dead-letter topic, and only then is
+//! its offset stored.
 //!
 //! A handler can also say a dependency is known to be down ([`HandlerError::Unavailable`], from
 //! an open circuit breaker). Then the record is neither failed nor counted as an attempt: the
-//! loop pauses the assignment, keeps polling (so the group keeps us and rebalances run) until
-//! [`EventHandler::until_available`] resolves, resumes, and handles the same record again.
+//! dispatcher pauses the whole assignment, keeps polling (so the group keeps us and rebalances
+//! run) until [`EventHandler::until_available`] resolves, resumes, and every task that met the
+//! outage handles its record again. A partition assigned meanwhile is paused as its first record
+//! arrives; that record waits in its task like the others.
+//!
+//! On shutdown the dispatcher stops fetching, each task finishes the attempt in hand (for up to
+//! [`FINISH_GRACE`]) and stores its offset, records not started stay unstored (they are
+//! redelivered), and the consumer is closed.
 
-use std::collections::VecDeque;
+mod dead_letter;
+mod partition;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::ExponentialBuilder;
 use imgpipe_schemas::Event;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::util::Timeout;
+use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, TopicPartitionList};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::EventCodec;
-use crate::InfraError;
+
+pub use dead_letter::DeadLetterProducer;
+
+/// How long the record in hand may take to finish after shutdown began; past it, it is
+/// dropped unstored and handled again after the restart.
+pub const FINISH_GRACE: Duration = Duration::from_secs(10);
+/// Records queued for one partition's task before the partition is paused. Small: queued
+/// records of a partition taken away are dropped, and fetched again by its new owner.
+const QUEUE_PER_PARTITION: usize = 16;
+/// How often the dispatcher looks for partitions the group took away.
+const ASSIGNMENT_CHECK: Duration = Duration::from_secs(1);
 
 /// Where a record sits in the log.
 #[derive(Debug, Clone)]
@@ -140,9 +175,37 @@ pub mod dead_letter_headers {
     pub const CONSUMER_GROUP: &str = "dlq-consumer-group";
 }
 
+/// What the partition tasks share.
+struct Shared<H> {
+    consumer: Arc<StreamConsumer>,
+    codec: EventCodec,
+    handler: H,
+    dead_letters: DeadLetterProducer,
+    retry: RetryPolicy,
+    shutdown: CancellationToken,
+    /// Counts the outages that ended: a task that met an outage during epoch `n` waits until
+    /// it is past `n`.
+    available: watch::Receiver<u64>,
+    /// A task met an outage during the epoch it sends.
+    outage: mpsc::UnboundedSender<u64>,
+    /// A task took a record off its queue: room for the records kept aside.
+    drained: Notify,
+}
+
+type PartitionKey = (String, i32);
+
+/// The dispatcher's view of one partition.
+struct PartitionQueue {
+    records: mpsc::Sender<OwnedMessage>,
+    /// Records that found the queue full, oldest first; the partition is paused while any wait.
+    held: VecDeque<OwnedMessage>,
+    /// Cancelled when the group took the partition away.
+    revoked: CancellationToken,
+}
+
 /// Runs the loop until `shutdown` is cancelled, then closes the consumer on a blocking thread
 /// (dropping one can block for the session timeout when the broker is gone).
-pub async fn run<H: EventHandler>(
+pub async fn run<H: EventHandler + 'static>(
     consumer: StreamConsumer,
     codec: EventCodec,
     handler: H,
@@ -150,283 +213,259 @@ pub async fn run<H: EventHandler>(
     retry: RetryPolicy,
     shutdown: CancellationToken,
 ) {
-    // Records received while paused for an unavailable dependency (from partitions assigned
-    // meanwhile), handled in order before anything new is received.
-    let mut received_while_paused = VecDeque::new();
+    let (available_tx, available) = watch::channel(0u64);
+    let (outage, mut outages) = mpsc::unbounded_channel();
+    let shared = Arc::new(Shared {
+        consumer: Arc::new(consumer),
+        codec,
+        handler,
+        dead_letters,
+        retry,
+        shutdown: shutdown.clone(),
+        available,
+        outage,
+        drained: Notify::new(),
+    });
+    let mut dispatcher = Dispatcher {
+        shared: Arc::clone(&shared),
+        partitions: HashMap::new(),
+        tasks: JoinSet::new(),
+        in_outage: false,
+        outage_paused: HashSet::new(),
+    };
+    // Resolves the current outage: a task waiting on the handler's `until_available`.
+    let (outage_over_tx, mut outage_over) = mpsc::channel::<()>(1);
+    let mut outage_waiter: Option<tokio::task::JoinHandle<()>> = None;
+    let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
     loop {
-        let message = match received_while_paused.pop_front() {
-            Some(message) => message,
-            None => {
-                let message = tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    message = consumer.recv() => message,
-                };
-                match message {
-                    // Owned, so the record can be held while the consumer keeps polling.
-                    Ok(message) => message.detach(),
-                    Err(error) => {
-                        tracing::warn!(error = %error, "kafka receive failed");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        continue;
-                    }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            message = shared.consumer.recv() => match message {
+                // Owned, so the record can be queued while the consumer keeps polling.
+                Ok(message) => dispatcher.route(message.detach()),
+                Err(error) => {
+                    tracing::warn!(error = %error, "kafka receive failed");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
                 }
-            }
-        };
-        let done = loop {
-            let outcome = tokio::select! {
-                () = shutdown.cancelled() => Outcome::Stopped,
-                outcome = process(&message, &codec, &handler, &dead_letters, retry) => outcome,
-            };
-            match outcome {
-                Outcome::Done => break true,
-                Outcome::Stopped => break false,
-                Outcome::Unavailable => {
-                    let available = pause_until_available(
-                        &consumer,
-                        &handler,
-                        &mut received_while_paused,
-                        &shutdown,
-                    )
-                    .await;
-                    if !available {
-                        break false;
-                    }
+            },
+            Some(epoch) = outages.recv() => {
+                // Reports from an outage that already ended are answered by the epoch's change.
+                if !dispatcher.in_outage && epoch == *available_tx.borrow() {
+                    dispatcher.pause_for_outage();
+                    let shared = Arc::clone(&shared);
+                    let over = outage_over_tx.clone();
+                    outage_waiter = Some(tokio::spawn(async move {
+                        shared.handler.until_available().await;
+                        let _ = over.send(()).await;
+                    }));
                 }
-            }
-        };
-        if !done {
-            // Stopped mid-record: leave its offset unstored so it is handled again.
-            break;
-        }
-        // librdkafka stores the offset after this one: the next to read.
-        if let Err(error) =
-            consumer.store_offset(message.topic(), message.partition(), message.offset())
-        {
-            // After a rebalance the partition may belong to another member; it will redo it.
-            tracing::warn!(error = %error, "could not store offset");
+            },
+            Some(()) = outage_over.recv() => {
+                outage_waiter = None;
+                available_tx.send_modify(|epoch| *epoch += 1);
+                dispatcher.resume_after_outage();
+            },
+            () = shared.drained.notified() => dispatcher.release_held(),
+            _ = assignment_check.tick() => {
+                dispatcher.stop_revoked();
+                dispatcher.release_held();
+                dispatcher.reap_finished();
+            },
         }
     }
+    if let Some(waiter) = outage_waiter {
+        waiter.abort();
+    }
+    // Queues close; each task sees the shutdown, finishes the record in hand and stores it.
+    dispatcher.partitions.clear();
+    while let Some(joined) = dispatcher.tasks.join_next().await {
+        if let Err(error) = joined {
+            tracing::error!(error = %error, "a partition task failed");
+        }
+    }
+    let consumer = Arc::clone(&shared.consumer);
+    drop(dispatcher);
+    drop(shared);
     close(consumer).await;
 }
 
-enum Outcome {
-    /// Handled or dead-lettered: store the offset.
-    Done,
-    /// A dependency is down: wait for it and handle the record again.
-    Unavailable,
-    Stopped,
+struct Dispatcher<H> {
+    shared: Arc<Shared<H>>,
+    partitions: HashMap<PartitionKey, PartitionQueue>,
+    tasks: JoinSet<()>,
+    /// The assignment is paused until the handler's dependency answers again.
+    in_outage: bool,
+    /// The partitions paused for the outage.
+    outage_paused: HashSet<PartitionKey>,
 }
 
-/// Pauses the assignment and keeps polling until the handler's dependency may answer again;
-/// false if `shutdown` came first. Polling keeps this member in the group (librdkafka evicts a
-/// consumer not polled for `max.poll.interval.ms`) and runs rebalances. A partition assigned
-/// meanwhile is not paused yet, so its first record is kept in `received` and the partition
-/// paused too; nothing is handled out of order and nothing is skipped.
-async fn pause_until_available<H: EventHandler>(
-    consumer: &StreamConsumer,
-    handler: &H,
-    received: &mut VecDeque<OwnedMessage>,
-    shutdown: &CancellationToken,
-) -> bool {
-    let mut paused = consumer.assignment().unwrap_or_default();
-    if let Err(error) = consumer.pause(&paused) {
-        tracing::warn!(error = %error, "could not pause the assignment");
+impl<H: EventHandler + 'static> Dispatcher<H> {
+    fn route(&mut self, message: OwnedMessage) {
+        let key = (message.topic().to_string(), message.partition());
+        if self.in_outage && self.outage_paused.insert(key.clone()) {
+            // Assigned during the outage: pause it like the rest.
+            pause(&self.shared.consumer, &key);
+        }
+        let alive = self
+            .partitions
+            .get(&key)
+            .is_some_and(|queue| !queue.records.is_closed());
+        if !alive {
+            let mut queue = self.spawn(&key);
+            if let Some(gone) = self.partitions.remove(&key) {
+                // Not reached: a task ends only when revoked or at shutdown. Keep its records.
+                tracing::error!(partition = key.1, "partition task gone, starting another");
+                queue.held = gone.held;
+            }
+            self.partitions.insert(key.clone(), queue);
+        }
+        let Some(queue) = self.partitions.get_mut(&key) else {
+            return;
+        };
+        let consumer = &self.shared.consumer;
+        if !queue.held.is_empty() {
+            queue.held.push_back(message);
+            // Paused already; again in case the partition was revoked and assigned back.
+            pause(consumer, &key);
+            return;
+        }
+        if let Err(error) = queue.records.try_send(message) {
+            let (mpsc::error::TrySendError::Full(message)
+            | mpsc::error::TrySendError::Closed(message)) = error;
+            queue.held.push_back(message);
+            pause(consumer, &key);
+        }
     }
-    tracing::warn!(
-        partitions = paused.count(),
-        "a dependency is unavailable, consumption paused until it answers"
-    );
-    let available = {
-        let until_available = handler.until_available();
-        tokio::pin!(until_available);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => break false,
-                () = &mut until_available => break true,
-                message = consumer.recv() => match message {
-                    Ok(message) => {
-                        let mut partition = TopicPartitionList::new();
-                        partition.add_partition(message.topic(), message.partition());
-                        if let Err(error) = consumer.pause(&partition) {
-                            tracing::warn!(error = %error, "could not pause a new partition");
-                        }
-                        paused.add_partition(message.topic(), message.partition());
-                        received.push_back(message.detach());
-                    }
-                    Err(error) => {
-                        tracing::warn!(error = %error, "kafka receive failed while paused");
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                    }
-                },
+
+    fn spawn(&mut self, key: &PartitionKey) -> PartitionQueue {
+        let (records, receiver) = mpsc::channel(QUEUE_PER_PARTITION);
+        let revoked = CancellationToken::new();
+        self.tasks.spawn(partition::work(
+            Arc::clone(&self.shared),
+            receiver,
+            revoked.clone(),
+        ));
+        tracing::debug!(topic = %key.0, partition = key.1, "partition task started");
+        PartitionQueue {
+            records,
+            held: VecDeque::new(),
+            revoked,
+        }
+    }
+
+    /// Moves records kept aside into queues with room; resumes a partition whose records are
+    /// all queued again (unless an outage holds the whole assignment).
+    fn release_held(&mut self) {
+        let mut resume = Vec::new();
+        for (key, queue) in &mut self.partitions {
+            if queue.held.is_empty() {
+                continue;
+            }
+            while let Some(message) = queue.held.pop_front() {
+                if let Err(error) = queue.records.try_send(message) {
+                    let (mpsc::error::TrySendError::Full(message)
+                    | mpsc::error::TrySendError::Closed(message)) = error;
+                    queue.held.push_front(message);
+                    break;
+                }
+            }
+            if queue.held.is_empty() {
+                resume.push(key.clone());
             }
         }
-    };
-    // Partitions revoked meanwhile are no longer ours to resume; librdkafka skips them.
-    if let Err(error) = consumer.resume(&paused) {
-        tracing::warn!(error = %error, "could not resume the assignment");
+        if !self.in_outage {
+            for key in resume {
+                resume_partition(&self.shared.consumer, &key);
+            }
+        }
     }
-    if available {
+
+    /// Stops the tasks of partitions no longer assigned to this member.
+    fn stop_revoked(&mut self) {
+        let Ok(assignment) = self.shared.consumer.assignment() else {
+            return;
+        };
+        let consumer = &self.shared.consumer;
+        self.partitions.retain(|key, queue| {
+            let kept = assignment.find_partition(&key.0, key.1).is_some();
+            if !kept {
+                tracing::info!(topic = %key.0, partition = key.1, "partition revoked, its task stops");
+                queue.revoked.cancel();
+                if !queue.held.is_empty() {
+                    // Paused for its task; should it come back, it must not come back paused.
+                    resume_partition(consumer, key);
+                }
+            }
+            kept
+        });
+    }
+
+    fn reap_finished(&mut self) {
+        while let Some(joined) = self.tasks.try_join_next() {
+            if let Err(error) = joined {
+                tracing::error!(error = %error, "a partition task failed");
+            }
+        }
+    }
+
+    fn pause_for_outage(&mut self) {
+        self.in_outage = true;
+        let assignment = self.shared.consumer.assignment().unwrap_or_default();
+        if let Err(error) = self.shared.consumer.pause(&assignment) {
+            tracing::warn!(error = %error, "could not pause the assignment");
+        }
+        self.outage_paused = assignment.elements().iter().map(key_of).collect();
+        tracing::warn!(
+            partitions = assignment.count(),
+            "a dependency is unavailable, consumption paused until it answers"
+        );
+    }
+
+    fn resume_after_outage(&mut self) {
+        self.in_outage = false;
+        // What was paused, also partitions revoked meanwhile (should they come back, they must
+        // not come back paused), and what is assigned now.
+        let assignment = self.shared.consumer.assignment().unwrap_or_default();
+        let mut keys = std::mem::take(&mut self.outage_paused);
+        keys.extend(assignment.elements().iter().map(key_of));
+        let mut resume = TopicPartitionList::new();
+        for key in keys {
+            // A partition with records kept aside stays paused until its task has room.
+            if self.partitions.get(&key).is_none_or(|q| q.held.is_empty()) {
+                resume.add_partition(&key.0, key.1);
+            }
+        }
+        if let Err(error) = self.shared.consumer.resume(&resume) {
+            tracing::warn!(error = %error, "could not resume the assignment");
+        }
         tracing::info!("dependency available again, consumption resumed");
     }
-    available
 }
 
-async fn process<H: EventHandler>(
-    message: &OwnedMessage,
-    codec: &EventCodec,
-    handler: &H,
-    dead_letters: &DeadLetterProducer,
-    retry: RetryPolicy,
-) -> Outcome {
-    let position = RecordPosition {
-        topic: message.topic().to_string(),
-        partition: message.partition(),
-        offset: message.offset(),
-    };
-    let payload = message.payload().unwrap_or_default();
-    let decoded = loop {
-        // Only a registry that does not answer fails here; wait for it rather than
-        // dead-letter records that are fine.
-        match codec.decode(payload).await {
-            Ok(decoded) => break decoded,
-            Err(error) => {
-                tracing::warn!(error = %error, "schema registry unavailable, retrying");
-                tokio::time::sleep(retry.max_delay).await;
-            }
-        }
-    };
-    let event = match decoded {
-        Ok(event) => event,
-        Err(error) => {
-            tracing::error!(
-                topic = %position.topic, partition = position.partition,
-                offset = position.offset, error = %error,
-                "undecodable record, dead-lettering it"
-            );
-            let failure = HandlerError::permanent("undecodable-record", &error);
-            dead_letters.send(message, &failure, 1).await;
-            return Outcome::Done;
-        }
-    };
-    let mut attempts = 0usize;
-    let result = (|| {
-        attempts += 1;
-        handler.handle(&event, &position)
-    })
-    .retry(retry.backoff())
-    .when(|error| matches!(error, HandlerError::Transient { .. }))
-    .notify(|error, delay| {
-        tracing::warn!(
-            image_id = %event.image_id, event_id = %event.event_id, error = %error,
-            retry_in_ms = delay.as_millis() as u64, "transient failure, retrying"
-        );
-    })
-    .await;
-    match result {
-        Ok(()) => Outcome::Done,
-        Err(error @ HandlerError::Unavailable { .. }) => {
-            tracing::warn!(
-                image_id = %event.image_id, event_id = %event.event_id, error = %error,
-                "dependency unavailable, the record waits for it"
-            );
-            Outcome::Unavailable
-        }
-        Err(error) => {
-            tracing::error!(
-                image_id = %event.image_id, event_id = %event.event_id,
-                event_type = %event.event_type(), error = %error, attempts,
-                "handler gave up, dead-lettering the record"
-            );
-            dead_letters.send(message, &error, attempts).await;
-            Outcome::Done
-        }
+fn key_of(element: &rdkafka::topic_partition_list::TopicPartitionListElem<'_>) -> PartitionKey {
+    (element.topic().to_string(), element.partition())
+}
+
+fn pause(consumer: &StreamConsumer, (topic, partition): &PartitionKey) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, *partition);
+    if let Err(error) = consumer.pause(&list) {
+        tracing::warn!(error = %error, partition, "could not pause a partition");
     }
 }
 
-async fn close(consumer: StreamConsumer) {
+fn resume_partition(consumer: &StreamConsumer, (topic, partition): &PartitionKey) {
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, *partition);
+    // A partition revoked meanwhile is no longer ours to resume; librdkafka skips it.
+    if let Err(error) = consumer.resume(&list) {
+        tracing::warn!(error = %error, partition, "could not resume a partition");
+    }
+}
+
+async fn close(consumer: Arc<StreamConsumer>) {
     consumer.unsubscribe();
     if let Err(error) = tokio::task::spawn_blocking(move || drop(consumer)).await {
         tracing::warn!(error = %error, "closing the consumer failed");
-    }
-}
-
-/// Copies failed records to the dead-letter topic with headers saying where they came from
-/// and why.
-#[derive(Clone)]
-pub struct DeadLetterProducer {
-    producer: FutureProducer,
-    topic: String,
-    group: String,
-}
-
-impl DeadLetterProducer {
-    pub fn new(
-        config: &crate::KafkaConfig,
-        client_id: &str,
-        group: &str,
-    ) -> Result<Self, InfraError> {
-        let producer = config
-            .client_config(client_id)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .create()?;
-        Ok(Self {
-            producer,
-            topic: config.topics().dead_letter,
-            group: config.group_id(group),
-        })
-    }
-
-    /// Returns once the broker has the copy. Retries until then: losing a record here would
-    /// break the promise that every image ends processed or failed.
-    async fn send(&self, message: &OwnedMessage, error: &HandlerError, attempts: usize) {
-        use dead_letter_headers::*;
-        let partition = message.partition().to_string();
-        let offset = message.offset().to_string();
-        let attempts = attempts.to_string();
-        let text = error.to_string();
-        let mut headers = OwnedHeaders::new();
-        if let Some(original) = message.headers() {
-            for header in original.iter() {
-                headers = headers.insert(Header {
-                    key: header.key,
-                    value: header.value,
-                });
-            }
-        }
-        for (key, value) in [
-            (ORIGINAL_TOPIC, message.topic()),
-            (ORIGINAL_PARTITION, partition.as_str()),
-            (ORIGINAL_OFFSET, offset.as_str()),
-            (ERROR_CLASS, error.class()),
-            (ERROR_MESSAGE, text.as_str()),
-            (ATTEMPTS, attempts.as_str()),
-            (CONSUMER_GROUP, self.group.as_str()),
-        ] {
-            headers = headers.insert(Header {
-                key,
-                value: Some(value),
-            });
-        }
-        loop {
-            let mut record = FutureRecord::to(&self.topic).headers(headers.clone());
-            if let Some(key) = message.key() {
-                record = record.key(key);
-            }
-            if let Some(payload) = message.payload() {
-                record = record.payload(payload);
-            }
-            match self
-                .producer
-                .send(record, Timeout::After(Duration::from_secs(10)))
-                .await
-            {
-                Ok(_) => return,
-                Err((error, _)) => {
-                    tracing::error!(error = %error, "dead-letter produce failed, retrying");
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                }
-            }
-        }
     }
 }

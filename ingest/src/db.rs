@@ -21,6 +21,9 @@ pub struct ImageRow {
     /// `#rrggbb`; null until processed, and for images processed before schema v2.
     pub dominant_color: Option<String>,
     pub blurhash: Option<String>,
+    /// The original is an animation (GIF or WebP of more than one frame) and the variants show
+    /// its first frame; false until processed, and for images processed before schema v3.
+    pub animated: bool,
     /// The upload form's `metadata`; `{}` when it had none.
     #[schema(value_type = std::collections::BTreeMap<String, String>)]
     pub metadata: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
@@ -50,8 +53,8 @@ pub struct VariantRow {
 pub async fn image(pool: &PgPool, image_id: Uuid) -> Result<Option<ImageRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT owner, original_key, status, format, bytes, sha256, width, height, spec_version,
-                dominant_color, blurhash, metadata, failure_code, failure_reason, uploaded_at,
-                updated_at
+                dominant_color, blurhash, animated, metadata, failure_code, failure_reason,
+                uploaded_at, updated_at
          FROM images WHERE image_id = $1",
     )
     .bind(image_id)

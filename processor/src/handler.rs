@@ -72,12 +72,15 @@ impl VariantHandler {
         {
             Ok(value) => Ok(Ok(value)),
             Err(BreakerError::Failed(error)) if error.is_not_found() => Ok(Err(error)),
-            Err(BreakerError::Failed(error)) => match self.store_breaker.state() {
-                BreakerState::Closed => Err(HandlerError::transient("storage", error)),
-                BreakerState::Open | BreakerState::HalfOpen => {
-                    Err(HandlerError::unavailable("storage", error))
+            Err(BreakerError::Failed(error)) => {
+                self.metrics.storage_error();
+                match self.store_breaker.state() {
+                    BreakerState::Closed => Err(HandlerError::transient("storage", error)),
+                    BreakerState::Open | BreakerState::HalfOpen => {
+                        Err(HandlerError::unavailable("storage", error))
+                    }
                 }
-            },
+            }
             Err(BreakerError::Open) => {
                 Err(HandlerError::unavailable("storage", "circuit breaker open"))
             }
@@ -214,6 +217,7 @@ impl VariantHandler {
             variants,
             dominant_color: rendered.dominant_color,
             blurhash: Some(rendered.blurhash),
+            animated: rendered.animated,
         };
         self.announce(event, processed).await?;
         self.metrics.image_processed();

@@ -25,6 +25,9 @@ pub const IMAGES_FAILED: &str = "imgpipe_processor_images_failed_total";
 pub const STAGE_SECONDS: &str = "imgpipe_processor_stage_duration_seconds";
 /// Images being handled right now.
 pub const IMAGES_IN_FLIGHT: &str = "imgpipe_processor_images_in_flight";
+/// Object-store calls that failed other than with a missing object (S3 5xx, timeouts, refused
+/// connections); the record is retried, or waits for the breaker once it opened.
+pub const STORAGE_ERRORS: &str = "imgpipe_processor_storage_errors_total";
 /// The object-store circuit breaker: 0 closed, 1 half-open, 2 open.
 pub const STORAGE_BREAKER_STATE: &str = "imgpipe_processor_storage_breaker_state";
 /// The breaker's state changes, by the state it changed `to` (closed, half-open, open).
@@ -57,6 +60,7 @@ impl Stage {
 pub(crate) struct ProcessorMetrics {
     recorder: Arc<PrometheusRecorder>,
     processed: Counter,
+    storage_errors: Counter,
     in_flight: Gauge,
     breaker_state: Gauge,
 }
@@ -75,10 +79,11 @@ impl ProcessorMetrics {
             Err(_) => PrometheusBuilder::new().build_recorder(),
         };
         let recorder = Arc::new(recorder);
-        let (processed, in_flight, breaker_state) =
+        let (processed, storage_errors, in_flight, breaker_state) =
             metrics::with_local_recorder(&*recorder, || {
                 (
                     metrics::counter!(IMAGES_PROCESSED),
+                    metrics::counter!(STORAGE_ERRORS),
                     metrics::gauge!(IMAGES_IN_FLIGHT),
                     metrics::gauge!(STORAGE_BREAKER_STATE),
                 )
@@ -87,6 +92,7 @@ impl ProcessorMetrics {
         Self {
             recorder,
             processed,
+            storage_errors,
             in_flight,
             breaker_state,
         }
@@ -98,6 +104,10 @@ impl ProcessorMetrics {
 
     pub(crate) fn image_processed(&self) {
         self.processed.increment(1);
+    }
+
+    pub(crate) fn storage_error(&self) {
+        self.storage_errors.increment(1);
     }
 
     pub(crate) fn image_failed(&self, reason_code: &str) {

@@ -71,6 +71,8 @@ pub struct Rendered {
     /// `#rrggbb`; `None` when every pixel is fully transparent.
     pub dominant_color: Option<String>,
     pub blurhash: String,
+    /// The original has more than one frame; the variants show the first.
+    pub animated: bool,
 }
 
 #[derive(Debug)]
@@ -142,7 +144,35 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
         variants,
         dominant_color: descriptors.dominant_color,
         blurhash: descriptors.blurhash,
+        animated: is_animated(bytes),
     })
+}
+
+/// Whether a GIF or WebP has more than one frame, read from its block and chunk headers without
+/// decoding a pixel (a GIF's second frame is found by skipping the first one's compressed data).
+/// Other formats, and files too broken to tell, are stills: the decode already succeeded on
+/// the first frame, which is what the variants show either way.
+pub fn is_animated(bytes: &[u8]) -> bool {
+    match image::guess_format(bytes) {
+        Ok(image::ImageFormat::Gif) => {
+            let mut options = gif::DecodeOptions::new();
+            options.skip_frame_decoding(true);
+            let Ok(mut decoder) = options.read_info(Cursor::new(bytes)) else {
+                return false;
+            };
+            let mut frames = 0;
+            while frames < 2 {
+                match decoder.next_frame_info() {
+                    Ok(Some(_)) => frames += 1,
+                    _ => break,
+                }
+            }
+            frames > 1
+        }
+        Ok(image::ImageFormat::WebP) => image_webp::WebPDecoder::new(Cursor::new(bytes))
+            .is_ok_and(|decoder| decoder.num_frames() > 1),
+        _ => false,
+    }
 }
 
 struct Descriptors {

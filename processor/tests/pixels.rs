@@ -336,6 +336,21 @@ fn an_animated_gif_renders_its_first_frame() {
     assert_eq!((rendered.width, rendered.height), (120, 80));
     assert_close(&centre(&decoded_thumb(&rendered)), &RED.0, 6);
     assert_no_metadata(&rendered);
+    assert!(rendered.animated, "three frames are an animation");
+}
+
+#[test]
+fn a_gif_of_one_frame_is_not_animated() {
+    let mut gif = Vec::new();
+    {
+        let mut encoder = GifEncoder::new(&mut gif);
+        encoder
+            .encode_frames([Frame::new(RgbaImage::from_pixel(120, 80, RED))])
+            .unwrap();
+    }
+    let rendered = render(&gif, &spec(), LIMITS).unwrap();
+    assert_close(&centre(&decoded_thumb(&rendered)), &RED.0, 6);
+    assert!(!rendered.animated);
 }
 
 #[test]
@@ -355,6 +370,11 @@ fn an_animated_webp_renders_its_first_frame() {
     assert_eq!((rendered.width, rendered.height), (width, height));
     assert_close(&centre(&decoded_thumb(&rendered)), &RED.0, 6);
     assert_no_metadata(&rendered);
+    assert!(rendered.animated, "two frames are an animation");
+
+    // A still WebP (one of the variants just made) is not.
+    let still = &rendered.variants[0].webp;
+    assert!(!render(still, &spec(), LIMITS).unwrap().animated);
 }
 
 /// The chunk names without [`riff_chunks`]' checks, for inputs that may be animated.

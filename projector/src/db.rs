@@ -76,7 +76,7 @@ pub async fn apply(
             let updated = sqlx::query(
                 "UPDATE images
                  SET status = 'ready', spec_version = $2, width = $3, height = $4,
-                     dominant_color = $5, blurhash = $6,
+                     dominant_color = $5, blurhash = $6, animated = $8,
                      failure_code = NULL, failure_reason = NULL, updated_at = $7
                  WHERE image_id = $1 AND status <> 'deleted'",
             )
@@ -87,6 +87,7 @@ pub async fn apply(
             .bind(&processed.dominant_color)
             .bind(&processed.blurhash)
             .bind(event.occurred_at)
+            .bind(processed.animated)
             .execute(&mut *tx)
             .await?
             .rows_affected();

@@ -99,6 +99,7 @@ async fn an_image_lifecycle_projects_and_replays_idempotently() {
                 variants: vec![variant("thumb"), variant("large")],
                 dominant_color: Some("#4a6b8c".into()),
                 blurhash: Some("LEHV6nWB2yk8pyo0adR*.7kCMdnj".into()),
+                animated: false,
             },
         ),
         event(
@@ -216,6 +217,7 @@ async fn image_processed_stores_the_colour_descriptors() {
                 variants: Vec::new(),
                 dominant_color: dominant_color.map(Into::into),
                 blurhash: blurhash.map(Into::into),
+                animated: false,
             },
         )
     };

@@ -18,7 +18,7 @@ use crate::events::{Event, EventType, Payload, Producer};
 use crate::SchemaError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 2;
+pub const SCHEMA_VERSION: i32 = 3;
 
 /// Value of the `content-type` record header for single-object encoded records.
 pub const CONTENT_TYPE: &str = "application/vnd.apache.avro+binary; encoding=single-object";
@@ -56,6 +56,19 @@ pub const RELEASED: &[(i32, &[&str])] = &[
             include_str!("../avro/v2/imgpipe.events.ObjectsDeleted.avsc"),
             include_str!("../avro/v2/imgpipe.events.OrphanRemoved.avsc"),
             include_str!("../avro/v2/imgpipe.events.ReprocessRequested.avsc"),
+        ],
+    ),
+    (
+        3,
+        &[
+            include_str!("../avro/v3/imgpipe.events.Event.avsc"),
+            include_str!("../avro/v3/imgpipe.events.ImageUploaded.avsc"),
+            include_str!("../avro/v3/imgpipe.events.ImageProcessed.avsc"),
+            include_str!("../avro/v3/imgpipe.events.ImageFailed.avsc"),
+            include_str!("../avro/v3/imgpipe.events.ImageDeleted.avsc"),
+            include_str!("../avro/v3/imgpipe.events.ObjectsDeleted.avsc"),
+            include_str!("../avro/v3/imgpipe.events.OrphanRemoved.avsc"),
+            include_str!("../avro/v3/imgpipe.events.ReprocessRequested.avsc"),
         ],
     ),
 ];

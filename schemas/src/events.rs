@@ -173,6 +173,11 @@ pub struct ImageProcessed {
     /// A BlurHash placeholder for clients to paint before a variant loads. `None` in records
     /// written before schema v2.
     pub blurhash: Option<String>,
+    /// The original is an animation (GIF or WebP with more than one frame); the variants show
+    /// its first frame. `false` in records written before schema v3.
+    #[serde(default)]
+    #[avro(default = "false")]
+    pub animated: bool,
 }
 
 /// One stored rendition of an image.

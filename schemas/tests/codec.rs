@@ -44,6 +44,7 @@ fn every_payload() -> Vec<Payload> {
             }],
             dominant_color: Some("#c81e1e".into()),
             blurhash: Some("LEHV6nWB2yk8pyo0adR*.7kCMdnj".into()),
+            animated: false,
         }
         .into(),
         ImageFailed {

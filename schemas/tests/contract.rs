@@ -150,6 +150,7 @@ fn golden_events() -> Vec<(&'static str, Event)> {
                     }],
                     dominant_color: Some("#4a6b8c".into()),
                     blurhash: Some("LEHV6nWB2yk8pyo0adR*.7kCMdnj".into()),
+                    animated: true,
                 }
                 .into(),
                 Some(CAUSE_ID),
@@ -287,6 +288,16 @@ fn image_processed_written_before_v2_reads_without_descriptors() {
     assert_eq!(processed.variants.len(), 1);
     assert_eq!(processed.dominant_color, None);
     assert_eq!(processed.blurhash, None);
+}
+
+#[test]
+fn image_processed_written_before_v3_reads_as_not_animated() {
+    let bytes = std::fs::read(golden_dir(2).join("image_processed.avro")).unwrap();
+    let Payload::ImageProcessed(processed) = decode(&bytes).unwrap().payload else {
+        panic!("the v2 vector is an ImageProcessed")
+    };
+    assert!(processed.blurhash.is_some());
+    assert!(!processed.animated);
 }
 
 #[test]

@@ -1,0 +1,294 @@
+//! Issue #5: an image whose handling keeps failing transiently holds up only the images behind
+//! it in its own partition; every other partition keeps completing. Then the stuck image
+//! completes once the fault is gone, or, with a finite `MAX_ATTEMPTS`, is dead-lettered after
+//! that many attempts and its partition moves on.
+//!
+//! The fault is real and deterministic: the stuck image's original key is a directory in
+//! s3s-fs (an object exists *under* it), so its GET answers 500 Internal Error, a transient
+//! storage failure to the processor, every time until the test removes the object under it
+//! and stores the original.
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use imgpipe_e2e::Pipeline;
+use imgpipe_infra::consume::dead_letter_headers as dlq;
+use imgpipe_processor::config::ProcessorSettings;
+use imgpipe_processor::metrics as names;
+use imgpipe_schemas::{Event, ImageUploaded, Producer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Headers;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use uuid::Uuid;
+
+const SETTLE: Duration = Duration::from_secs(180);
+const PHOTO: &str = "photos/kde-Kite-2560.jpg";
+
+fn photo() -> Vec<u8> {
+    std::fs::read(imgpipe_e2e::corpus_dir().join(PHOTO)).unwrap()
+}
+
+async fn start(adjust: impl FnOnce(&mut ProcessorSettings)) -> Pipeline {
+    Pipeline::start_with_stack(
+        |_| {},
+        |_| {},
+        |processor| {
+            // This test is about one record's retries, not an outage: keep the breaker shut.
+            processor.breaker_failures = 1_000_000;
+            adjust(processor);
+        },
+        |_| {},
+    )
+    .await
+    .expect("pipeline starts")
+}
+
+/// Appends an `ImageUploaded` for a new image to `partition` of the events topic; its original
+/// is the corpus photo, stored first unless `stuck`, in which case an object is stored *under*
+/// its key instead, which makes the key a directory whose GET fails with a 500.
+async fn upload_to(
+    pipeline: &Pipeline,
+    producer: &FutureProducer,
+    partition: i32,
+    stuck: bool,
+) -> Uuid {
+    let photo = photo();
+    let image_id = Uuid::now_v7();
+    let original_key = pipeline.store.original_key(image_id);
+    if stuck {
+        pipeline
+            .store
+            .put(
+                &format!("{original_key}/blocker"),
+                b"x".to_vec().into(),
+                "text/plain",
+            )
+            .await
+            .unwrap();
+    } else {
+        pipeline
+            .store
+            .put(&original_key, photo.clone().into(), "image/jpeg")
+            .await
+            .unwrap();
+    }
+    let uploaded = Event::new(
+        image_id,
+        format!("req-{image_id}"),
+        None,
+        Producer {
+            service: "test".into(),
+            version: "0".into(),
+        },
+        ImageUploaded {
+            owner: "client-a".into(),
+            original_key,
+            format: "jpeg".into(),
+            bytes: photo.len() as i64,
+            sha256: "00".repeat(32),
+            width: 2560,
+            height: 1600,
+            metadata: Default::default(),
+        },
+    );
+    let key = image_id.to_string();
+    let payload = imgpipe_schemas::encode(&uploaded).unwrap();
+    let delivery = producer
+        .send(
+            FutureRecord::to(&pipeline.kafka.topics().events)
+                .partition(partition)
+                .key(&key)
+                .payload(&payload),
+            Duration::from_secs(10),
+        )
+        .await
+        .unwrap();
+    assert_eq!(delivery.partition, partition);
+    image_id
+}
+
+/// Takes the fault away: the object under the key, the directory, then the original itself.
+async fn unblock(pipeline: &Pipeline, image_id: Uuid) {
+    let original_key = pipeline.store.original_key(image_id);
+    pipeline
+        .store
+        .delete(&format!("{original_key}/blocker"))
+        .await
+        .unwrap();
+    pipeline
+        .store
+        .delete(&format!("{original_key}/"))
+        .await
+        .unwrap();
+    pipeline
+        .store
+        .put(&original_key, photo().into(), "image/jpeg")
+        .await
+        .unwrap();
+}
+
+fn partitions(pipeline: &Pipeline) -> i32 {
+    let consumer: BaseConsumer = pipeline
+        .kafka
+        .client_config("partition-count")
+        .create()
+        .unwrap();
+    let topic = pipeline.kafka.topics().events;
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), Duration::from_secs(10))
+        .unwrap();
+    metadata.topics()[0].partitions().len() as i32
+}
+
+/// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
+async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
+    let text = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.processor_ops_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+/// Waits until the processor has met at least `count` storage errors.
+async fn wait_for_storage_errors(pipeline: &Pipeline, count: f64) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while metric(pipeline, names::STORAGE_ERRORS).await < count {
+        assert!(
+            Instant::now() < deadline,
+            "the processor did not try the stuck image within 120 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn status(pipeline: &Pipeline, image_id: Uuid) -> String {
+    let (code, body) = pipeline.image(&image_id.to_string()).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    body["status"].as_str().unwrap().to_string()
+}
+
+/// Polls until the read model knows the image (its `ImageUploaded` was projected).
+async fn wait_until_known(pipeline: &Pipeline, image_id: Uuid) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pipeline.image(&image_id.to_string()).await.unwrap().0 != 200 {
+        assert!(Instant::now() < deadline, "{image_id} never projected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn header(message: &impl Message, key: &str) -> Option<String> {
+    message.headers().and_then(|headers| {
+        headers
+            .iter()
+            .find(|h| h.key == key)
+            .and_then(|h| h.value)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_in_retry_holds_up_only_its_own_partition() {
+    let pipeline = start(|_| {}).await;
+    let producer: FutureProducer = pipeline.kafka.client_config("uploader").create().unwrap();
+    let partition_count = partitions(&pipeline);
+    assert!(
+        partition_count >= 2,
+        "the test needs two partitions or more"
+    );
+
+    // The stuck image first, and only once the processor is retrying it the rest: one image
+    // behind it on its partition and one on every other partition.
+    let stuck = upload_to(&pipeline, &producer, 0, true).await;
+    wait_for_storage_errors(&pipeline, 1.0).await;
+    let behind = upload_to(&pipeline, &producer, 0, false).await;
+    let mut others = Vec::new();
+    for partition in 1..partition_count {
+        others.push(upload_to(&pipeline, &producer, partition, false).await);
+    }
+
+    for id in &others {
+        let image = pipeline
+            .wait_until_settled(&id.to_string(), SETTLE)
+            .await
+            .unwrap();
+        assert_eq!(image["status"], "ready", "{image}");
+    }
+    // The stuck image cannot have completed, and its partition kept its order: the image
+    // behind it waits. Both are still being retried, not failed.
+    wait_until_known(&pipeline, behind).await;
+    assert_eq!(status(&pipeline, stuck).await, "uploaded");
+    assert_eq!(status(&pipeline, behind).await, "uploaded");
+    let errors = metric(&pipeline, names::STORAGE_ERRORS).await;
+    wait_for_storage_errors(&pipeline, errors + 1.0).await;
+
+    unblock(&pipeline, stuck).await;
+    for id in [stuck, behind] {
+        let image = pipeline
+            .wait_until_settled(&id.to_string(), SETTLE)
+            .await
+            .unwrap();
+        assert_eq!(image["status"], "ready", "{image}");
+    }
+    let (types, _) = pipeline.timeline(&stuck.to_string()).await.unwrap();
+    assert_eq!(types, ["ImageUploaded", "ImageProcessed"]);
+    assert!(metric(&pipeline, names::IMAGES_PROCESSED).await >= (others.len() + 2) as f64);
+    pipeline.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_image_out_of_attempts_is_dead_lettered_and_its_partition_moves_on() {
+    let pipeline = start(|processor| processor.max_attempts = 3).await;
+    let producer: FutureProducer = pipeline.kafka.client_config("uploader").create().unwrap();
+
+    let stuck = upload_to(&pipeline, &producer, 0, true).await;
+    let behind = upload_to(&pipeline, &producer, 0, false).await;
+    let elsewhere = upload_to(&pipeline, &producer, 1, false).await;
+    for id in [behind, elsewhere] {
+        let image = pipeline
+            .wait_until_settled(&id.to_string(), SETTLE)
+            .await
+            .unwrap();
+        assert_eq!(image["status"], "ready", "{image}");
+    }
+    // Dead-lettered, so neither processed nor failed: `imgpipe redrive` brings it back.
+    assert_eq!(status(&pipeline, stuck).await, "uploaded");
+
+    let topics = pipeline.kafka.topics();
+    let consumer: BaseConsumer = pipeline
+        .kafka
+        .client_config("dlq-reader")
+        .set("group.id", "dlq-reader")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut assignment = TopicPartitionList::new();
+    assignment
+        .add_partition_offset(&topics.dead_letter, 0, Offset::Beginning)
+        .unwrap();
+    consumer.assign(&assignment).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let letter = loop {
+        assert!(Instant::now() < deadline, "no dead letter within 60 s");
+        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
+            break message.unwrap().detach();
+        }
+    };
+    assert_eq!(letter.key(), Some(stuck.to_string().as_bytes()));
+    assert_eq!(header(&letter, dlq::ATTEMPTS).unwrap(), "3");
+    assert_eq!(header(&letter, dlq::ERROR_CLASS).unwrap(), "storage");
+    assert_eq!(header(&letter, dlq::ORIGINAL_PARTITION).unwrap(), "0");
+    assert_eq!(
+        header(&letter, dlq::CONSUMER_GROUP).unwrap(),
+        pipeline.kafka.group_id("imgpipe-processor")
+    );
+    assert!(metric(&pipeline, names::STORAGE_ERRORS).await >= 3.0);
+    pipeline.stop().await.unwrap();
+}
