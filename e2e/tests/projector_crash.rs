@@ -157,6 +157,7 @@ impl Life {
             variants: self.variants(spec),
             dominant_color: Some(format!("#0{spec}0{spec}0{spec}")),
             blurhash: (spec > 1).then(|| "LKO2?U%2Tw=w]~RBVZRi};RPxuwH".into()),
+            animated: spec == 3,
         }
     }
 

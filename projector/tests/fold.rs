@@ -54,6 +54,7 @@ fn random_payload(rng: &mut fastrand::Rng, image_id: Uuid, uploads: &mut u32) ->
                 variants: vec![variant("thumb", spec, 256), variant("large", spec, 2048)],
                 dominant_color: rng.bool().then(|| format!("#00000{spec}")),
                 blurhash: rng.bool().then(|| "LKO2?U%2Tw=w]~RBVZRi};RPxuwH".into()),
+                animated: rng.bool(),
             }
             .into()
         }
@@ -101,7 +102,7 @@ fn random_payload(rng: &mut fastrand::Rng, image_id: Uuid, uploads: &mut u32) ->
 async fn projected(pool: &PgPool, image_id: Uuid) -> Option<ImageState> {
     let row = sqlx::query(
         "SELECT owner, original_key, status, format, bytes, sha256, width, height, spec_version,
-                dominant_color, blurhash, metadata, failure_code, failure_reason, uploaded_at,
+                dominant_color, blurhash, animated, metadata, failure_code, failure_reason, uploaded_at,
                 updated_at
          FROM images WHERE image_id = $1",
     )
@@ -152,6 +153,7 @@ async fn projected(pool: &PgPool, image_id: Uuid) -> Option<ImageState> {
         spec_version: row.get("spec_version"),
         dominant_color: row.get("dominant_color"),
         blurhash: row.get("blurhash"),
+        animated: row.get("animated"),
         metadata,
         failure_code: row.get("failure_code"),
         failure_reason: row.get("failure_reason"),

@@ -99,6 +99,7 @@ mod tests {
                 }],
                 dominant_color: Some("#102030".into()),
                 blurhash: None,
+                animated: true,
             }
             .into(),
             ImageFailed {

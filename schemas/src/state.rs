@@ -51,6 +51,8 @@ pub struct ImageState {
     pub spec_version: Option<i32>,
     pub dominant_color: Option<String>,
     pub blurhash: Option<String>,
+    /// The original has several frames (the variants show the first).
+    pub animated: bool,
     pub metadata: BTreeMap<String, String>,
     pub failure_code: Option<String>,
     pub failure_reason: Option<String>,
@@ -89,6 +91,7 @@ impl ImageState {
                     spec_version: None,
                     dominant_color: None,
                     blurhash: None,
+                    animated: false,
                     metadata: uploaded
                         .metadata
                         .iter()
@@ -116,6 +119,7 @@ impl ImageState {
                 image.height = processed.original_height;
                 image.dominant_color.clone_from(&processed.dominant_color);
                 image.blurhash.clone_from(&processed.blurhash);
+                image.animated = processed.animated;
                 image.failure_code = None;
                 image.failure_reason = None;
                 image.updated_at = occurred_at;
@@ -203,6 +207,7 @@ mod tests {
             variants: vec![variant("thumb", spec, 256), variant("large", spec, 2048)],
             dominant_color: Some(format!("#00000{spec}")),
             blurhash: Some("LKO2?U%2Tw=w]~RBVZRi};RPxuwH".into()),
+            animated: spec == 2,
         }
         .into()
     }

@@ -104,6 +104,7 @@ fn response(image_id: Uuid, folded: ImageState, as_of: OffsetDateTime) -> ImageS
         spec_version: folded.spec_version,
         dominant_color: folded.dominant_color,
         blurhash: folded.blurhash,
+        animated: folded.animated,
         metadata: sqlx::types::Json(folded.metadata),
         failure_code: folded.failure_code,
         failure_reason: folded.failure_reason,
