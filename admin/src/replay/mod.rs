@@ -175,6 +175,11 @@ impl Summary {
         self.images.iter().filter(|l| l.skipped.is_none()).count() as u64
     }
 
+    /// Whether the run appended any request (the correlation id then names them).
+    pub fn appended(&self) -> bool {
+        self.images.iter().any(|l| l.request.is_some())
+    }
+
     pub fn skipped(&self) -> BTreeMap<Skip, u64> {
         let mut counts = BTreeMap::new();
         for skip in self.images.iter().filter_map(|l| l.skipped) {
@@ -228,7 +233,7 @@ impl Summary {
             "dry_run": self.dry_run,
             "selection": self.selection,
             "spec_version": self.spec_version,
-            "correlation_id": self.correlation_id,
+            "correlation_id": self.appended().then_some(&self.correlation_id),
             "records_scanned": self.records_scanned,
             "undecodable_records": self.undecodable_records,
             "images_in_log": self.images_in_log,
@@ -256,7 +261,7 @@ impl Summary {
         }
         writeln!(out, "{:<26}{}", "selection", self.selection)?;
         writeln!(out, "{:<26}{}", "spec version", self.spec_version)?;
-        if !self.dry_run {
+        if self.appended() {
             writeln!(out, "{:<26}{}", "correlation id", self.correlation_id)?;
         }
         let mut rows = vec![
