@@ -2,18 +2,16 @@
 //! services.
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
+use imgpipe_admin::{events, orphans, progress, redrive, replay};
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
 use imgpipe_ingest::auth::{ApiKeys, ClientLimits, Scope};
 use rand::RngCore;
+use time::OffsetDateTime;
 use uuid::Uuid;
-
-mod events;
-mod orphans;
-mod redrive;
 
 #[derive(Parser)]
 #[command(name = "imgpipe", version, about = "Operate an imgpipe deployment")]
@@ -94,6 +92,13 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = orphans::parse_duration)]
         lag_wait: std::time::Duration,
     },
+    /// Re-run history, safely: `reprocess` makes images' variants again with the current
+    /// spec, `redrive` puts dead letters back. Each has --dry-run, draws a progress bar on
+    /// stderr and prints a summary on stdout (--json for one JSON object).
+    Replay {
+        #[command(subcommand)]
+        command: ReplayCommand,
+    },
     /// Mint a new API key for a client: prints the key (give it to the client) and the
     /// IMGPIPE_INGEST_API_KEYS entry (give it to ingest).
     ApiKey {
@@ -113,6 +118,76 @@ enum Command {
         /// A key that may only read (GET, HEAD); uploads and deletes get 403.
         #[arg(long)]
         read_only: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReplayCommand {
+    /// Append one ReprocessRequested per selected image (keyed by image id, one correlation
+    /// id for the run); the processor answers each with variants of the spec it runs now.
+    ///
+    /// The whole events topic is read once to select images by their upload records'
+    /// timestamps and to learn each one's latest result, so the read model's lag does not
+    /// matter. Skipped unless --force: images already processed with the current spec
+    /// version, images still waiting for a result. Skipped unless --include-failed: failed
+    /// images. Deleted images are never requested. So a second identical run appends nothing.
+    #[command(
+        verbatim_doc_comment,
+        group(ArgGroup::new("selection").required(true).multiple(true).args(["image", "from", "to", "all"]))
+    )]
+    Reprocess {
+        /// One image.
+        #[arg(long, conflicts_with_all = ["from", "to", "all"])]
+        image: Option<Uuid>,
+        /// Images uploaded at or after this RFC 3339 time (by record timestamp).
+        #[arg(long, value_parser = replay::parse_time)]
+        from: Option<OffsetDateTime>,
+        /// Images uploaded before this RFC 3339 time (by record timestamp).
+        #[arg(long, value_parser = replay::parse_time)]
+        to: Option<OffsetDateTime>,
+        /// Every image.
+        #[arg(long, conflicts_with_all = ["from", "to"])]
+        all: bool,
+        /// Why; recorded in every request.
+        #[arg(long, default_value = "operator replay")]
+        reason: String,
+        /// Who; recorded in every request. Default: $USER.
+        #[arg(long)]
+        requested_by: Option<String>,
+        /// The spec version the processors run. Default: IMGPIPE_PROCESSOR_SPEC_VERSION, read
+        /// (with IMGPIPE_PROCESSOR_VARIANTS, which must be valid) as the processor reads it.
+        #[arg(long)]
+        spec_version: Option<i32>,
+        /// Scan and select; append nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Request images that are up to date or waiting for a result too.
+        #[arg(long)]
+        force: bool,
+        /// Request failed images too.
+        #[arg(long)]
+        include_failed: bool,
+        /// After appending, follow the log until every request has its result (or the wait
+        /// times out), and count processed and failed.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, value_name = "SECS", default_value_t = 600)]
+        wait_timeout: u64,
+        /// The summary (with one entry per selected image) as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The same as `imgpipe redrive`: dead letters back to the topic they came from.
+    Redrive {
+        /// Only this image's dead letters; the others stay for a later run.
+        #[arg(long)]
+        image: Option<Uuid>,
+        /// List what would move; move and commit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The summary (and the records moved) as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -176,22 +251,12 @@ async fn main() -> anyhow::Result<()> {
             json,
             progress_every,
         } => {
-            let config = KafkaConfig::from_env()?;
-            let codec = EventCodec::reader(&RegistryConfig::from_env()?);
             let options = redrive::Options {
                 image,
                 dry_run,
                 progress_every,
             };
-            let summary =
-                redrive::redrive(&config, &codec, &options, &mut std::io::stderr()).await?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                use std::io::Write;
-                writeln!(out, "{}", summary.to_json())?;
-            } else {
-                summary.write_table(&mut out)?;
-            }
+            run_redrive(&options, json, &mut std::io::stderr()).await?;
         }
         Command::Orphans {
             grace,
@@ -214,6 +279,7 @@ async fn main() -> anyhow::Result<()> {
             options.lag_wait = lag_wait;
             orphans::run(&backend, &options, json).await?;
         }
+        Command::Replay { command } => run_replay(command).await?,
         Command::ApiKey {
             client,
             plain,
@@ -272,6 +338,100 @@ fn mint_api_key(
         "the entry {entry:?} does not parse back to client {client:?}"
     );
     Ok((key, entry))
+}
+
+async fn run_redrive(
+    options: &redrive::Options,
+    json: bool,
+    progress: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    use std::io::Write;
+    let config = KafkaConfig::from_env()?;
+    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
+    let summary = redrive::redrive(&config, &codec, options, progress).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", summary.to_json())?;
+    } else {
+        summary.write_table(&mut out)?;
+    }
+    Ok(())
+}
+
+async fn run_replay(command: ReplayCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    match command {
+        ReplayCommand::Reprocess {
+            image,
+            from,
+            to,
+            all,
+            reason,
+            requested_by,
+            spec_version,
+            dry_run,
+            force,
+            include_failed,
+            wait,
+            wait_timeout,
+            json,
+        } => {
+            let selection = match (image, all) {
+                (Some(image), _) => replay::Selection::Image(image),
+                (None, true) => replay::Selection::All,
+                (None, false) => replay::Selection::Range { from, to },
+            };
+            let spec_version = match spec_version {
+                Some(version) => version,
+                None => {
+                    imgpipe_processor::config::ProcessorSettings::from_env()?
+                        .spec()
+                        .context("the processor's variant spec (IMGPIPE_PROCESSOR_*)")?
+                        .version
+                }
+            };
+            let options = replay::ReprocessOptions {
+                selection,
+                spec_version,
+                reason,
+                requested_by: requested_by
+                    .or_else(|| std::env::var("USER").ok())
+                    .unwrap_or_else(|| "operator".into()),
+                dry_run,
+                force,
+                include_failed,
+                wait: wait.then(|| std::time::Duration::from_secs(wait_timeout)),
+                show_progress: true,
+            };
+            let summary = replay::reprocess(
+                &KafkaConfig::from_env()?,
+                &RegistryConfig::from_env()?,
+                &options,
+            )
+            .await?;
+            let mut out = std::io::stdout().lock();
+            if json {
+                writeln!(out, "{}", summary.to_json())?;
+            } else {
+                summary.write_table(&mut out)?;
+            }
+        }
+        ReplayCommand::Redrive {
+            image,
+            dry_run,
+            json,
+        } => {
+            let options = redrive::Options {
+                image,
+                dry_run,
+                progress_every: 1,
+            };
+            let mut spinner = progress::LineSpinner::new(true);
+            run_redrive(&options, json, &mut spinner).await?;
+            spinner.finish();
+        }
+    }
+    Ok(())
 }
 
 async fn migrate() -> anyhow::Result<()> {
@@ -354,6 +514,33 @@ async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replay_reprocess_needs_exactly_one_kind_of_selection() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["imgpipe", "replay", "reprocess"]
+                    .iter()
+                    .chain(args)
+                    .copied(),
+            )
+        };
+        assert!(parse(&[]).is_err(), "a selection is required");
+        assert!(parse(&["--all"]).is_ok());
+        assert!(parse(&["--image", "0193a0b4-0000-7000-8000-000000000000"]).is_ok());
+        assert!(parse(&[
+            "--from",
+            "2026-11-22T06:00:00Z",
+            "--to",
+            "2026-11-22T07:00:00Z"
+        ])
+        .is_ok());
+        assert!(parse(&["--from", "2026-11-22T06:00:00Z"]).is_ok());
+        assert!(parse(&["--all", "--from", "2026-11-22T06:00:00Z"]).is_err());
+        assert!(parse(&["--image", "0193a0b4-0000-7000-8000-000000000000", "--all"]).is_err());
+        assert!(parse(&["--from", "yesterday"]).is_err());
+        assert!(Cli::try_parse_from(["imgpipe", "replay", "redrive", "--dry-run"]).is_ok());
+    }
 
     #[test]
     fn a_minted_entry_carries_its_options_and_authenticates_its_key() {

@@ -60,6 +60,9 @@ pub struct Pipeline {
     s3: S3Config,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
+    /// The in-process processor's settings, its own stop token and task, so that
+    /// [`Pipeline::restart_processor`] can replace it.
+    processor: Option<(imgpipe_processor::Config, CancellationToken, JoinHandle<()>)>,
 }
 
 impl Pipeline {
@@ -241,7 +244,7 @@ impl Pipeline {
             .map(|p| format!("http://127.0.0.1:{}", p.ops_port()))
             .unwrap_or_default();
         let projector = imgpipe_projector::Projector::build(&projector_config).await?;
-        let mut tasks = vec![
+        let tasks = vec![
             tokio::spawn({
                 let shutdown = shutdown.clone();
                 async move {
@@ -255,14 +258,11 @@ impl Pipeline {
                 }
             }),
         ];
-        if let Some(processor) = processor {
-            tasks.push(tokio::spawn({
-                let shutdown = shutdown.clone();
-                async move {
-                    processor.run(shutdown).await.expect("processor runs");
-                }
-            }));
-        }
+        let processor = processor.map(|processor| {
+            let stop = shutdown.child_token();
+            let task = spawn_processor(processor, stop.clone());
+            (processor_config, stop, task)
+        });
         Ok(Self {
             namespace,
             base_url,
@@ -281,7 +281,29 @@ impl Pipeline {
             processor_ops_url,
             shutdown,
             tasks,
+            processor,
         })
+    }
+
+    /// Stops the in-process processor (it leaves its consumer group) and starts another with
+    /// its settings adjusted: a new variant spec, say. Nothing is lost in between: the group's
+    /// committed offsets carry over.
+    pub async fn restart_processor(
+        &mut self,
+        adjust: impl FnOnce(&mut imgpipe_processor::config::ProcessorSettings),
+    ) -> anyhow::Result<()> {
+        let Some((mut config, stop, task)) = self.processor.take() else {
+            bail!("this pipeline runs no in-process processor");
+        };
+        stop.cancel();
+        task.await.context("the processor task panicked")?;
+        adjust(&mut config.processor);
+        let processor = imgpipe_processor::Processor::build(&config).await?;
+        self.processor_ops_url = format!("http://127.0.0.1:{}", processor.ops_port());
+        let stop = self.shutdown.child_token();
+        let task = spawn_processor(processor, stop.clone());
+        self.processor = Some((config, stop, task));
+        Ok(())
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -364,7 +386,8 @@ impl Pipeline {
     /// flight, and unique names keep later runs apart anyway.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
-        for task in self.tasks {
+        let processor = self.processor.map(|(_, _, task)| task);
+        for task in self.tasks.into_iter().chain(processor) {
             task.await.context("a service task panicked")?;
         }
         let pool = self.database.pool()?;
@@ -373,4 +396,13 @@ impl Pipeline {
             .await?;
         Ok(())
     }
+}
+
+fn spawn_processor(
+    processor: imgpipe_processor::Processor,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        processor.run(stop).await.expect("processor runs");
+    })
 }

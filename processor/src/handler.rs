@@ -8,8 +8,7 @@ use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::InfraError;
 use imgpipe_schemas::{
-    Event, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted, Payload,
-    Producer, Variant,
+    Event, ImageDeleted, ImageFailed, ImageProcessed, ObjectsDeleted, Payload, Producer, Variant,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -42,11 +41,21 @@ impl EventHandler for VariantHandler {
         match &event.payload {
             Payload::ImageUploaded(uploaded) => {
                 let _in_flight = self.metrics.in_flight();
-                self.process(event, uploaded).await
+                self.process(event, &uploaded.original_key).await
+            }
+            // A replay: the same work as for the upload, with the spec this processor has now,
+            // so the result carries the current spec version. The result's causation is the
+            // request, which names the original (it may lie far back in the log).
+            Payload::ReprocessRequested(request) => {
+                let _in_flight = self.metrics.in_flight();
+                self.process(event, &request.original_key).await
             }
             Payload::ImageDeleted(deleted) => self.remove_objects(event, deleted).await,
-            // Results, audits and deletions are not the variant maker's to act on (yet).
-            _ => Ok(()),
+            // Results and audits are not the variant maker's to act on.
+            Payload::ImageProcessed(_)
+            | Payload::ImageFailed(_)
+            | Payload::ObjectsDeleted(_)
+            | Payload::OrphanRemoved(_) => Ok(()),
         }
     }
 
@@ -97,9 +106,11 @@ impl VariantHandler {
             .map_err(|error| HandlerError::transient("storage", error))
     }
 
-    async fn process(&self, event: &Event, uploaded: &ImageUploaded) -> Result<(), HandlerError> {
+    /// Makes the variants of the original at `original_key` and announces the result as a
+    /// reaction to `event` (an upload or a reprocess request).
+    async fn process(&self, event: &Event, original_key: &str) -> Result<(), HandlerError> {
         let download = StageTimer::start(&self.metrics, Stage::Download);
-        let original = self.storage(self.store.get(&uploaded.original_key)).await?;
+        let original = self.storage(self.store.get(original_key)).await?;
         download.done();
         let original = match original {
             Ok(bytes) => bytes,
@@ -108,7 +119,7 @@ impl VariantHandler {
                     .fail(
                         event,
                         "original-missing",
-                        format!("{}: {error}", uploaded.original_key),
+                        format!("{original_key}: {error}"),
                     )
                     .await;
             }

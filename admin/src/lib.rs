@@ -1,0 +1,8 @@
+//! The `imgpipe` operator command as a library: `main.rs` parses the command line and calls
+//! in here, and the end-to-end tests call the same functions against the real stack.
+
+pub mod events;
+pub mod orphans;
+pub mod progress;
+pub mod redrive;
+pub mod replay;
