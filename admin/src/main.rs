@@ -12,6 +12,7 @@ use rand::RngCore;
 use uuid::Uuid;
 
 mod events;
+mod rebuild;
 mod redrive;
 
 #[derive(Parser)]
@@ -61,6 +62,20 @@ enum Command {
         /// A progress line on stderr every N records scanned (0: none).
         #[arg(long, value_name = "N", default_value_t = 1000)]
         progress_every: u64,
+    },
+    /// Rebuild the read models from the log: replay every event from offset 0 into
+    /// `<schema>_next` while the live tables keep serving, swap it in atomically once it has
+    /// caught up with the live projector, then drop the old tables. Ingest's own state
+    /// (Idempotency-Key reservations) moves across as it is. Progress goes to stderr, the
+    /// summary (records, per partition, rows per table) to stdout.
+    #[command(verbatim_doc_comment)]
+    Rebuild {
+        /// Replay into `<schema>_next`, show its row counts beside the live ones, drop it.
+        #[arg(long)]
+        dry_run: bool,
+        /// The summary as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Mint a new API key for a client: prints the key (give it to the client) and the
     /// IMGPIPE_INGEST_API_KEYS entry (give it to ingest).
@@ -160,6 +175,16 @@ async fn main() -> anyhow::Result<()> {
             } else {
                 summary.write_table(&mut out)?;
             }
+        }
+        Command::Rebuild { dry_run, json } => {
+            let config = imgpipe_projector::Config::from_env()?;
+            let options = imgpipe_projector::rebuild::Options {
+                dry_run,
+                ..Default::default()
+            };
+            rebuild::run(&config, &options, json)
+                .await
+                .context("rebuilding the read models")?;
         }
         Command::ApiKey {
             client,

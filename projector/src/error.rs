@@ -8,4 +8,8 @@ pub enum ProjectorError {
     Migration(#[from] sqlx::migrate::MigrateError),
     #[error("ops endpoint: {0}")]
     Io(#[from] std::io::Error),
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("rebuild: {0}")]
+    Rebuild(String),
 }
