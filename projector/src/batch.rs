@@ -237,16 +237,16 @@ async fn apply_behind_savepoint(
     event: &Event,
     position: &RecordPosition,
 ) -> Result<Result<bool, sqlx::Error>, sqlx::Error> {
-    sqlx::raw_sql("SAVEPOINT event").execute(&mut *tx).await?;
+    sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
     match db::apply(&mut *tx, event, position).await {
         Ok(applied) => {
-            sqlx::raw_sql("RELEASE SAVEPOINT event")
+            sqlx::query("RELEASE SAVEPOINT event")
                 .execute(&mut *tx)
                 .await?;
             Ok(Ok(applied))
         }
         Err(error) if is_permanent(&error) => {
-            sqlx::raw_sql("ROLLBACK TO SAVEPOINT event")
+            sqlx::query("ROLLBACK TO SAVEPOINT event")
                 .execute(&mut *tx)
                 .await?;
             Ok(Err(error))

@@ -28,7 +28,7 @@ pub(crate) fn watermarks<C: ClientContext>(
     client: &Client<C>,
     topic: &str,
 ) -> KafkaResult<std::collections::BTreeMap<i32, (i64, i64)>> {
-    let timeout = Duration::from_secs(5);
+    let timeout = Duration::from_secs(10);
     let metadata = client.fetch_metadata(Some(topic), timeout)?;
     let mut marks = std::collections::BTreeMap::new();
     for partition in metadata

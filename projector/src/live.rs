@@ -177,14 +177,7 @@ async fn resync(
 ) -> bool {
     let mut backoff = Backoff::default();
     loop {
-        let attempt = async {
-            let stored = positions::load(&applier.pool, &applier.topic)
-                .await
-                .map_err(|e| e.to_string())?;
-            positions.replace(stored.clone());
-            seek(consumer, &applier.topic, &stored).await
-        };
-        match attempt.await {
+        match reload_and_seek(consumer, applier, positions).await {
             Ok(()) => return true,
             Err(error) => {
                 let delay = backoff.next();
@@ -196,6 +189,18 @@ async fn resync(
             }
         }
     }
+}
+
+async fn reload_and_seek(
+    consumer: &Arc<LiveConsumer>,
+    applier: &Applier,
+    positions: &SharedPositions,
+) -> Result<(), String> {
+    let stored = positions::load(&applier.pool, &applier.topic)
+        .await
+        .map_err(|e| e.to_string())?;
+    positions.replace(stored.clone());
+    seek(consumer, &applier.topic, &stored).await
 }
 
 async fn seek(

@@ -4,13 +4,13 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use sqlx::{PgConnection, PgExecutor};
+use sqlx::{PgConnection, PgPool};
 
 /// Partition -> next offset to apply. A partition without an entry starts at the beginning.
 pub type PositionMap = BTreeMap<i32, i64>;
 
 /// Every stored position of `topic`.
-pub async fn load<'c>(db: impl PgExecutor<'c>, topic: &str) -> Result<PositionMap, sqlx::Error> {
+pub async fn load(db: &PgPool, topic: &str) -> Result<PositionMap, sqlx::Error> {
     let rows: Vec<(i32, i64)> =
         sqlx::query_as("SELECT partition, next_offset FROM projection_positions WHERE topic = $1")
             .bind(topic)

@@ -166,6 +166,7 @@ pub async fn run(
 
     let mut replay = Replay::start(config, options, next_pool.clone(), topic.clone()).await?;
     progress.phase(Phase::Replaying);
+    tracing::info!(schema = %live.schema, into = %next.schema, "rebuild replaying the log");
     let swapped = loop {
         replay.until_caught_up(&live_pool, progress).await?;
         if options.dry_run {
@@ -280,7 +281,20 @@ impl Replay {
             .set("enable.partition.eof", "false")
             .create()?;
         let consumer = Arc::new(consumer);
-        let marks = watermarks(&consumer, &topic).await?;
+        let mut attempts = 0;
+        let marks = loop {
+            attempts += 1;
+            match watermarks(&consumer, &topic).await {
+                Ok(marks) if !marks.is_empty() => break marks,
+                Ok(_) if attempts >= 5 => {
+                    return Err(ProjectorError::Rebuild(format!(
+                        "topic {topic} has no partitions"
+                    )))
+                }
+                Err(error) if attempts >= 5 => return Err(error),
+                _ => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
         let mut assignment = TopicPartitionList::new();
         for &partition in marks.keys() {
             assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
@@ -315,11 +329,20 @@ impl Replay {
                 continue;
             }
             checked = Instant::now();
-            let marks = watermarks(&self.consumer, &self.applier.topic).await?;
-            let total: i64 = marks.values().map(|(low, high)| high - low).sum();
-            progress.records(self.done(), total.max(0) as u64);
+            // Only for the progress bar: a broker slow to answer costs a frame, not the rebuild.
+            match watermarks(&self.consumer, &self.applier.topic).await {
+                Ok(marks) => {
+                    let total: i64 = marks.values().map(|(low, high)| high - low).sum();
+                    progress.records(self.done(), total.max(0) as u64);
+                }
+                Err(error) => tracing::debug!(error = %error, "no watermarks for the progress"),
+            }
             let live = positions::load(live_pool, &self.applier.topic).await?;
             if self.caught_up(&live) {
+                tracing::info!(
+                    records = self.total.records, positions = ?self.positions,
+                    "rebuild caught up with the live projector"
+                );
                 return Ok(());
             }
         }
