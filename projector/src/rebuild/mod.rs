@@ -32,6 +32,9 @@ pub const PROJECTIONS: &[&str] = &["images", "variants", "image_events", "projec
 /// moves them into the new schema as they are. A table in neither list stops a rebuild
 /// before it changes anything, so a new table is never silently dropped or rebuilt empty.
 pub const KEPT: &[&str] = &["idempotency_keys"];
+/// How many records the replay may still lack when the swap starts: the swap applies them
+/// while it holds the live projector still, so this bounds how long that lasts.
+const SWAP_SLACK: i64 = 200;
 /// sqlx's record of applied migrations; the new schema has its own.
 const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
 
@@ -168,7 +171,9 @@ pub async fn run(
     progress.phase(Phase::Replaying);
     tracing::info!(schema = %live.schema, into = %next.schema, "rebuild replaying the log");
     let swapped = loop {
-        replay.until_caught_up(&live_pool, progress).await?;
+        // A dry run swaps nothing, so it replays all the way to the live positions.
+        let slack = if options.dry_run { 0 } else { SWAP_SLACK };
+        replay.until_caught_up(&live_pool, slack, progress).await?;
         if options.dry_run {
             break false;
         }
@@ -316,34 +321,36 @@ impl Replay {
         })
     }
 
-    /// Replays until every partition's position is at least the live one.
+    /// Replays until it lacks at most `slack` records to be at the live positions, in all: with events appended all the time, the replay rarely matches the live projector
+    /// at one instant, so the swap applies the last few with the live projector held still.
     async fn until_caught_up(
         &mut self,
         live_pool: &PgPool,
+        slack: i64,
         progress: &mut dyn Progress,
     ) -> Result<(), ProjectorError> {
-        let mut checked = Instant::now() - Duration::from_secs(60);
+        let mut reported = Instant::now() - Duration::from_secs(60);
         loop {
-            let applied = self.step(Duration::from_millis(500)).await?;
-            if applied && checked.elapsed() < Duration::from_secs(1) {
-                continue;
-            }
-            checked = Instant::now();
-            // Only for the progress bar: a broker slow to answer costs a frame, not the rebuild.
-            match watermarks(&self.consumer, &self.applier.topic).await {
-                Ok(marks) => {
-                    let total: i64 = marks.values().map(|(low, high)| high - low).sum();
-                    progress.records(self.done(), total.max(0) as u64);
-                }
-                Err(error) => tracing::debug!(error = %error, "no watermarks for the progress"),
-            }
+            let applied = self.step(Duration::from_millis(200)).await?;
             let live = positions::load(live_pool, &self.applier.topic).await?;
-            if self.caught_up(&live) {
+            if self.behind(&live) <= slack {
                 tracing::info!(
                     records = self.total.records, positions = ?self.positions,
-                    "rebuild caught up with the live projector"
+                    live = ?live, "rebuild caught up with the live projector"
                 );
                 return Ok(());
+            }
+            if !applied || reported.elapsed() > Duration::from_secs(1) {
+                reported = Instant::now();
+                // Only for the progress bar: a broker slow to answer costs a frame, not the
+                // rebuild.
+                match watermarks(&self.consumer, &self.applier.topic).await {
+                    Ok(marks) => {
+                        let total: i64 = marks.values().map(|(low, high)| high - low).sum();
+                        progress.records(self.done(), total.max(0) as u64);
+                    }
+                    Err(error) => tracing::debug!(error = %error, "no watermarks for the progress"),
+                }
             }
         }
     }
@@ -407,13 +414,15 @@ impl Replay {
         records
     }
 
-    /// Every partition at or past the `live` position (a partition the live projector has no
-    /// position for has nothing applied yet).
-    pub(crate) fn caught_up(&self, live: &PositionMap) -> bool {
-        live.iter().all(|(partition, &position)| {
-            let low = self.low_watermarks.get(partition).copied().unwrap_or(0);
-            self.positions.get(partition).copied().unwrap_or(low) >= position
-        })
+    /// Records the replay still lacks to be at the `live` positions, over all partitions (a
+    /// partition the live projector has no position for has nothing applied yet).
+    pub(crate) fn behind(&self, live: &PositionMap) -> i64 {
+        live.iter()
+            .map(|(partition, &position)| {
+                let low = self.low_watermarks.get(partition).copied().unwrap_or(0);
+                (position - self.positions.get(partition).copied().unwrap_or(low)).max(0)
+            })
+            .sum()
     }
 
     fn done(&self) -> u64 {

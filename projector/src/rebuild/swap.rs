@@ -149,7 +149,7 @@ pub(super) async fn swap(
     .await?;
     let live_positions: PositionMap = rows.into_iter().collect();
     let deadline = Instant::now() + catch_up;
-    while !replay.caught_up(&live_positions) {
+    while replay.behind(&live_positions) > 0 {
         if Instant::now() > deadline {
             tx.rollback().await?;
             return Ok(false);
