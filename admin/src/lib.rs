@@ -4,5 +4,6 @@
 pub mod events;
 pub mod orphans;
 pub mod progress;
+pub mod rebuild;
 pub mod redrive;
 pub mod replay;

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
-use imgpipe_admin::{events, orphans, progress, redrive, replay};
+use imgpipe_admin::{events, orphans, progress, rebuild, redrive, replay};
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
@@ -93,11 +93,26 @@ enum Command {
         lag_wait: std::time::Duration,
     },
     /// Re-run history, safely: `reprocess` makes images' variants again with the current
-    /// spec, `redrive` puts dead letters back. Each has --dry-run, draws a progress bar on
-    /// stderr and prints a summary on stdout (--json for one JSON object).
+    /// spec, `redrive` puts dead letters back, `rebuild` replays the read models. Each has
+    /// --dry-run, draws a progress bar on stderr and prints a summary on stdout (--json for
+    /// one JSON object).
     Replay {
         #[command(subcommand)]
         command: ReplayCommand,
+    },
+    /// Rebuild the read models from the log: replay every event from offset 0 into
+    /// `<schema>_next` while the live tables keep serving, swap it in atomically once it has
+    /// caught up with the live projector, then drop the old tables. Ingest's own state
+    /// (Idempotency-Key reservations) moves across as it is. Progress goes to stderr, the
+    /// summary (records, per partition, rows per table) to stdout.
+    #[command(verbatim_doc_comment)]
+    Rebuild {
+        /// Replay into `<schema>_next`, show its row counts beside the live ones, drop it.
+        #[arg(long)]
+        dry_run: bool,
+        /// The summary as one JSON object.
+        #[arg(long)]
+        json: bool,
     },
     /// Mint a new API key for a client: prints the key (give it to the client) and the
     /// IMGPIPE_INGEST_API_KEYS entry (give it to ingest).
@@ -186,6 +201,16 @@ enum ReplayCommand {
         #[arg(long)]
         dry_run: bool,
         /// The summary (and the records moved) as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild the read models from the log (the same as `imgpipe rebuild`): replay every
+    /// event into `<schema>_next` while the live tables serve, swap atomically, drop the old.
+    Rebuild {
+        /// Replay into `<schema>_next`, show its row counts beside the live ones, drop it.
+        #[arg(long)]
+        dry_run: bool,
+        /// The summary as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -280,6 +305,7 @@ async fn main() -> anyhow::Result<()> {
             orphans::run(&backend, &options, json).await?;
         }
         Command::Replay { command } => run_replay(command).await?,
+        Command::Rebuild { dry_run, json } => run_rebuild(dry_run, json).await?,
         Command::ApiKey {
             client,
             plain,
@@ -358,6 +384,18 @@ async fn run_redrive(
     Ok(())
 }
 
+async fn run_rebuild(dry_run: bool, json: bool) -> anyhow::Result<()> {
+    let config = imgpipe_projector::Config::from_env()?;
+    let options = imgpipe_projector::rebuild::Options {
+        dry_run,
+        ..Default::default()
+    };
+    rebuild::run(&config, &options, json)
+        .await
+        .context("rebuilding the read models")?;
+    Ok(())
+}
+
 async fn run_replay(command: ReplayCommand) -> anyhow::Result<()> {
     use std::io::Write;
     match command {
@@ -416,6 +454,7 @@ async fn run_replay(command: ReplayCommand) -> anyhow::Result<()> {
                 summary.write_table(&mut out)?;
             }
         }
+        ReplayCommand::Rebuild { dry_run, json } => run_rebuild(dry_run, json).await?,
         ReplayCommand::Redrive {
             image,
             dry_run,

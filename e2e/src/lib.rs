@@ -57,6 +57,10 @@ pub struct Pipeline {
     /// The in-process processor's ops endpoint (`/healthz`, `/readyz`, `/metrics`); empty
     /// when the test runs the processor itself ([`Pipeline::start_without_processor`]).
     pub processor_ops_url: String,
+    /// The in-process projector's ops endpoint (`/healthz`, `/readyz`, `/metrics`).
+    pub projector_ops_url: String,
+    /// The in-process projector's configuration (for a test's own rebuild, say).
+    pub projector_config: imgpipe_projector::Config,
     s3: S3Config,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -222,6 +226,7 @@ impl Pipeline {
         let projector_config = imgpipe_projector::Config {
             projector: imgpipe_projector::config::ProjectorSettings {
                 ops_addr: "127.0.0.1:0".into(),
+                ..Default::default()
             },
             kafka: kafka.clone(),
             database: database.clone(),
@@ -244,6 +249,7 @@ impl Pipeline {
             .map(|p| format!("http://127.0.0.1:{}", p.ops_port()))
             .unwrap_or_default();
         let projector = imgpipe_projector::Projector::build(&projector_config).await?;
+        let projector_ops_url = format!("http://127.0.0.1:{}", projector.ops_port());
         let tasks = vec![
             tokio::spawn({
                 let shutdown = shutdown.clone();
@@ -279,6 +285,8 @@ impl Pipeline {
             s3,
             database,
             processor_ops_url,
+            projector_ops_url,
+            projector_config,
             shutdown,
             tasks,
             processor,

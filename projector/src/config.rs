@@ -23,6 +23,28 @@ pub struct ProjectorSettings {
     /// Address of /healthz and /readyz.
     #[serde(default = "default_ops_addr")]
     pub ops_addr: String,
+    /// Most records applied in one Postgres transaction.
+    #[serde(default = "default_batch_max")]
+    pub batch_max: usize,
+    /// How long a batch waits for more records after its first one, in milliseconds.
+    #[serde(default = "default_batch_linger_ms")]
+    pub batch_linger_ms: u64,
+}
+
+impl Default for ProjectorSettings {
+    fn default() -> Self {
+        Self {
+            ops_addr: default_ops_addr(),
+            batch_max: default_batch_max(),
+            batch_linger_ms: default_batch_linger_ms(),
+        }
+    }
+}
+
+impl ProjectorSettings {
+    pub fn batch_linger(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.batch_linger_ms)
+    }
 }
 
 impl FromEnv for ProjectorSettings {
@@ -31,6 +53,16 @@ impl FromEnv for ProjectorSettings {
 
 fn default_ops_addr() -> String {
     "127.0.0.1:18082".into()
+}
+
+fn default_batch_max() -> usize {
+    500
+}
+
+// Short: the API reads what the projector wrote, so a batch waiting for company delays every
+// read-after-upload.
+fn default_batch_linger_ms() -> u64 {
+    10
 }
 
 impl Config {

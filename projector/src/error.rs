@@ -10,4 +10,8 @@ pub enum ProjectorError {
     Io(#[from] std::io::Error),
     #[error("the read model is {lag} events behind the log: nothing is deleted until the projector catches up")]
     ReadModelBehind { lag: u64 },
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("rebuild: {0}")]
+    Rebuild(String),
 }

@@ -39,7 +39,7 @@ impl DeadLetterProducer {
 
     /// Returns once the broker has the copy. Retries until then: losing a record here would
     /// break the promise that every image ends processed or failed.
-    pub(super) async fn send(&self, message: &OwnedMessage, error: &HandlerError, attempts: usize) {
+    pub async fn send(&self, message: &OwnedMessage, error: &HandlerError, attempts: usize) {
         use dead_letter_headers::*;
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();

@@ -12,7 +12,6 @@ use imgpipe_infra::storage::{ObjectInfo, ObjectPage, ObjectStore};
 use imgpipe_infra::{DatabaseConfig, InfraError, KafkaConfig, S3Config};
 use imgpipe_schemas::Event;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Offset, TopicPartitionList};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -89,8 +88,7 @@ pub struct StoreBackend {
     store: ObjectStore,
     events: EventProducer,
     events_topic: String,
-    /// Reads the projector group's committed offsets. It never subscribes, so it never joins
-    /// the group.
+    /// Reads the log's watermarks. It never subscribes, so it never joins a group.
     lag_probe: Arc<BaseConsumer>,
 }
 
@@ -275,56 +273,44 @@ impl Backend for StoreBackend {
     async fn read_model_lag(&self, wait: Duration) -> Result<u64, ProjectorError> {
         let probe = Arc::clone(&self.lag_probe);
         let topic = self.events_topic.clone();
-        tokio::task::spawn_blocking(move || wait_for_group(&probe, &topic, wait))
+        let ends = tokio::task::spawn_blocking(move || log_ends(&probe, &topic))
             .await
-            .map_err(|error| ProjectorError::Io(std::io::Error::other(error)))?
+            .map_err(|error| ProjectorError::Io(std::io::Error::other(error)))??;
+        // The projector's positions commit with its read models (projection_positions), so
+        // they say exactly what the read model has applied; Kafka's committed offsets would
+        // only trail them.
+        let deadline = Instant::now() + wait;
+        loop {
+            let applied = crate::positions::load(&self.pool, &self.events_topic).await?;
+            let lag: i64 = ends
+                .iter()
+                .map(|&(partition, low, high)| {
+                    // No position yet: nothing applied past the log's start.
+                    (high - applied.get(&partition).copied().unwrap_or(low)).max(0)
+                })
+                .sum();
+            if lag == 0 || Instant::now() >= deadline {
+                return Ok(u64::try_from(lag).unwrap_or(0));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 }
 
-/// Takes the log's end on every partition now, then polls the projector group's committed
-/// offsets until they reach it or `wait` passes. Events appended later cannot concern objects
-/// older than the grace period (an upload's event is appended within the produce timeout of
-/// its original being stored), so reaching this end is enough.
-fn wait_for_group(
-    probe: &BaseConsumer,
-    topic: &str,
-    wait: Duration,
-) -> Result<u64, ProjectorError> {
+/// Every partition's (id, low, high) watermarks now. Events appended later cannot concern
+/// objects older than the grace period (an upload's event is appended within the produce
+/// timeout of its original being stored), so reaching these ends is enough.
+fn log_ends(probe: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, ProjectorError> {
     let timeout = Duration::from_secs(5);
     let metadata = probe
         .fetch_metadata(Some(topic), timeout)
         .map_err(InfraError::from)?;
     let mut ends = Vec::new();
-    let mut partitions = TopicPartitionList::new();
     for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
         let (low, high) = probe
             .fetch_watermarks(topic, partition.id(), timeout)
             .map_err(InfraError::from)?;
         ends.push((partition.id(), low, high));
-        partitions.add_partition(topic, partition.id());
     }
-    let deadline = Instant::now() + wait;
-    loop {
-        let committed = probe
-            .committed_offsets(partitions.clone(), timeout)
-            .map_err(InfraError::from)?;
-        let lag: i64 = ends
-            .iter()
-            .map(|&(partition, low, high)| {
-                let done = match committed
-                    .find_partition(topic, partition)
-                    .map(|p| p.offset())
-                {
-                    Some(Offset::Offset(offset)) => offset,
-                    // Never committed: nothing applied past the log's start.
-                    _ => low,
-                };
-                (high - done).max(0)
-            })
-            .sum();
-        if lag == 0 || Instant::now() >= deadline {
-            return Ok(u64::try_from(lag).unwrap_or(0));
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    Ok(ends)
 }

@@ -1,0 +1,101 @@
+//! `imgpipe rebuild`: the read models replayed from the log into new tables and swapped in,
+//! with a progress bar on stderr and a summary on stdout.
+
+use std::io::Write;
+use std::time::Duration;
+
+use imgpipe_projector::rebuild::{self, Phase, Progress, Summary};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// Draws the rebuild's progress on stderr (hidden when stderr is not a terminal).
+struct Bar {
+    bar: ProgressBar,
+}
+
+impl Bar {
+    fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg:<10} [{elapsed_precise}] {wide_bar} {pos}/{len} records ({per_sec}, eta {eta})",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.enable_steady_tick(Duration::from_millis(200));
+        Self { bar }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
+
+impl Progress for Bar {
+    fn phase(&mut self, phase: Phase) {
+        let name = match phase {
+            Phase::Preparing => "preparing",
+            Phase::Replaying => "replaying",
+            Phase::Swapping => "swapping",
+            Phase::Dropping => "dropping",
+        };
+        self.bar.set_message(name);
+    }
+
+    fn records(&mut self, done: u64, total: u64) {
+        self.bar.set_length(total.max(done));
+        self.bar.set_position(done);
+    }
+}
+
+pub async fn run(
+    config: &imgpipe_projector::Config,
+    options: &rebuild::Options,
+    json: bool,
+) -> anyhow::Result<Summary> {
+    let mut bar = Bar::new();
+    let result = rebuild::run(config, options, &mut bar).await;
+    bar.finish();
+    let summary = result?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
+    } else {
+        write_table(&summary, &mut out)?;
+    }
+    Ok(summary)
+}
+
+fn write_table(summary: &Summary, out: &mut impl Write) -> std::io::Result<()> {
+    let outcome = if summary.swapped {
+        "rebuilt and swapped in"
+    } else if summary.dry_run {
+        "rebuilt and dropped (dry run)"
+    } else {
+        "not swapped"
+    };
+    writeln!(
+        out,
+        "schema {}: {outcome} in {:.1} s",
+        summary.schema, summary.seconds
+    )?;
+    writeln!(
+        out,
+        "records replayed: {} (duplicates {})",
+        summary.records, summary.duplicates
+    )?;
+    for (event_type, count) in &summary.events_applied {
+        writeln!(out, "  applied {event_type:<20} {count:>9}")?;
+    }
+    for (class, count) in &summary.rejected {
+        writeln!(out, "  rejected {class:<19} {count:>9}")?;
+    }
+    writeln!(out, "partition  records  position")?;
+    for (partition, p) in &summary.partitions {
+        writeln!(out, "{partition:>9} {:>8} {:>9}", p.records, p.position)?;
+    }
+    writeln!(out, "table                   before    after")?;
+    for (table, rows) in &summary.tables {
+        writeln!(out, "{table:<20} {:>9} {:>8}", rows.before, rows.after)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,266 @@
+//! Applying a batch of records exactly once: the read-model changes of every record and the
+//! partitions' new positions commit in one Postgres transaction, and the positions move by
+//! compare-and-set, so a batch whose records some other writer already applied (another
+//! instance after a rebalance, a rebuild swapped in) changes nothing and says so.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use imgpipe_infra::consume::{DeadLetterProducer, HandlerError, RecordPosition};
+use imgpipe_infra::registry::EventCodec;
+use imgpipe_schemas::Event;
+use rdkafka::message::OwnedMessage;
+use rdkafka::Message;
+use sqlx::{PgConnection, PgPool};
+
+use crate::db;
+use crate::positions::{self, PositionMap};
+
+/// What happens to a record that cannot be applied: one that cannot be decoded, or that
+/// Postgres refuses for its data (SQLSTATE 22, 23), which would fail the same way forever.
+#[derive(Clone)]
+pub enum Rejects {
+    /// The live projector copies it to the dead-letter topic before its batch commits.
+    DeadLetter(DeadLetterProducer),
+    /// A rebuild only counts it: the live projector dead-lettered the same record already.
+    Count,
+}
+
+/// What a committed batch did.
+#[derive(Debug, Default, Clone)]
+pub struct BatchReport {
+    /// The records the batch covered (after dropping those below the expected positions).
+    pub records: usize,
+    /// Each partition's position after the batch.
+    pub positions: PositionMap,
+    /// Events that changed the read models, by event type.
+    pub applied: BTreeMap<&'static str, u64>,
+    /// Events already applied before (their id is in the timeline).
+    pub duplicates: u64,
+    /// Records rejected (dead-lettered, or counted during a rebuild), by error class.
+    pub rejected: BTreeMap<&'static str, u64>,
+}
+
+impl BatchReport {
+    pub(crate) fn add(&mut self, other: &BatchReport) {
+        self.records += other.records;
+        self.positions.extend(&other.positions);
+        for (event_type, count) in &other.applied {
+            *self.applied.entry(event_type).or_default() += count;
+        }
+        self.duplicates += other.duplicates;
+        for (class, count) in &other.rejected {
+            *self.rejected.entry(class).or_default() += count;
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum BatchOutcome {
+    Committed(BatchReport),
+    /// A stored position was not the expected one: nothing was written; reload the
+    /// positions and seek to them.
+    Conflict,
+}
+
+/// One record, decoded.
+struct Decoded<'a> {
+    message: &'a OwnedMessage,
+    position: RecordPosition,
+    event: Result<Event, String>,
+}
+
+/// Applies batches of the events topic to the read models reached through `pool`.
+#[derive(Clone)]
+pub struct Applier {
+    pub pool: PgPool,
+    pub codec: EventCodec,
+    pub rejects: Rejects,
+    /// The events topic (with the deployment's prefix): the positions' key.
+    pub topic: String,
+}
+
+impl Applier {
+    /// Applies `records` (in the order received; several partitions may be mixed) in one
+    /// transaction, moving each partition's position from `expected` to one past its last
+    /// record. Records below a partition's expected position are already applied and left
+    /// out. A database error other than a data or constraint error is returned, with nothing
+    /// written, for the caller to retry.
+    pub async fn apply(
+        &self,
+        records: &[OwnedMessage],
+        expected: &PositionMap,
+    ) -> Result<BatchOutcome, sqlx::Error> {
+        let pending: Vec<&OwnedMessage> = records
+            .iter()
+            .filter(|m| m.offset() >= expected.get(&m.partition()).copied().unwrap_or(0))
+            .collect();
+        let mut next = PositionMap::new();
+        for message in &pending {
+            let entry = next.entry(message.partition()).or_insert(0);
+            *entry = (*entry).max(message.offset() + 1);
+        }
+        if next.is_empty() {
+            return Ok(BatchOutcome::Committed(BatchReport::default()));
+        }
+        let decoded = self.decode(&pending).await;
+        match self.transaction(&decoded, expected, &next, false).await {
+            Err(error) if is_permanent(&error) => {
+                // Some record's data is refused: do the batch again, each record behind a
+                // savepoint, so that one record is rejected and the rest applied.
+                tracing::warn!(error = %error, "a record was refused, applying the batch one record at a time");
+                self.transaction(&decoded, expected, &next, true).await
+            }
+            outcome => outcome,
+        }
+    }
+
+    async fn decode<'a>(&self, records: &[&'a OwnedMessage]) -> Vec<Decoded<'a>> {
+        let mut decoded = Vec::with_capacity(records.len());
+        for message in records {
+            let payload = message.payload().unwrap_or_default();
+            let event = loop {
+                // Only a registry that does not answer fails here: wait for it rather than
+                // reject records that are fine.
+                match self.codec.decode(payload).await {
+                    Ok(event) => break event.map_err(|error| error.to_string()),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "schema registry unavailable, retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            decoded.push(Decoded {
+                message,
+                position: RecordPosition {
+                    topic: message.topic().to_string(),
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+                event,
+            });
+        }
+        decoded
+    }
+
+    async fn transaction(
+        &self,
+        decoded: &[Decoded<'_>],
+        expected: &PositionMap,
+        next: &PositionMap,
+        careful: bool,
+    ) -> Result<BatchOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Positions first: a concurrent writer of the same partitions waits here, and the
+        // loser finds the position moved before it changed anything.
+        for (&partition, &offset) in next {
+            let moved = positions::advance(
+                &mut tx,
+                &self.topic,
+                partition,
+                expected.get(&partition).copied(),
+                offset,
+            )
+            .await?;
+            if !moved {
+                return Ok(BatchOutcome::Conflict);
+            }
+        }
+        let mut report = BatchReport {
+            records: decoded.len(),
+            positions: next.clone(),
+            ..BatchReport::default()
+        };
+        let mut rejected = Vec::new();
+        for record in decoded {
+            let event = match &record.event {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::error!(
+                        partition = record.position.partition, offset = record.position.offset,
+                        error = %error, "undecodable record, rejecting it"
+                    );
+                    rejected.push((
+                        record.message,
+                        HandlerError::permanent("undecodable-record", error),
+                    ));
+                    continue;
+                }
+            };
+            let applied = if careful {
+                apply_behind_savepoint(&mut tx, event, &record.position).await?
+            } else {
+                Ok(db::apply(&mut tx, event, &record.position).await?)
+            };
+            match applied {
+                Ok(true) => {
+                    *report
+                        .applied
+                        .entry(event.event_type().as_str())
+                        .or_default() += 1
+                }
+                Ok(false) => report.duplicates += 1,
+                Err(error) => {
+                    tracing::error!(
+                        image_id = %event.image_id, event_id = %event.event_id,
+                        event_type = %event.event_type(), error = %error,
+                        "the database refused the event, rejecting it"
+                    );
+                    rejected.push((
+                        record.message,
+                        HandlerError::permanent("database-rejected", error),
+                    ));
+                }
+            }
+        }
+        for (message, error) in &rejected {
+            let class = match error {
+                HandlerError::Permanent { class, .. } => *class,
+                _ => "rejected",
+            };
+            *report.rejected.entry(class).or_default() += 1;
+            // Before the commit: a crash in between dead-letters the record again on the
+            // retry rather than losing it.
+            if let Rejects::DeadLetter(dead_letters) = &self.rejects {
+                dead_letters.send(message, error, 1).await;
+            }
+        }
+        tx.commit().await?;
+        Ok(BatchOutcome::Committed(report))
+    }
+}
+
+/// Applies one event behind a savepoint: a data or constraint error rolls back this event
+/// only and comes back as `Ok(Err(..))`.
+async fn apply_behind_savepoint(
+    tx: &mut PgConnection,
+    event: &Event,
+    position: &RecordPosition,
+) -> Result<Result<bool, sqlx::Error>, sqlx::Error> {
+    sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
+    match db::apply(&mut *tx, event, position).await {
+        Ok(applied) => {
+            sqlx::query("RELEASE SAVEPOINT event")
+                .execute(&mut *tx)
+                .await?;
+            Ok(Ok(applied))
+        }
+        Err(error) if is_permanent(&error) => {
+            sqlx::query("ROLLBACK TO SAVEPOINT event")
+                .execute(&mut *tx)
+                .await?;
+            Ok(Err(error))
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Data errors (SQLSTATE class 22) and constraint violations (23) come back the same on every
+/// attempt; everything else (connection lost, database down, serialization failure) is worth
+/// retrying.
+pub fn is_permanent(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.code())
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}

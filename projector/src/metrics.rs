@@ -1,0 +1,148 @@
+//! Every metric the projector exports, named in one place, and `GET /metrics`.
+//!
+//! Each projector records into a registry of its own (not the process-wide recorder), so the
+//! end-to-end tests, which run several services in one process, read their own numbers.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::header::CONTENT_TYPE;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use metrics::Counter;
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+/// Events that changed the read models, by `event_type`.
+pub const EVENTS_APPLIED: &str = "imgpipe_projector_events_applied_total";
+/// Events already in the read models (delivered again, or redriven), which changed nothing.
+pub const EVENTS_DUPLICATE: &str = "imgpipe_projector_events_duplicate_total";
+/// Records sent to the dead-letter topic, by error `class` (`undecodable-record`,
+/// `database-rejected`); their position advances with the batch.
+pub const RECORDS_DEAD_LETTERED: &str = "imgpipe_projector_records_dead_lettered_total";
+/// Records per committed batch.
+pub const BATCH_RECORDS: &str = "imgpipe_projector_batch_records";
+/// Seconds from a batch's first record received to its transaction committed.
+pub const BATCH_SECONDS: &str = "imgpipe_projector_batch_duration_seconds";
+/// Records of the events topic not applied yet, by `partition`: the high watermark minus the
+/// position stored in Postgres, measured every few seconds.
+pub const CONSUMER_LAG: &str = "imgpipe_projector_consumer_lag";
+/// Batches rolled back because the stored position was not the one expected (another
+/// instance moved it, or a rebuild was swapped in); the projector then seeks to the stored one.
+pub const POSITION_CONFLICTS: &str = "imgpipe_projector_position_conflicts_total";
+
+#[derive(Clone)]
+pub struct ProjectorMetrics {
+    recorder: Arc<PrometheusRecorder>,
+    duplicates: Counter,
+    conflicts: Counter,
+}
+
+impl Default for ProjectorMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ProjectorMetrics {
+    pub fn new() -> Self {
+        const SECONDS: &[f64] = &[
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
+        ];
+        const RECORDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), SECONDS)
+            .and_then(|builder| {
+                builder.set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), RECORDS)
+            })
+            .map(PrometheusBuilder::build_recorder)
+            // Only an empty bucket list is refused; summaries are the fallback.
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let recorder = Arc::new(recorder);
+        let (duplicates, conflicts) = metrics::with_local_recorder(&*recorder, || {
+            (
+                metrics::counter!(EVENTS_DUPLICATE),
+                metrics::counter!(POSITION_CONFLICTS),
+            )
+        });
+        Self {
+            recorder,
+            duplicates,
+            conflicts,
+        }
+    }
+
+    pub fn handle(&self) -> PrometheusHandle {
+        self.recorder.handle()
+    }
+
+    pub(crate) fn batch(&self, report: &crate::batch::BatchReport, took: Duration) {
+        self.duplicates.increment(report.duplicates);
+        metrics::with_local_recorder(&*self.recorder, || {
+            for (event_type, count) in &report.applied {
+                metrics::counter!(EVENTS_APPLIED, "event_type" => *event_type).increment(*count);
+            }
+            for (class, count) in &report.rejected {
+                metrics::counter!(RECORDS_DEAD_LETTERED, "class" => *class).increment(*count);
+            }
+            metrics::histogram!(BATCH_RECORDS).record(report.records as f64);
+            metrics::histogram!(BATCH_SECONDS).record(took.as_secs_f64());
+        });
+    }
+
+    pub(crate) fn conflict(&self) {
+        self.conflicts.increment(1);
+    }
+
+    pub(crate) fn lag(&self, partition: i32, lag: i64) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
+        });
+    }
+}
+
+/// `GET /metrics` in the Prometheus text format, for the ops router.
+pub(crate) fn router(handle: PrometheusHandle) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let body = handle.render();
+            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::BatchReport;
+
+    #[test]
+    fn renders_what_was_recorded_under_the_documented_names() {
+        let metrics = ProjectorMetrics::new();
+        let mut report = BatchReport {
+            records: 3,
+            duplicates: 1,
+            ..BatchReport::default()
+        };
+        report.applied.insert("ImageUploaded", 2);
+        report.rejected.insert("undecodable-record", 1);
+        metrics.batch(&report, Duration::from_millis(3));
+        metrics.conflict();
+        metrics.lag(2, 5);
+        let text = metrics.handle().render();
+        for expected in [
+            "imgpipe_projector_events_applied_total{event_type=\"ImageUploaded\"} 2",
+            "imgpipe_projector_events_duplicate_total 1",
+            "imgpipe_projector_records_dead_lettered_total{class=\"undecodable-record\"} 1",
+            "imgpipe_projector_batch_records_bucket{le=\"5\"} 1",
+            "imgpipe_projector_batch_duration_seconds_bucket{le=\"0.005\"} 1",
+            "imgpipe_projector_position_conflicts_total 1",
+            "imgpipe_projector_consumer_lag{partition=\"2\"} 5",
+        ] {
+            assert!(text.contains(expected), "{expected} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,463 @@
+//! Rebuilding the read models from the log while the live ones keep serving.
+//!
+//! A rebuild migrates a fresh schema `<schema>_next`, replays the events topic into it from
+//! offset 0 with a consumer of its own (no group: it assigns every partition itself), tracking
+//! its own positions in `<schema>_next.projection_positions`, until it has caught up with the
+//! live projector's positions. Then one transaction swaps it in (see [`swap`]), and the old
+//! schema is dropped. Tables that are not derived from events ([`KEPT`]) move across as they
+//! are.
+
+mod swap;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use imgpipe_infra::registry::EventCodec;
+use imgpipe_infra::DatabaseConfig;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::batch::{Applier, BatchOutcome, BatchReport, Rejects};
+use crate::live::Backoff;
+use crate::positions::{self, PositionMap};
+use crate::{db, Config, ProjectorError};
+
+/// Tables derived from the events: a rebuild makes them anew.
+pub const PROJECTIONS: &[&str] = &["images", "variants", "image_events", "projection_positions"];
+/// Tables that hold state no event carries (ingest's Idempotency-Key reservations, the orphan
+/// sweep's missing-object marks): a rebuild moves them into the new schema as they are. A table in neither list stops a rebuild
+/// before it changes anything, so a new table is never silently dropped or rebuilt empty.
+pub const KEPT: &[&str] = &["idempotency_keys", "missing_objects"];
+/// How many records the replay may still lack when the swap starts: the swap applies them
+/// while it holds the live projector still, so this bounds how long that lasts.
+const SWAP_SLACK: i64 = 200;
+/// sqlx's record of applied migrations; the new schema has its own.
+const MIGRATIONS_TABLE: &str = "_sqlx_migrations";
+
+/// How a rebuild runs.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Replay into `<schema>_next`, count its rows beside the live ones, drop it: no swap.
+    pub dry_run: bool,
+    /// Most records per transaction.
+    pub batch_max: usize,
+    /// How long the swap may hold the live positions locked while the last events are
+    /// applied; past it, the swap is given up and tried again after more replaying.
+    pub swap_catch_up: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dry_run: false,
+            batch_max: 2000,
+            swap_catch_up: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    /// Migrating `<schema>_next` and assigning the partitions.
+    Preparing,
+    /// Applying the log into `<schema>_next`.
+    Replaying,
+    /// Caught up: locking the live positions, applying the last events, swapping.
+    Swapping,
+    /// Dropping the old schema (waits for queries still reading it).
+    Dropping,
+}
+
+/// Told what a rebuild is doing; the command line draws a progress bar from it.
+pub trait Progress: Send {
+    fn phase(&mut self, _phase: Phase) {}
+    /// Records replayed so far, out of the records the log holds now (which grows as events
+    /// are appended during the rebuild).
+    fn records(&mut self, _done: u64, _total: u64) {}
+}
+
+/// No progress reporting.
+pub struct Quiet;
+
+impl Progress for Quiet {}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub schema: String,
+    pub dry_run: bool,
+    /// Whether the rebuilt tables are now the live ones.
+    pub swapped: bool,
+    pub records: u64,
+    /// Events that changed the rebuilt tables, by type.
+    pub events_applied: BTreeMap<String, u64>,
+    /// Events found twice in the log (redriven, or appended again), applied once.
+    pub duplicates: u64,
+    /// Records that cannot be applied (the live projector dead-lettered them), by class.
+    pub rejected: BTreeMap<String, u64>,
+    /// Each partition's records replayed and final position.
+    pub partitions: BTreeMap<i32, PartitionSummary>,
+    pub seconds: f64,
+    /// Rows per table: live before the rebuild, and rebuilt (the new live ones once swapped).
+    pub tables: BTreeMap<String, TableRows>,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct PartitionSummary {
+    pub records: u64,
+    pub position: i64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct TableRows {
+    pub before: i64,
+    pub after: i64,
+}
+
+/// Rebuilds the read models of `config.database.schema` from the log.
+pub async fn run(
+    config: &Config,
+    options: &Options,
+    progress: &mut dyn Progress,
+) -> Result<Summary, ProjectorError> {
+    let started = Instant::now();
+    let live = config.database.clone();
+    let next = DatabaseConfig {
+        schema: format!("{}_next", live.schema),
+        ..live.clone()
+    };
+    let old_schema = format!("{}_old", live.schema);
+    let live_pool = live.pool()?;
+    // Also checks the derived names are valid identifiers (a schema name's length).
+    DatabaseConfig {
+        schema: old_schema.clone(),
+        ..live.clone()
+    }
+    .pool()?;
+    let next_pool = next.pool()?;
+    let topic = config.kafka.topics().events;
+
+    progress.phase(Phase::Preparing);
+    // One rebuild at a time per schema: a session lock, held by this connection until the end.
+    let mut control = live_pool.acquire().await?;
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
+        .bind(format!("imgpipe-rebuild:{}", live.schema))
+        .fetch_one(&mut *control)
+        .await?;
+    if !locked {
+        return Err(ProjectorError::Rebuild(format!(
+            "another rebuild of schema {} is running",
+            live.schema
+        )));
+    }
+    let kept = swap::classify_tables(&mut control, &live.schema).await?;
+    let before = swap::row_counts(&mut control, &live.schema, &kept).await?;
+    // A leftover `_next` is an interrupted rebuild; a leftover `_old` a swap that committed
+    // but was stopped before its drop. Neither is live.
+    for schema in [&next.schema, &old_schema] {
+        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+            .execute(&mut *control)
+            .await?;
+    }
+    db::migrate(&next).await?;
+    swap::check_migrations(&mut control, &live.schema, &next.schema).await?;
+
+    let mut replay = Replay::start(config, options, next_pool.clone(), topic.clone()).await?;
+    progress.phase(Phase::Replaying);
+    tracing::info!(schema = %live.schema, into = %next.schema, "rebuild replaying the log");
+    let swapped = loop {
+        // A dry run swaps nothing, so it replays all the way to the live positions.
+        let slack = if options.dry_run { 0 } else { SWAP_SLACK };
+        replay.until_caught_up(&live_pool, slack, progress).await?;
+        if options.dry_run {
+            break false;
+        }
+        progress.phase(Phase::Swapping);
+        if swap::swap(
+            &mut control,
+            &mut replay,
+            &live.schema,
+            &next.schema,
+            &old_schema,
+            &kept,
+            options.swap_catch_up,
+        )
+        .await?
+        {
+            break true;
+        }
+        tracing::warn!("the swap did not catch up in time; replaying more and trying again");
+        progress.phase(Phase::Replaying);
+    };
+    let report = replay.close().await;
+    next_pool.close().await;
+
+    let after_schema = if swapped {
+        progress.phase(Phase::Dropping);
+        sqlx::query(&format!("DROP SCHEMA \"{old_schema}\" CASCADE"))
+            .execute(&mut *control)
+            .await?;
+        &live.schema
+    } else {
+        &next.schema
+    };
+    let after = swap::row_counts(&mut control, after_schema, &kept).await?;
+    if !swapped {
+        sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", next.schema))
+            .execute(&mut *control)
+            .await?;
+    }
+    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+        .bind(format!("imgpipe-rebuild:{}", live.schema))
+        .execute(&mut *control)
+        .await?;
+    drop(control);
+    live_pool.close().await;
+
+    let tables = before
+        .iter()
+        .map(|(table, &before)| {
+            let after = after.get(table).copied().unwrap_or(0);
+            (table.clone(), TableRows { before, after })
+        })
+        .collect();
+    Ok(Summary {
+        schema: live.schema.clone(),
+        dry_run: options.dry_run,
+        swapped,
+        records: report.total.records as u64,
+        events_applied: report
+            .total
+            .applied
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        duplicates: report.total.duplicates,
+        rejected: report
+            .total
+            .rejected
+            .iter()
+            .map(|(k, v)| (k.to_string(), *v))
+            .collect(),
+        partitions: report.partitions,
+        seconds: started.elapsed().as_secs_f64(),
+        tables,
+    })
+}
+
+/// The replay into `<schema>_next`: its own consumer, assigned every partition from the
+/// beginning, and its own positions.
+pub(crate) struct Replay {
+    consumer: Arc<StreamConsumer>,
+    applier: Applier,
+    batch_max: usize,
+    /// The positions in `<schema>_next`, as written.
+    positions: PositionMap,
+    low_watermarks: BTreeMap<i32, i64>,
+    total: BatchReport,
+    partitions: BTreeMap<i32, PartitionSummary>,
+}
+
+struct ReplayReport {
+    total: BatchReport,
+    partitions: BTreeMap<i32, PartitionSummary>,
+}
+
+impl Replay {
+    async fn start(
+        config: &Config,
+        options: &Options,
+        pool: PgPool,
+        topic: String,
+    ) -> Result<Self, ProjectorError> {
+        let consumer: StreamConsumer = config
+            .kafka
+            .client_config("imgpipe-rebuild")
+            // Never joins or commits: librdkafka only wants a group id to create a consumer.
+            .set("group.id", config.kafka.group_id("imgpipe-rebuild"))
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .create()?;
+        let consumer = Arc::new(consumer);
+        let mut attempts = 0;
+        let marks = loop {
+            attempts += 1;
+            match watermarks(&consumer, &topic).await {
+                Ok(marks) if !marks.is_empty() => break marks,
+                Ok(_) if attempts >= 5 => {
+                    return Err(ProjectorError::Rebuild(format!(
+                        "topic {topic} has no partitions"
+                    )))
+                }
+                Err(error) if attempts >= 5 => return Err(error),
+                _ => tokio::time::sleep(Duration::from_secs(1)).await,
+            }
+        };
+        let mut assignment = TopicPartitionList::new();
+        for &partition in marks.keys() {
+            assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
+        }
+        consumer.assign(&assignment)?;
+        Ok(Self {
+            consumer,
+            applier: Applier {
+                pool,
+                codec: EventCodec::reader(&config.registry),
+                rejects: Rejects::Count,
+                topic,
+            },
+            batch_max: options.batch_max.max(1),
+            positions: PositionMap::new(),
+            low_watermarks: marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
+            total: BatchReport::default(),
+            partitions: BTreeMap::new(),
+        })
+    }
+
+    /// Replays until it lacks at most `slack` records to be at the live positions, in all: with events appended all the time, the replay rarely matches the live projector
+    /// at one instant, so the swap applies the last few with the live projector held still.
+    async fn until_caught_up(
+        &mut self,
+        live_pool: &PgPool,
+        slack: i64,
+        progress: &mut dyn Progress,
+    ) -> Result<(), ProjectorError> {
+        let mut reported = Instant::now() - Duration::from_secs(60);
+        loop {
+            let applied = self.step(Duration::from_millis(200)).await?;
+            let live = positions::load(live_pool, &self.applier.topic).await?;
+            if self.behind(&live) <= slack {
+                tracing::info!(
+                    records = self.total.records, positions = ?self.positions,
+                    live = ?live, "rebuild caught up with the live projector"
+                );
+                return Ok(());
+            }
+            if !applied || reported.elapsed() > Duration::from_secs(1) {
+                reported = Instant::now();
+                // Only for the progress bar: a broker slow to answer costs a frame, not the
+                // rebuild.
+                match watermarks(&self.consumer, &self.applier.topic).await {
+                    Ok(marks) => {
+                        let total: i64 = marks.values().map(|(low, high)| high - low).sum();
+                        progress.records(self.done(), total.max(0) as u64);
+                    }
+                    Err(error) => tracing::debug!(error = %error, "no watermarks for the progress"),
+                }
+            }
+        }
+    }
+
+    /// Receives one batch (waiting up to `idle` for its first record) and applies it,
+    /// retrying while the database is down. False if nothing came.
+    pub(crate) async fn step(&mut self, idle: Duration) -> Result<bool, ProjectorError> {
+        let records = self.receive(idle).await;
+        if records.is_empty() {
+            return Ok(false);
+        }
+        let mut backoff = Backoff::default();
+        let report = loop {
+            match self.applier.apply(&records, &self.positions).await {
+                Ok(BatchOutcome::Committed(report)) => break report,
+                Ok(BatchOutcome::Conflict) => {
+                    return Err(ProjectorError::Rebuild(
+                        "something else writes the rebuild's positions".into(),
+                    ))
+                }
+                Err(error) => {
+                    let delay = backoff.next();
+                    tracing::warn!(error = %error, "database unavailable, retrying the batch");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        };
+        for record in &records {
+            self.partitions
+                .entry(record_partition(record))
+                .or_default()
+                .records += 1;
+        }
+        self.positions.extend(&report.positions);
+        for (&partition, &position) in &report.positions {
+            self.partitions.entry(partition).or_default().position = position;
+        }
+        self.total.add(&report);
+        Ok(true)
+    }
+
+    async fn receive(&self, idle: Duration) -> Vec<OwnedMessage> {
+        let mut records = Vec::new();
+        let mut deadline = tokio::time::Instant::now() + idle;
+        while records.len() < self.batch_max {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(message)) => {
+                    if records.is_empty() {
+                        // Once records flow, a short linger fills the batch.
+                        deadline = tokio::time::Instant::now() + Duration::from_millis(50);
+                    }
+                    records.push(message.detach());
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(error = %error, "kafka receive failed");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        records
+    }
+
+    /// Records the replay still lacks to be at the `live` positions, over all partitions (a
+    /// partition the live projector has no position for has nothing applied yet).
+    pub(crate) fn behind(&self, live: &PositionMap) -> i64 {
+        live.iter()
+            .map(|(partition, &position)| {
+                let low = self.low_watermarks.get(partition).copied().unwrap_or(0);
+                (position - self.positions.get(partition).copied().unwrap_or(low)).max(0)
+            })
+            .sum()
+    }
+
+    fn done(&self) -> u64 {
+        self.positions
+            .iter()
+            .map(|(p, &position)| position - self.low_watermarks.get(p).copied().unwrap_or(0))
+            .sum::<i64>()
+            .max(0) as u64
+    }
+
+    async fn close(self) -> ReplayReport {
+        let consumer = self.consumer;
+        if let Err(error) = tokio::task::spawn_blocking(move || drop(consumer)).await {
+            tracing::warn!(error = %error, "closing the rebuild consumer failed");
+        }
+        ReplayReport {
+            total: self.total,
+            partitions: self.partitions,
+        }
+    }
+}
+
+fn record_partition(record: &OwnedMessage) -> i32 {
+    use rdkafka::Message;
+    record.partition()
+}
+
+async fn watermarks(
+    consumer: &Arc<StreamConsumer>,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, i64)>, ProjectorError> {
+    let consumer = Arc::clone(consumer);
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || crate::watermarks(consumer.client(), &topic))
+        .await
+        .map_err(|error| ProjectorError::Rebuild(format!("watermarks task: {error}")))?
+        .map_err(ProjectorError::from)
+}
