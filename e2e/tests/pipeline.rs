@@ -96,6 +96,31 @@ async fn every_corpus_photo_ends_ready_with_its_variants_stored() {
             );
         }
     }
+
+    // Every image's render was timed stage by stage.
+    let metrics = pipeline
+        .http
+        .get(format!("{}/metrics", pipeline.processor_ops_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for stage in [
+        "download", "render", "decode", "resize", "encode", "upload", "announce",
+    ] {
+        let series =
+            format!("imgpipe_processor_stage_duration_seconds_count{{stage=\"{stage}\"}} ");
+        let count: f64 = metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("{series} missing from:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(count >= photos.len() as f64, "{series}{count}");
+    }
     pipeline.stop().await.unwrap();
 }
 

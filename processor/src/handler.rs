@@ -128,7 +128,13 @@ impl VariantHandler {
         let rendered = self.render(original).await?;
         render.done();
         match rendered {
-            Ok(rendered) => self.store_and_announce(event, rendered).await,
+            Ok(rendered) => {
+                let timings = rendered.timings;
+                self.metrics.stage(Stage::Decode, timings.decode);
+                self.metrics.stage(Stage::Resize, timings.resize);
+                self.metrics.stage(Stage::Encode, timings.encode);
+                self.store_and_announce(event, rendered).await
+            }
             Err(error) => {
                 tracing::info!(
                     image_id = %event.image_id, reason = error.reason_code(), error = %error,

@@ -21,7 +21,8 @@ use metrics_exporter_prometheus::{
 pub const IMAGES_PROCESSED: &str = "imgpipe_processor_images_processed_total";
 /// Images announced as failed, by `reason` code (`undecodable`, `original-missing`, ...).
 pub const IMAGES_FAILED: &str = "imgpipe_processor_images_failed_total";
-/// Seconds per step of an image, by `stage`: download, render, upload, announce.
+/// Seconds per step of an image, by `stage`: download, render (waiting for a CPU slot
+/// included), within it decode, resize and encode, then upload, announce.
 pub const STAGE_SECONDS: &str = "imgpipe_processor_stage_duration_seconds";
 /// Images being handled right now.
 pub const IMAGES_IN_FLIGHT: &str = "imgpipe_processor_images_in_flight";
@@ -41,6 +42,9 @@ pub const CONSUMER_LAG: &str = "imgpipe_processor_consumer_lag";
 pub(crate) enum Stage {
     Download,
     Render,
+    Decode,
+    Resize,
+    Encode,
     Upload,
     Announce,
 }
@@ -50,6 +54,9 @@ impl Stage {
         match self {
             Stage::Download => "download",
             Stage::Render => "render",
+            Stage::Decode => "decode",
+            Stage::Resize => "resize",
+            Stage::Encode => "encode",
             Stage::Upload => "upload",
             Stage::Announce => "announce",
         }

@@ -4,6 +4,7 @@
 //! it on a blocking thread.
 
 use std::io::Cursor;
+use std::time::{Duration, Instant};
 
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
@@ -73,6 +74,19 @@ pub struct Rendered {
     pub blurhash: String,
     /// The original has more than one frame; the variants show the first.
     pub animated: bool,
+    /// Where the time went, for the processor's stage metrics.
+    pub timings: StageTimings,
+}
+
+/// Time spent in each step of [`render`].
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StageTimings {
+    /// Header checks, decoding, colour conversion, orientation, to 8-bit pixels.
+    pub decode: Duration,
+    /// Every resize of the cascade, and the descriptors' downscale and hashing.
+    pub resize: Duration,
+    /// WebP encoding of every variant.
+    pub encode: Duration,
 }
 
 #[derive(Debug)]
@@ -85,6 +99,8 @@ pub struct RenderedVariant {
 
 /// Renders every variant of `spec` from the original's bytes.
 pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Rendered, RenderError> {
+    let mut timings = StageTimings::default();
+    let started = Instant::now();
     let image = decode_upright_srgb(bytes, limits)?;
     let (width, height) = (image.width(), image.height());
     // Grey becomes RGB, 16-bit and float become 8-bit (rounded), a palette is already expanded
@@ -97,6 +113,7 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
     };
     let original = Image::from_vec_u8(width, height, pixels, pixel_type)
         .map_err(|e| RenderError::Undecodable(e.to_string()))?;
+    timings.decode = started.elapsed();
 
     // Largest first, each resized from the previous one: a cascade does most of the work on
     // already-small images, and no variant is ever upscaled.
@@ -108,6 +125,7 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
     let mut variants = Vec::with_capacity(order.len());
     for size in order {
         let (w, h) = fit(width, height, size.max_edge);
+        let started = Instant::now();
         let resized = if (w, h) == (source.width(), source.height()) {
             source.copy()
         } else {
@@ -117,6 +135,8 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
                 .map_err(|e| RenderError::Encode(e.to_string()))?;
             target
         };
+        timings.resize += started.elapsed();
+        let started = Instant::now();
         let encoder = if bytes_per_pixel == 4 {
             webp::Encoder::from_rgba(resized.buffer(), w, h)
         } else {
@@ -126,6 +146,7 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
             .encode_simple(false, spec.webp_quality)
             .map_err(|e| RenderError::Encode(format!("{e:?}")))?
             .to_vec();
+        timings.encode += started.elapsed();
         variants.push(RenderedVariant {
             name: size.name.clone(),
             width: w,
@@ -137,7 +158,9 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
     // Report in the spec's order, not the cascade's.
     variants.sort_by_key(|v| spec.sizes.iter().position(|s| s.name == v.name));
     // The cascade ends on the smallest variant, so the descriptors' downscale starts there.
+    let started = Instant::now();
     let descriptors = describe(&source, &mut resizer)?;
+    timings.resize += started.elapsed();
     Ok(Rendered {
         width,
         height,
@@ -145,6 +168,7 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
         dominant_color: descriptors.dominant_color,
         blurhash: descriptors.blurhash,
         animated: is_animated(bytes),
+        timings,
     })
 }
 
