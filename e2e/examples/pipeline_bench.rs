@@ -178,69 +178,49 @@ async fn run(
 ) -> anyhow::Result<RunResult> {
     eprintln!("bench: {label}: {} uploads", args.uploads);
     let cpu_before = process_cpu_seconds(args.processor_pid, args.clock_ticks)?;
-    let permits = Arc::new(Semaphore::new(args.concurrency));
     let started = Instant::now();
-    let mut uploads = tokio::task::JoinSet::new();
-    let mut core_cpu = 0.0;
-    for n in 0..args.uploads {
-        let image = images[n % images.len()];
-        core_cpu += image.core_seconds;
-        if let Some(rate) = rate {
-            let due = started + Duration::from_secs_f64(n as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-        }
-        let permit = permits.clone().acquire_owned().await?;
-        let (client, url, key, body) = (
-            client.clone(),
-            format!("{}/v1/images", args.ingest),
-            args.key.clone(),
-            image.bytes.clone(),
-        );
-        uploads.spawn(async move {
-            let sent = Instant::now();
-            let response = client
-                .post(url)
-                .bearer_auth(key)
-                .body(body.as_ref().clone())
-                .send()
-                .await?;
-            let status = response.status();
-            let answer: serde_json::Value = response.json().await?;
-            drop(permit);
-            if status != reqwest::StatusCode::ACCEPTED {
-                bail!("upload answered {status}: {answer}");
-            }
-            let id: Uuid = answer["id"].as_str().context("no id")?.parse()?;
-            anyhow::Ok((id, sent, Instant::now()))
-        });
-    }
-    let mut sent_at = HashMap::new();
-    let mut last_accepted = started;
-    while let Some(upload) = uploads.join_next().await {
-        let (id, sent, accepted) = upload??;
-        last_accepted = last_accepted.max(accepted);
-        sent_at.insert(id, sent);
-    }
-    let upload_seconds = (last_accepted - started).as_secs_f64();
+    let core_cpu: f64 = (0..args.uploads)
+        .map(|n| images[n % images.len()].core_seconds)
+        .sum();
+    // Accepted uploads (id -> when it was sent), filled by the uploader while the loop below
+    // polls the read model, so an image that is ready before the last upload is seen then.
+    let accepted: Arc<std::sync::Mutex<HashMap<Uuid, Instant>>> = Arc::default();
+    let mut uploader = tokio::spawn(upload_all(
+        client.clone(),
+        format!("{}/v1/images", args.ingest),
+        args.key.clone(),
+        images.iter().map(|image| image.bytes.clone()).collect(),
+        args.uploads,
+        args.concurrency,
+        rate,
+        Arc::clone(&accepted),
+    ));
 
     let mut settled: HashMap<Uuid, (Instant, bool)> = HashMap::new();
+    let mut last_accepted = None;
     let deadline = Instant::now() + Duration::from_secs(900);
     let query = format!(
         "SELECT image_id, status FROM {}.images WHERE image_id = ANY($1) AND status IN ('ready', 'failed')",
         args.schema
     );
-    while settled.len() < sent_at.len() {
-        if Instant::now() > deadline {
-            bail!(
-                "{label}: {} images not settled after 15 min",
-                sent_at.len() - settled.len()
-            );
+    loop {
+        if last_accepted.is_none() && uploader.is_finished() {
+            last_accepted = Some((&mut uploader).await??);
+            continue;
         }
-        let pending: Vec<Uuid> = sent_at
+        let pending: Vec<Uuid> = accepted
+            .lock()
+            .map_err(|_| anyhow::anyhow!("uploader panicked"))?
             .keys()
             .filter(|id| !settled.contains_key(id))
             .copied()
             .collect();
+        if pending.is_empty() && last_accepted.is_some() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{label}: {} images not settled after 15 min", pending.len());
+        }
         let rows: Vec<(Uuid, String)> = sqlx::query_as(&query)
             .bind(&pending)
             .fetch_all(pool)
@@ -251,6 +231,12 @@ async fn run(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let sent_at = std::mem::take(
+        &mut *accepted
+            .lock()
+            .map_err(|_| anyhow::anyhow!("uploader panicked"))?,
+    );
+    let upload_seconds = (last_accepted.unwrap_or(started) - started).as_secs_f64();
     let last_ready = settled.values().map(|(at, _)| *at).max().unwrap_or(started);
     let cpu_after = process_cpu_seconds(args.processor_pid, args.clock_ticks)?;
     let mut latencies: Vec<f64> = settled
@@ -269,6 +255,65 @@ async fn run(
         processor_cpu: cpu_after - cpu_before,
         core_cpu,
     })
+}
+
+/// Uploads `count` images (cycling through `bodies`), at most `concurrency` at once and, with
+/// a `rate`, no faster than that; records each accepted id with when it was sent. Returns when
+/// the last upload was accepted.
+#[allow(clippy::too_many_arguments)]
+async fn upload_all(
+    client: reqwest::Client,
+    url: String,
+    key: String,
+    bodies: Vec<Arc<Vec<u8>>>,
+    count: usize,
+    concurrency: usize,
+    rate: Option<f64>,
+    accepted: Arc<std::sync::Mutex<HashMap<Uuid, Instant>>>,
+) -> anyhow::Result<Instant> {
+    let permits = Arc::new(Semaphore::new(concurrency));
+    let started = Instant::now();
+    let mut uploads = tokio::task::JoinSet::new();
+    for n in 0..count {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64(n as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let permit = permits.clone().acquire_owned().await?;
+        let (client, url, key, body, accepted) = (
+            client.clone(),
+            url.clone(),
+            key.clone(),
+            bodies[n % bodies.len()].clone(),
+            Arc::clone(&accepted),
+        );
+        uploads.spawn(async move {
+            let sent = Instant::now();
+            let response = client
+                .post(url)
+                .bearer_auth(key)
+                .body(body.as_ref().clone())
+                .send()
+                .await?;
+            let status = response.status();
+            let answer: serde_json::Value = response.json().await?;
+            drop(permit);
+            if status != reqwest::StatusCode::ACCEPTED {
+                bail!("upload answered {status}: {answer}");
+            }
+            let id: Uuid = answer["id"].as_str().context("no id")?.parse()?;
+            accepted
+                .lock()
+                .map_err(|_| anyhow::anyhow!("a poisoned lock"))?
+                .insert(id, sent);
+            anyhow::Ok(Instant::now())
+        });
+    }
+    let mut last_accepted = started;
+    while let Some(upload) = uploads.join_next().await {
+        last_accepted = last_accepted.max(upload??);
+    }
+    Ok(last_accepted)
 }
 
 /// User plus system CPU seconds of a process so far (/proc/PID/stat fields 14 and 15).
