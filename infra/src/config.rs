@@ -55,6 +55,11 @@ pub struct KafkaConfig {
     /// How long a produce may wait for the broker's acknowledgement before it fails.
     #[serde(default = "default_produce_timeout_ms")]
     pub produce_timeout_ms: u64,
+    /// The longest a consumer's fetch waits for records. A broker that long-polls (Redpanda,
+    /// Kafka) answers as soon as a record arrives; Tansu 0.6 waits this long whenever the
+    /// partition was empty at the request, so it is added to every hop of an idle pipeline.
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_ms: u64,
 }
 
 impl FromEnv for KafkaConfig {
@@ -67,6 +72,10 @@ fn default_brokers() -> String {
 
 fn default_produce_timeout_ms() -> u64 {
     10_000
+}
+
+fn default_fetch_wait_ms() -> u64 {
+    100
 }
 
 /// The S3-compatible object store.

@@ -62,6 +62,7 @@ impl KafkaConfig {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
+            .set("fetch.wait.max.ms", self.fetch_wait_ms.to_string())
             .set("enable.partition.eof", "false");
         config
     }
