@@ -4,7 +4,7 @@
 //! Three runs, each `--uploads` images, after a reference run of the processing core:
 //! 1. `core`: the processor's own `render()` over the same images on this thread, the
 //!    standard job with the running processor's spec (`IMGPIPE_PROCESSOR_*`): CPU seconds per
-//!    image without the pipeline around it.
+//!    image without the pipeline around it (the median of 5 timed renders after a warm-up).
 //! 2. `max, mix`: every image of the folder, cycled, uploaded as fast as `--concurrency`
 //!    clients can; upload->ready latency and the processor's throughput. The processor's CPU
 //!    time (from /proc) per image against the core's is the pipeline's overhead.
@@ -27,6 +27,9 @@ use imgpipe_processor::render::render;
 use sqlx::postgres::PgPoolOptions;
 use tokio::sync::Semaphore;
 use uuid::Uuid;
+
+/// Timed renders per image for the core reference; the median counts.
+const CORE_ROUNDS: usize = 5;
 
 struct Args {
     folder: PathBuf,
@@ -125,10 +128,17 @@ async fn main() -> anyhow::Result<()> {
         let (width, height) = image::ImageReader::new(std::io::Cursor::new(&bytes))
             .with_guessed_format()?
             .into_dimensions()?;
-        // One warm-up render, then the timed one.
+        // One warm-up render, then the median of the timed ones: a single timing of the same
+        // render varies by a quarter between runs on a shared VM.
         render(&bytes, &spec, limits).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-        let started = Instant::now();
-        render(&bytes, &spec, limits).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let mut timings = Vec::with_capacity(CORE_ROUNDS);
+        for _ in 0..CORE_ROUNDS {
+            let started = Instant::now();
+            render(&bytes, &spec, limits)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            timings.push(started.elapsed().as_secs_f64());
+        }
+        timings.sort_by(f64::total_cmp);
         images.push(Image {
             name: path
                 .file_name()
@@ -137,7 +147,7 @@ async fn main() -> anyhow::Result<()> {
             megapixels: f64::from(width) * f64::from(height) / 1e6,
             is_jpeg: bytes.starts_with(&[0xFF, 0xD8, 0xFF]),
             bytes: Arc::new(bytes),
-            core_seconds: started.elapsed().as_secs_f64(),
+            core_seconds: timings[CORE_ROUNDS / 2],
         });
     }
     let four_mp: Vec<&Image> = images
@@ -346,7 +356,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 fn print_report(args: &Args, images: &[Image], results: &[RunResult]) {
     println!("Core reference (processor `render()`, one thread, the running spec):\n");
-    println!("| image | MP | core s |");
+    println!("| image | MP | core s (median of {CORE_ROUNDS}) |");
     println!("| --- | ---: | ---: |");
     for image in images {
         println!(
