@@ -1,5 +1,7 @@
 //! A record no consumer can decode goes to the dead-letter topic with headers saying where it
-//! came from and why, and the partition keeps moving.
+//! came from and why, and the partition keeps moving: garbage, and a hostile record that once
+//! aborted both consumers (a valid `ImageUploaded` whose last byte became a huge map block
+//! count, for which the Avro decoder reserved memory before reading).
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
@@ -23,6 +25,54 @@ fn header(message: &impl Message, key: &str) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_record_is_dead_lettered_and_the_partition_keeps_moving() {
+    poison_is_dead_lettered_and_the_partition_keeps_moving(b"definitely not avro".to_vec()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_huge_block_count_is_dead_lettered_not_an_abort() {
+    poison_is_dead_lettered_and_the_partition_keeps_moving(huge_metadata_block_count()).await;
+}
+
+/// A valid `ImageUploaded` whose last byte (its empty `metadata` map) is replaced by a map
+/// block of 500 million entries with nothing behind it (under the old decoder's item-count
+/// check, over this machine's memory once multiplied by the entry's size).
+fn huge_metadata_block_count() -> Vec<u8> {
+    let event = imgpipe_schemas::Event::new(
+        uuid::Uuid::now_v7(),
+        "req-poison",
+        None,
+        imgpipe_schemas::Producer {
+            service: "test".into(),
+            version: "0".into(),
+        },
+        imgpipe_schemas::ImageUploaded {
+            owner: "client-a".into(),
+            original_key: "originals/x".into(),
+            format: "png".into(),
+            bytes: 1,
+            sha256: "00".repeat(32),
+            width: 1,
+            height: 1,
+            metadata: Default::default(),
+        },
+    );
+    let mut bytes = imgpipe_schemas::encode(&event).unwrap();
+    assert_eq!(
+        bytes.pop(),
+        Some(0),
+        "the record ends with the empty metadata map"
+    );
+    // As Avro's zigzag varint long.
+    let mut n: u64 = 500_000_000u64 << 1;
+    while n >= 0x80 {
+        bytes.push((n as u8 & 0x7f) | 0x80);
+        n >>= 7;
+    }
+    bytes.push(n as u8);
+    bytes
+}
+
+async fn poison_is_dead_lettered_and_the_partition_keeps_moving(poison: Vec<u8>) {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
     let topics = pipeline.kafka.topics();
 
@@ -35,7 +85,7 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_keeps_moving() {
                 FutureRecord::to(&topics.events)
                     .partition(0)
                     .key(poison_key)
-                    .payload(b"definitely not avro")
+                    .payload(&poison)
                     .headers(OwnedHeaders::new().insert(Header {
                         key: "event-type",
                         value: Some("ImageUploaded"),
@@ -116,7 +166,7 @@ async fn a_poison_record_is_dead_lettered_and_the_partition_keeps_moving() {
         };
         let message = message.unwrap();
         assert_eq!(message.key(), Some(poison_key.as_bytes()));
-        assert_eq!(message.payload(), Some(&b"definitely not avro"[..]));
+        assert_eq!(message.payload(), Some(&poison[..]));
         assert_eq!(
             header(&message, dlq::ORIGINAL_TOPIC).unwrap(),
             topics.events

@@ -9,7 +9,9 @@ use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use apache_avro::rabin::Rabin;
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::types::Value;
+use apache_avro::writer::datum::GenericDatumWriter;
 use apache_avro::Schema;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -130,9 +132,19 @@ struct Schemas {
     by_fingerprint: HashMap<[u8; 8], Schema>,
 }
 
+/// The most the Avro decoder may reserve for one collection, or one string or bytes value, of
+/// a record. Far above what a real event holds (a record is at most the broker's message size,
+/// 1 MiB by default), far below what hurts: a crafted block count is refused with an error
+/// before any memory is reserved for it, instead of aborting the process.
+pub const MAX_DECODE_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
+
 fn schemas() -> &'static Schemas {
     static SCHEMAS: OnceLock<Schemas> = OnceLock::new();
     SCHEMAS.get_or_init(|| {
+        // Every encode and decode passes here first, so the limit is set before the decoder's
+        // first allocation would fix it at the library's default (512 MiB). The library keeps
+        // the first value set, process-wide.
+        apache_avro::util::max_allocation_bytes(MAX_DECODE_ALLOCATION_BYTES);
         let mut by_fingerprint = HashMap::new();
         let mut current = None;
         for (version, text) in writer_schemas() {
@@ -209,7 +221,7 @@ pub fn framing(bytes: &[u8]) -> Result<Framing, SchemaError> {
 /// Encodes an event with the current schema in the Confluent framing, under the id the
 /// registry gave the current schema.
 pub fn encode_confluent(event: &Event, schema_id: u32) -> Result<Vec<u8>, SchemaError> {
-    let body = apache_avro::to_avro_datum(&schemas().current, event_to_value(event)?)?;
+    let body = write_datum(&schemas().current, event_to_value(event)?)?;
     let mut out = Vec::with_capacity(CONFLUENT_HEADER_LEN + body.len());
     out.push(CONFLUENT_MAGIC);
     out.extend_from_slice(&schema_id.to_be_bytes());
@@ -233,7 +245,7 @@ pub fn decode_with(bytes: &[u8], lookup: &dyn SchemaLookup) -> Result<Event, Sch
 /// Encodes an event with the current schema (single-object encoding).
 pub fn encode(event: &Event) -> Result<Vec<u8>, SchemaError> {
     let schemas = schemas();
-    let body = apache_avro::to_avro_datum(&schemas.current, event_to_value(event)?)?;
+    let body = write_datum(&schemas.current, event_to_value(event)?)?;
     let mut out = Vec::with_capacity(HEADER_LEN + body.len());
     out.extend_from_slice(&SINGLE_OBJECT_MARKER);
     out.extend_from_slice(&schemas.current_fingerprint);
@@ -261,11 +273,21 @@ pub fn decode(bytes: &[u8]) -> Result<Event, SchemaError> {
 
 /// Decodes an Avro body written with `writer` into the current model.
 fn decode_body(writer: &Schema, mut body: &[u8]) -> Result<Event, SchemaError> {
-    let value = apache_avro::from_avro_datum(writer, &mut body, Some(&schemas().current))?;
+    let value = GenericDatumReader::builder(writer)
+        .reader_schema(&schemas().current)
+        .build()?
+        .read_value(&mut body)?;
     if !body.is_empty() {
         return Err(SchemaError::TrailingBytes(body.len()));
     }
     value_to_event(value)
+}
+
+/// A value as an Avro body of `schema` (validated against it).
+fn write_datum(schema: &Schema, value: Value) -> Result<Vec<u8>, SchemaError> {
+    Ok(GenericDatumWriter::builder(schema)
+        .build()?
+        .write_value_to_vec(value)?)
 }
 
 fn hex_string(bytes: &[u8]) -> String {

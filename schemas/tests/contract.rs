@@ -34,7 +34,7 @@ fn payload_record<'a>(schema: &'a Schema, name: &str) -> &'a Schema {
     payload_union(schema)
         .variants()
         .iter()
-        .find(|variant| matches!(variant, Schema::Record(r) if r.name.name == name))
+        .find(|variant| matches!(variant, Schema::Record(r) if r.name.name() == name))
         .unwrap_or_else(|| panic!("payload union has no {name}"))
 }
 
@@ -62,7 +62,7 @@ fn rust_types_match_the_current_avsc() {
         .variants()
         .iter()
         .map(|variant| match variant {
-            Schema::Record(record) => record.name.name.clone(),
+            Schema::Record(record) => record.name.name().to_string(),
             other => panic!("payload branch is not a record: {other:?}"),
         })
         .collect();

@@ -60,3 +60,70 @@ proptest! {
         let _ = decode(&bytes[..len]);
     }
 }
+
+/// A zigzag varint, as Avro writes a `long`.
+fn zigzag(value: i64) -> Vec<u8> {
+    let mut n = ((value << 1) ^ (value >> 63)) as u64;
+    let mut out = Vec::new();
+    loop {
+        let byte = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// A valid `ImageUploaded` whose last field (the empty `metadata` map, one zero byte) is
+/// replaced by a block of `count` entries with nothing behind it: the record that aborted the
+/// processor and the projector when the decoder reserved memory for the count before reading.
+fn with_huge_metadata_count(count: i64) -> Vec<u8> {
+    let mut bytes = valid_record();
+    assert_eq!(
+        bytes.pop(),
+        Some(0),
+        "the record ends with the empty metadata map"
+    );
+    bytes.extend(zigzag(count));
+    bytes
+}
+
+#[test]
+fn a_huge_map_block_count_is_a_typed_error_not_an_abort() {
+    // Under 2^29 entries the old decoder let the count through and reserved it: gigabytes.
+    for count in [
+        1 << 24,
+        400_000_000,
+        536_000_000,
+        1 << 31,
+        5_000_000_000,
+        i64::MAX >> 1,
+    ] {
+        let error = decode(&with_huge_metadata_count(count)).unwrap_err();
+        assert!(
+            matches!(error, imgpipe_schemas::SchemaError::Avro(_)),
+            "count {count}: {error:?}"
+        );
+    }
+}
+
+#[test]
+fn a_huge_negative_block_count_is_a_typed_error_not_an_abort() {
+    // Avro's negative block count is followed by the block's size in bytes.
+    let mut bytes = valid_record();
+    bytes.pop();
+    bytes.extend(zigzag(-(1 << 40)));
+    bytes.extend(zigzag(8));
+    assert!(decode(&bytes).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn any_block_count_without_its_entries_is_an_error(count in 1i64..i64::MAX) {
+        prop_assert!(decode(&with_huge_metadata_count(count)).is_err());
+    }
+}
