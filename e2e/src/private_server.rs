@@ -16,6 +16,7 @@ type CommandLine = Box<dyn Fn(u16, &Path) -> Vec<OsString> + Send>;
 /// its directory and log are kept for a look).
 pub struct PrivateServer {
     tool: &'static str,
+    program: PathBuf,
     dir: PathBuf,
     port: u16,
     command_line: CommandLine,
@@ -29,21 +30,125 @@ impl PrivateServer {
         tool: &'static str,
         command_line: impl Fn(u16, &Path) -> Vec<OsString> + Send + 'static,
     ) -> Self {
-        let dir = std::env::temp_dir().join(format!("imgpipe-{tool}-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&dir).expect("creating the private server's directory");
+        Self::start_program(tool, tool_path(tool), command_line)
+    }
+
+    /// Like [`PrivateServer::start`], with the program named by its path.
+    pub fn start_program(
+        tool: &'static str,
+        program: PathBuf,
+        command_line: impl Fn(u16, &Path) -> Vec<OsString> + Send + 'static,
+    ) -> Self {
+        let dir = private_dir(tool);
+        let mut server = Self::new(tool, program, dir, Box::new(command_line));
+        server.spawn();
+        server
+    }
+
+    /// A PostgreSQL server of the test's own (trust authentication, user `postgres`, database
+    /// `postgres`), from the machine's PostgreSQL binaries. As root, it runs as the `postgres`
+    /// user (PostgreSQL refuses root); `setpriv` execs, so a SIGKILL reaches the server itself.
+    pub fn postgres() -> Self {
+        let bin = postgres_bin_dir();
+        let dir = private_dir("postgres");
+        let data = dir.join("data");
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0"));
+        let mut prefix: Vec<OsString> = Vec::new();
+        if as_root {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&dir)
+                .status()
+                .expect("chown of the private database's directory");
+            assert!(status.success(), "chown failed");
+            prefix = [
+                "--reuid",
+                "postgres",
+                "--regid",
+                "postgres",
+                "--init-groups",
+                "--",
+            ]
+            .into_iter()
+            .map(Into::into)
+            .collect();
+        }
+        let runner = |program: PathBuf| -> Command {
+            if as_root {
+                let mut command = Command::new("setpriv");
+                command.args(&prefix).arg(program);
+                command
+            } else {
+                Command::new(program)
+            }
+        };
+        let output = runner(bin.join("initdb"))
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
+            .output()
+            .expect("running initdb");
+        assert!(
+            output.status.success(),
+            "initdb failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let program = if as_root {
+            PathBuf::from("setpriv")
+        } else {
+            bin.join("postgres")
+        };
+        let postgres = bin.join("postgres");
+        let command_line = move |port: u16, dir: &Path| -> Vec<OsString> {
+            let mut args = prefix.clone();
+            if as_root {
+                args.push(postgres.clone().into());
+            }
+            args.extend(
+                [
+                    "-D".into(),
+                    dir.join("data").into_os_string(),
+                    "-p".into(),
+                    port.to_string().into(),
+                    "-k".into(),
+                    dir.as_os_str().to_owned(),
+                ]
+                .into_iter()
+                .chain(
+                    [
+                        "-c",
+                        "listen_addresses=127.0.0.1",
+                        "-c",
+                        "fsync=off",
+                        "-c",
+                        "max_connections=200",
+                    ]
+                    .map(OsString::from),
+                ),
+            );
+            args
+        };
+        let mut server = Self::new("postgres", program, dir, Box::new(command_line));
+        server.spawn();
+        server
+    }
+
+    fn new(tool: &'static str, program: PathBuf, dir: PathBuf, command_line: CommandLine) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|listener| listener.local_addr())
             .expect("a free loopback port")
             .port();
-        let mut server = Self {
+        Self {
             tool,
+            program,
             dir,
             port,
-            command_line: Box::new(command_line),
+            command_line,
             process: None,
-        };
-        server.spawn();
-        server
+        }
     }
 
     pub fn port(&self) -> u16 {
@@ -81,8 +186,15 @@ impl PrivateServer {
         }
     }
 
+    /// Whether the process has exited by itself (a server that refused to start, say).
+    pub fn exited(&mut self) -> bool {
+        self.process
+            .as_mut()
+            .is_none_or(|process| !matches!(process.try_wait(), Ok(None)))
+    }
+
     fn spawn(&mut self) {
-        let binary = tool_path(self.tool);
+        let binary = self.program.clone();
         let log = File::options()
             .create(true)
             .append(true)
@@ -119,6 +231,26 @@ impl Drop for PrivateServer {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+fn private_dir(tool: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("imgpipe-{tool}-{}", Uuid::now_v7().simple()));
+    std::fs::create_dir_all(&dir).expect("creating the private server's directory");
+    dir
+}
+
+/// The newest PostgreSQL's binaries (Debian: `/usr/lib/postgresql/<major>/bin`).
+fn postgres_bin_dir() -> PathBuf {
+    let root = Path::new("/usr/lib/postgresql");
+    let mut majors: Vec<u32> = std::fs::read_dir(root)
+        .expect("PostgreSQL's binaries in /usr/lib/postgresql (scripts/stack installs them)")
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    majors.sort_unstable();
+    let major = majors
+        .last()
+        .expect("a PostgreSQL version in /usr/lib/postgresql");
+    root.join(major.to_string()).join("bin")
 }
 
 /// Where `scripts/stack` installs its tools: `$IMGPIPE_TOOLS_DIR/bin`, by default

@@ -60,6 +60,18 @@ pub struct KafkaConfig {
     /// partition was empty at the request, so it is added to every hop of an idle pipeline.
     #[serde(default = "default_fetch_wait_ms")]
     pub fetch_wait_ms: u64,
+    /// How long a consumer may leave lag unserved, with no record arriving or in hand and no
+    /// known outage, before it counts as stalled: it then leaves its group and rejoins with a
+    /// new client, and reports not ready (`/healthz` fails after four times as long). A few
+    /// session timeouts (10 s), well above the lag measurement's interval (5-10 s).
+    #[serde(default = "default_stall_secs")]
+    pub stall_secs: u64,
+}
+
+impl KafkaConfig {
+    pub fn stall_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.stall_secs.max(1))
+    }
 }
 
 impl FromEnv for KafkaConfig {
@@ -76,6 +88,10 @@ fn default_produce_timeout_ms() -> u64 {
 
 fn default_fetch_wait_ms() -> u64 {
     100
+}
+
+fn default_stall_secs() -> u64 {
+    30
 }
 
 /// The S3-compatible object store.

@@ -29,11 +29,19 @@
 //! outage handles its record again. A partition assigned meanwhile is paused as its first record
 //! arrives; that record waits in its task like the others.
 //!
+//! The loop reports what it sees to a [`ConsumerHealth`] (records arriving, records in hand,
+//! the assignment, outages) and asks it every second whether the member is stalled: lag it
+//! should be serving and nothing happening (`consume/health.rs` has the rule). Then it leaves
+//! the group and joins again with a new client from `reconnect`: the member's tasks stop as on
+//! shutdown (none has a record in hand, or it would not be stalled), the consumer is closed,
+//! and the next one starts from the group's committed offsets.
+//!
 //! On shutdown the dispatcher stops fetching, each task finishes the attempt in hand (for up to
 //! [`FINISH_GRACE`]) and stores its offset, records not started stay unstored (they are
 //! redelivered), and the consumer is closed.
 
 mod dead_letter;
+pub mod health;
 mod partition;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -51,8 +59,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::registry::EventCodec;
+use crate::InfraError;
 
 pub use dead_letter::DeadLetterProducer;
+pub use health::{ConsumerHealth, StallReason};
 
 /// How long the record in hand may take to finish after shutdown began; past it, it is
 /// dropped unstored and handled again after the restart.
@@ -175,13 +185,15 @@ pub mod dead_letter_headers {
     pub const CONSUMER_GROUP: &str = "dlq-consumer-group";
 }
 
-/// What the partition tasks share.
+/// What the partition tasks of one group member share.
 struct Shared<H> {
     consumer: Arc<StreamConsumer>,
     codec: EventCodec,
-    handler: H,
+    handler: Arc<H>,
     dead_letters: DeadLetterProducer,
     retry: RetryPolicy,
+    health: ConsumerHealth,
+    /// Cancelled on shutdown, or when this member leaves the group to rejoin.
     shutdown: CancellationToken,
     /// Counts the outages that ended: a task that met an outage during epoch `n` waits until
     /// it is past `n`.
@@ -203,29 +215,85 @@ struct PartitionQueue {
     revoked: CancellationToken,
 }
 
-/// Runs the loop until `shutdown` is cancelled, then closes the consumer on a blocking thread
-/// (dropping one can block for the session timeout when the broker is gone).
-pub async fn run<H: EventHandler + 'static>(
-    consumer: StreamConsumer,
-    codec: EventCodec,
-    handler: H,
-    dead_letters: DeadLetterProducer,
-    retry: RetryPolicy,
-    shutdown: CancellationToken,
-) {
-    let (available_tx, available) = watch::channel(0u64);
-    let (outage, mut outages) = mpsc::unbounded_channel();
-    let shared = Arc::new(Shared {
-        consumer: Arc::new(consumer),
+/// A consume loop's parts: the first consumer (created and subscribed), how to make another
+/// when the member must rejoin, and what handles the records.
+pub struct Consumption<H, C> {
+    pub consumer: StreamConsumer,
+    /// Creates and subscribes a new consumer, to rejoin the group after a stall.
+    pub reconnect: C,
+    pub codec: EventCodec,
+    pub handler: H,
+    pub dead_letters: DeadLetterProducer,
+    pub retry: RetryPolicy,
+    pub health: ConsumerHealth,
+}
+
+/// Why one member's loop ended.
+enum MemberEnd {
+    Shutdown,
+    Rejoin,
+}
+
+/// Runs the loop until `shutdown` is cancelled, rejoining the group with a new consumer
+/// whenever the member stalls; closes each consumer on a blocking thread (dropping one can
+/// block for the session timeout when the broker is gone).
+pub async fn run<H, C>(consumption: Consumption<H, C>, shutdown: CancellationToken)
+where
+    H: EventHandler + 'static,
+    C: Fn() -> Result<StreamConsumer, InfraError>,
+{
+    let Consumption {
+        mut consumer,
+        reconnect,
         codec,
         handler,
         dead_letters,
         retry,
-        shutdown: shutdown.clone(),
-        available,
-        outage,
-        drained: Notify::new(),
-    });
+        health,
+    } = consumption;
+    let handler = Arc::new(handler);
+    loop {
+        let (available_tx, available) = watch::channel(0u64);
+        let (outage, outages) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared {
+            consumer: Arc::new(consumer),
+            codec: codec.clone(),
+            handler: Arc::clone(&handler),
+            dead_letters: dead_letters.clone(),
+            retry,
+            health: health.clone(),
+            shutdown: shutdown.child_token(),
+            available,
+            outage,
+            drained: Notify::new(),
+        });
+        if let MemberEnd::Shutdown = run_member(shared, available_tx, outages).await {
+            return;
+        }
+        consumer = loop {
+            match reconnect() {
+                Ok(consumer) => break consumer,
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot create a consumer to rejoin, retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        };
+        tracing::info!("rejoined the consumer group with a new client");
+    }
+}
+
+/// One group member's life: dispatches records until shutdown or a stall, then lets its tasks
+/// finish and closes its consumer.
+async fn run_member<H: EventHandler + 'static>(
+    shared: Arc<Shared<H>>,
+    available_tx: watch::Sender<u64>,
+    mut outages: mpsc::UnboundedReceiver<u64>,
+) -> MemberEnd {
+    let stop = shared.shutdown.clone();
     let mut dispatcher = Dispatcher {
         shared: Arc::clone(&shared),
         partitions: HashMap::new(),
@@ -237,9 +305,9 @@ pub async fn run<H: EventHandler + 'static>(
     let (outage_over_tx, mut outage_over) = mpsc::channel::<()>(1);
     let mut outage_waiter: Option<tokio::task::JoinHandle<()>> = None;
     let mut assignment_check = tokio::time::interval(ASSIGNMENT_CHECK);
-    loop {
+    let end = loop {
         tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = stop.cancelled() => break MemberEnd::Shutdown,
             message = shared.consumer.recv() => match message {
                 // Owned, so the record can be queued while the consumer keeps polling.
                 Ok(message) => dispatcher.route(message.detach()),
@@ -270,13 +338,24 @@ pub async fn run<H: EventHandler + 'static>(
                 dispatcher.stop_revoked();
                 dispatcher.release_held();
                 dispatcher.reap_finished();
+                if let Some(reason) = shared.health.should_rejoin() {
+                    let snapshot = shared.health.snapshot();
+                    tracing::warn!(
+                        %reason, lag = ?snapshot.lag,
+                        assigned_partitions = snapshot.assigned_partitions,
+                        idle_secs = snapshot.seconds_since_progress as u64,
+                        "consumer stalled with lag to serve: leaving the group to rejoin"
+                    );
+                    break MemberEnd::Rejoin;
+                }
             },
         }
-    }
+    };
     if let Some(waiter) = outage_waiter {
         waiter.abort();
     }
-    // Queues close; each task sees the shutdown, finishes the record in hand and stores it.
+    // Queues close; each task sees the stop, finishes the record in hand and stores it.
+    stop.cancel();
     dispatcher.partitions.clear();
     while let Some(joined) = dispatcher.tasks.join_next().await {
         if let Err(error) = joined {
@@ -287,6 +366,7 @@ pub async fn run<H: EventHandler + 'static>(
     drop(dispatcher);
     drop(shared);
     close(consumer).await;
+    end
 }
 
 struct Dispatcher<H> {
@@ -301,6 +381,7 @@ struct Dispatcher<H> {
 
 impl<H: EventHandler + 'static> Dispatcher<H> {
     fn route(&mut self, message: OwnedMessage) {
+        self.shared.health.progressed();
         let key = (message.topic().to_string(), message.partition());
         if self.in_outage && self.outage_paused.insert(key.clone()) {
             // Assigned during the outage: pause it like the rest.
@@ -385,6 +466,9 @@ impl<H: EventHandler + 'static> Dispatcher<H> {
         let Ok(assignment) = self.shared.consumer.assignment() else {
             return;
         };
+        self.shared
+            .health
+            .set_assignment(assignment.elements().iter().map(|e| e.partition()));
         let consumer = &self.shared.consumer;
         self.partitions.retain(|key, queue| {
             let kept = assignment.find_partition(&key.0, key.1).is_some();
@@ -410,6 +494,7 @@ impl<H: EventHandler + 'static> Dispatcher<H> {
 
     fn pause_for_outage(&mut self) {
         self.in_outage = true;
+        self.shared.health.set_waiting_on_dependency(true);
         let assignment = self.shared.consumer.assignment().unwrap_or_default();
         if let Err(error) = self.shared.consumer.pause(&assignment) {
             tracing::warn!(error = %error, "could not pause the assignment");
@@ -423,6 +508,7 @@ impl<H: EventHandler + 'static> Dispatcher<H> {
 
     fn resume_after_outage(&mut self) {
         self.in_outage = false;
+        self.shared.health.set_waiting_on_dependency(false);
         // What was paused, also partitions revoked meanwhile (should they come back, they must
         // not come back paused), and what is assigned now.
         let assignment = self.shared.consumer.assignment().unwrap_or_default();

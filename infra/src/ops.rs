@@ -1,5 +1,8 @@
-//! The operational HTTP endpoints every worker serves: `/healthz` (the process is alive) and
-//! `/readyz` (its dependencies answer).
+//! The operational HTTP endpoints every worker serves: `/healthz` (liveness: the worker's own
+//! loop is not stuck; a dependency's outage does not fail it, so an orchestrator does not
+//! restart every worker when the broker is down) and `/readyz` (its dependencies answer and its
+//! consumer is making progress). The answers say which check failed, never the error's text
+//! (that goes to the log: it can name hosts and users).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -11,6 +14,8 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::consume::ConsumerHealth;
+
 /// Checks a service's dependencies; `Err` carries what is not reachable.
 pub trait Readiness: Send + Sync + 'static {
     fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
@@ -19,41 +24,74 @@ pub trait Readiness: Send + Sync + 'static {
 #[derive(Serialize)]
 struct Status {
     status: &'static str,
+    /// The check that failed.
     #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
+    failing: Option<Check>,
 }
 
-pub fn router(readiness: Arc<dyn Readiness>) -> Router {
+/// What `/healthz` and `/readyz` check.
+#[derive(Debug, Clone, Copy, Serialize)]
+#[serde(rename_all = "kebab-case")]
+enum Check {
+    /// The consume loop: not stalled with lag to serve.
+    Consumer,
+    /// The broker, the bucket, the database: whatever the service needs.
+    Dependencies,
+}
+
+#[derive(Clone)]
+struct OpsState {
+    readiness: Arc<dyn Readiness>,
+    consumer: Option<ConsumerHealth>,
+}
+
+/// `/healthz` and `/readyz` of a worker; `consumer` is its consume loop's health.
+pub fn router(readiness: Arc<dyn Readiness>, consumer: Option<ConsumerHealth>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(readiness)
+        .with_state(OpsState {
+            readiness,
+            consumer,
+        })
 }
 
-async fn healthz() -> Json<Status> {
-    Json(Status {
-        status: "ok",
-        error: None,
-    })
+fn answer(
+    ok: &'static str,
+    failed: &'static str,
+    failing: Option<Check>,
+) -> (StatusCode, Json<Status>) {
+    let code = match failing {
+        None => StatusCode::OK,
+        Some(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    let status = if failing.is_none() { ok } else { failed };
+    (code, Json(Status { status, failing }))
 }
 
-async fn readyz(State(readiness): State<Arc<dyn Readiness>>) -> (StatusCode, Json<Status>) {
-    match readiness.check().await {
-        Ok(()) => (
-            StatusCode::OK,
-            Json(Status {
-                status: "ready",
-                error: None,
-            }),
-        ),
-        Err(error) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(Status {
-                status: "not-ready",
-                error: Some(error),
-            }),
-        ),
-    }
+async fn healthz(State(state): State<OpsState>) -> (StatusCode, Json<Status>) {
+    let failing = match state.consumer.as_ref().map(ConsumerHealth::live) {
+        Some(Err(error)) => {
+            tracing::error!(error = %error, "liveness check failed");
+            Some(Check::Consumer)
+        }
+        _ => None,
+    };
+    answer("ok", "stalled", failing)
+}
+
+async fn readyz(State(state): State<OpsState>) -> (StatusCode, Json<Status>) {
+    let consumer = state.consumer.as_ref().map(ConsumerHealth::ready);
+    let failing = if let Some(Err(error)) = consumer {
+        tracing::warn!(error = %error, "not ready");
+        Some(Check::Consumer)
+    } else if let Err(error) = state.readiness.check().await {
+        tracing::warn!(error = %error, "not ready");
+        Some(Check::Dependencies)
+    } else {
+        None
+    };
+    answer("ready", "not-ready", failing)
 }
 
 /// Resolves on SIGINT or SIGTERM.

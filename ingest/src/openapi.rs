@@ -141,10 +141,11 @@ fn openapi_json() {}
 #[derive(Serialize, ToSchema)]
 #[allow(dead_code)]
 struct Health {
-    /// `ok` (healthz), `ready` or `not-ready` (readyz).
+    /// `ok` or `stalled` (healthz), `ready` or `not-ready` (readyz).
     status: String,
-    /// What is not reachable.
-    error: Option<String>,
+    /// The check that failed: `dependencies` (broker, bucket or database; the log says
+    /// which and why) or, on the workers, `consumer`.
+    failing: Option<String>,
 }
 
 /// The process is alive.

@@ -12,6 +12,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use imgpipe_infra::breaker::BreakerState;
+use imgpipe_infra::consume::health::HealthSnapshot;
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -145,6 +146,11 @@ impl ProcessorMetrics {
 }
 
 impl ProcessorMetrics {
+    /// The consumer's health (names in `imgpipe_infra::consume::health::metric_names`).
+    pub(crate) fn consumer_health(&self, health: &HealthSnapshot) {
+        metrics::with_local_recorder(&*self.recorder, || health.record(crate::startup::GROUP));
+    }
+
     pub(crate) fn consumer_lag(&self, partition: i32, lag: i64) {
         metrics::with_local_recorder(&*self.recorder, || {
             metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);

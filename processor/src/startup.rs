@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgpipe_infra::breaker::CircuitBreaker;
-use imgpipe_infra::consume::{self, DeadLetterProducer, RetryPolicy};
+use imgpipe_infra::consume::{self, ConsumerHealth, Consumption, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::ops::{self, Readiness};
 use imgpipe_infra::registry::EventCodec;
@@ -20,7 +20,7 @@ use crate::handler::VariantHandler;
 use crate::metrics::{self, ProcessorMetrics};
 use crate::{Config, ProcessorError};
 
-const GROUP: &str = "imgpipe-processor";
+pub(crate) const GROUP: &str = "imgpipe-processor";
 /// How often the group's lag is measured.
 const LAG_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -36,22 +36,28 @@ pub struct Processor {
     /// the group and cannot disturb the consuming one.
     lag_probe: Arc<BaseConsumer>,
     events_topic: String,
+    kafka: imgpipe_infra::KafkaConfig,
+    health: ConsumerHealth,
+}
+
+/// A consumer in the processor group, subscribed to the events topic.
+fn connect(
+    kafka: &imgpipe_infra::KafkaConfig,
+) -> Result<StreamConsumer, imgpipe_infra::InfraError> {
+    let consumer: StreamConsumer = kafka
+        .consumer_config("imgpipe-processor", GROUP)
+        // An image can take seconds; give slow ones room before the group evicts us.
+        .set("max.poll.interval.ms", "600000")
+        .create()?;
+    consumer.subscribe(&[&kafka.topics().events])?;
+    Ok(consumer)
 }
 
 impl Processor {
     pub async fn build(config: &Config) -> Result<Self, ProcessorError> {
         let settings = &config.processor;
         let spec = settings.spec()?;
-        let consumer: StreamConsumer = config
-            .kafka
-            .consumer_config("imgpipe-processor", GROUP)
-            // An image can take seconds; give slow ones room before the group evicts us.
-            .set("max.poll.interval.ms", "600000")
-            .create()
-            .map_err(imgpipe_infra::InfraError::from)?;
-        consumer
-            .subscribe(&[&config.kafka.topics().events])
-            .map_err(imgpipe_infra::InfraError::from)?;
+        let consumer = connect(&config.kafka)?;
         let codec = EventCodec::connect(&config.registry, &config.kafka.topics().events).await?;
         let cpu_jobs = match settings.cpu_jobs {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
@@ -91,6 +97,8 @@ impl Processor {
                     .map_err(imgpipe_infra::InfraError::from)?,
             ),
             events_topic: config.kafka.topics().events,
+            kafka: config.kafka.clone(),
+            health: ConsumerHealth::new(config.kafka.stall_after()),
         })
     }
 
@@ -111,7 +119,8 @@ impl Processor {
         let metrics_handle = self.handler.metrics.handle();
         let ops = tokio::spawn(ops::serve(
             self.ops_listener,
-            ops::router(readiness).merge(metrics::router(metrics_handle.clone())),
+            ops::router(readiness, Some(self.health.clone()))
+                .merge(metrics::router(metrics_handle.clone())),
             shutdown.clone(),
         ));
         // Histograms buffer samples until drained; without scrapes that would grow unbounded.
@@ -131,6 +140,7 @@ impl Processor {
             self.lag_probe,
             self.events_topic,
             self.handler.metrics.clone(),
+            self.health.clone(),
             shutdown.clone(),
         ));
         let events = self.handler.events.clone();
@@ -138,12 +148,17 @@ impl Processor {
             spec_version = self.handler.spec.version,
             "processor consuming"
         );
+        let kafka = self.kafka;
         consume::run(
-            self.consumer,
-            self.codec,
-            self.handler,
-            self.dead_letters,
-            self.retry,
+            Consumption {
+                consumer: self.consumer,
+                reconnect: move || connect(&kafka),
+                codec: self.codec,
+                handler: self.handler,
+                dead_letters: self.dead_letters,
+                retry: self.retry,
+                health: self.health,
+            },
             shutdown,
         )
         .await;
@@ -156,11 +171,13 @@ impl Processor {
     }
 }
 
-/// Every [`LAG_INTERVAL`], sets the lag gauge of each partition of the events topic.
+/// Every [`LAG_INTERVAL`], sets the lag gauge of each partition of the events topic, tells the
+/// consumer's health, and exports the health.
 async fn report_lag(
     probe: Arc<BaseConsumer>,
     topic: String,
     metrics: ProcessorMetrics,
+    health: ConsumerHealth,
     shutdown: CancellationToken,
 ) {
     let mut ticks = tokio::time::interval(LAG_INTERVAL);
@@ -177,13 +194,15 @@ async fn report_lag(
         .await;
         match measured {
             Ok(Ok(lags)) => {
-                for (partition, lag) in lags {
+                for &(partition, lag) in &lags {
                     metrics.consumer_lag(partition, lag);
                 }
+                health.record_lag(lags);
             }
             Ok(Err(error)) => tracing::debug!(error = %error, "could not measure consumer lag"),
             Err(error) => tracing::warn!(error = %error, "consumer lag task failed"),
         }
+        metrics.consumer_health(&health.snapshot());
     }
 }
 

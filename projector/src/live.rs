@@ -5,11 +5,19 @@
 //! a partition it is assigned starts at the position stored in Postgres, set by the rebalance
 //! callback. Kafka's committed offsets are still stored after each commit, for `rpk group
 //! describe`, and never read.
+//!
+//! The loop tells a [`ConsumerHealth`] what it sees (batches arriving and in hand, the database
+//! retried, the assignment) and, while it waits for a first record, asks it every second
+//! whether the member is stalled; then [`run`] returns [`LiveEnd::Rejoin`] and the caller
+//! closes the consumer and joins again with a new one. A batch in hand is never cut short:
+//! only the wait for its first record is interrupted, which loses nothing (`recv` is
+//! cancel-safe).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use imgpipe_infra::consume::ConsumerHealth;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaResult;
 use rdkafka::message::OwnedMessage;
@@ -80,23 +88,49 @@ pub(crate) struct BatchSettings {
     pub(crate) linger: Duration,
 }
 
-/// Consumes until `shutdown` is cancelled. A batch in hand is finished (committed) first,
-/// unless the database is down, in which case it is left for the next start. The caller
-/// closes the consumer.
-pub(crate) async fn run(
-    consumer: &Arc<LiveConsumer>,
-    applier: Applier,
-    positions: SharedPositions,
-    batch: BatchSettings,
-    metrics: ProjectorMetrics,
-    shutdown: CancellationToken,
-) {
+/// What the live loop works with; the consumer is the caller's (it closes it).
+pub(crate) struct Live<'a> {
+    pub(crate) consumer: &'a Arc<LiveConsumer>,
+    pub(crate) applier: &'a Applier,
+    pub(crate) positions: &'a SharedPositions,
+    pub(crate) batch: &'a BatchSettings,
+    pub(crate) metrics: &'a ProjectorMetrics,
+    pub(crate) health: &'a ConsumerHealth,
+}
+
+/// Why [`run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LiveEnd {
+    Shutdown,
+    /// The member stalled: close this consumer and join again with a new one.
+    Rejoin,
+}
+
+/// How often the loop, waiting for records, looks at its assignment and asks whether it is
+/// stalled.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// Consumes until `shutdown` is cancelled or the member stalls. A batch in hand is finished
+/// (committed) first, unless the database is down, in which case it is left for the next
+/// start. The caller closes the consumer.
+pub(crate) async fn run(live: Live<'_>, shutdown: &CancellationToken) -> LiveEnd {
+    let Live {
+        consumer,
+        applier,
+        positions,
+        batch,
+        metrics,
+        health,
+    } = live;
     let mut backoff = Backoff::default();
     'receive: loop {
-        let records = tokio::select! {
-            () = shutdown.cancelled() => break,
-            records = receive(consumer, &batch) => records,
+        let first = tokio::select! {
+            () = shutdown.cancelled() => break LiveEnd::Shutdown,
+            () = until_stalled(consumer, health) => break LiveEnd::Rejoin,
+            first = first_record(consumer) => first,
         };
+        let records = linger(consumer, first, batch).await;
+        let in_hand = health.in_hand();
         let started = Instant::now();
         loop {
             match applier.apply(&records, &positions.snapshot()).await {
@@ -116,42 +150,71 @@ pub(crate) async fn run(
                     tracing::info!(
                         "stored positions moved (another instance or a rebuild), seeking to them"
                     );
-                    if !resync(consumer, &applier, &positions, &shutdown).await {
-                        break 'receive;
+                    if !resync(consumer, applier, positions, shutdown).await {
+                        break 'receive LiveEnd::Shutdown;
                     }
                     break;
                 }
                 Err(error) => {
+                    health.set_waiting_on_dependency(true);
                     let delay = backoff.next();
                     tracing::warn!(
                         error = %error, retry_in_ms = delay.as_millis() as u64,
                         "database unavailable, retrying the batch"
                     );
                     tokio::select! {
-                        () = shutdown.cancelled() => break 'receive,
+                        () = shutdown.cancelled() => break 'receive LiveEnd::Shutdown,
                         () = tokio::time::sleep(delay) => {}
                     }
                 }
             }
         }
+        health.set_waiting_on_dependency(false);
+        drop(in_hand);
     }
 }
 
-/// Waits for a first record, then takes more until the batch is full or the linger is over.
-async fn receive(consumer: &LiveConsumer, batch: &BatchSettings) -> Vec<OwnedMessage> {
-    let mut records = Vec::new();
+/// Resolves once the member is stalled (keeping the health's view of the assignment fresh).
+async fn until_stalled(consumer: &LiveConsumer, health: &ConsumerHealth) {
+    let mut tick = tokio::time::interval(HEALTH_CHECK);
+    loop {
+        tick.tick().await;
+        if let Ok(assignment) = consumer.assignment() {
+            health.set_assignment(assignment.elements().iter().map(|e| e.partition()));
+        }
+        if let Some(reason) = health.should_rejoin() {
+            let snapshot = health.snapshot();
+            tracing::warn!(
+                %reason, lag = ?snapshot.lag,
+                assigned_partitions = snapshot.assigned_partitions,
+                idle_secs = snapshot.seconds_since_progress as u64,
+                "consumer stalled with lag to serve: leaving the group to rejoin"
+            );
+            return;
+        }
+    }
+}
+
+/// The next record (cancel-safe: `recv` is).
+async fn first_record(consumer: &LiveConsumer) -> OwnedMessage {
     loop {
         match consumer.recv().await {
-            Ok(message) => {
-                records.push(message.detach());
-                break;
-            }
+            Ok(message) => return message.detach(),
             Err(error) => {
                 tracing::warn!(error = %error, "kafka receive failed");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }
+}
+
+/// Takes more records after `first` until the batch is full or the linger is over.
+async fn linger(
+    consumer: &LiveConsumer,
+    first: OwnedMessage,
+    batch: &BatchSettings,
+) -> Vec<OwnedMessage> {
+    let mut records = vec![first];
     let deadline = tokio::time::Instant::now() + batch.linger;
     while records.len() < batch.max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {

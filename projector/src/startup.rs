@@ -3,16 +3,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgpipe_infra::consume::DeadLetterProducer;
+use imgpipe_infra::consume::{ConsumerHealth, DeadLetterProducer};
 use imgpipe_infra::ops::{self, Readiness};
 use imgpipe_infra::registry::EventCodec;
-use rdkafka::consumer::Consumer;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Applier, Rejects};
-use crate::live::{self, BatchSettings, LiveConsumer, PositionsContext};
+use crate::live::{self, BatchSettings, Live, LiveConsumer, LiveEnd, PositionsContext};
 use crate::metrics::{self, ProjectorMetrics};
 use crate::positions::{self, SharedPositions};
 use crate::{db, Config, ProjectorError};
@@ -24,6 +25,11 @@ const LAG_INTERVAL: Duration = Duration::from_secs(5);
 /// A built projector: its ops endpoint bound, not yet consuming.
 pub struct Projector {
     consumer: Arc<LiveConsumer>,
+    /// The live consumer's settings, to join again with a new client after a stall.
+    consumer_config: ClientConfig,
+    /// Measures the watermarks for the lag; a client of its own that never joins the group.
+    lag_probe: Arc<BaseConsumer>,
+    health: ConsumerHealth,
     positions: SharedPositions,
     applier: Applier,
     batch: BatchSettings,
@@ -35,18 +41,21 @@ pub struct Projector {
 impl Projector {
     pub async fn build(config: &Config) -> Result<Self, ProjectorError> {
         let positions = SharedPositions::default();
-        let consumer: LiveConsumer = config
+        let mut consumer_config = config.kafka.consumer_config("imgpipe-projector", GROUP);
+        // Eager rebalancing: the callback assigns the whole assignment at stored positions.
+        consumer_config.set("partition.assignment.strategy", "range,roundrobin");
+        let consumer = create_consumer(&consumer_config, &positions)?;
+        let lag_probe: BaseConsumer = config
             .kafka
-            .consumer_config("imgpipe-projector", GROUP)
-            // Eager rebalancing: the callback assigns the whole assignment at stored positions.
-            .set("partition.assignment.strategy", "range,roundrobin")
-            .create_with_context(PositionsContext {
-                positions: positions.clone(),
-            })
+            .client_config("imgpipe-projector-lag")
+            .create()
             .map_err(imgpipe_infra::InfraError::from)?;
         let dead_letters = DeadLetterProducer::new(&config.kafka, "imgpipe-projector", GROUP)?;
         Ok(Self {
             consumer: Arc::new(consumer),
+            consumer_config,
+            lag_probe: Arc::new(lag_probe),
+            health: ConsumerHealth::new(config.kafka.stall_after()),
             positions,
             applier: Applier {
                 pool: config.database.pool()?,
@@ -78,7 +87,8 @@ impl Projector {
         let metrics_handle = self.metrics.handle();
         let ops = tokio::spawn(ops::serve(
             self.ops_listener,
-            ops::router(readiness).merge(metrics::router(metrics_handle.clone())),
+            ops::router(readiness, Some(self.health.clone()))
+                .merge(metrics::router(metrics_handle.clone())),
             shutdown.clone(),
         ));
         let upkeep = tokio::spawn({
@@ -98,33 +108,44 @@ impl Projector {
             .orphan_sweep
             .map(|s| tokio::spawn(s.run(shutdown.clone())));
 
-        // The positions must be known before the first assignment, which seeks to them.
-        if load_positions(&self.applier, &self.positions, &shutdown).await {
-            self.consumer
-                .subscribe(&[&self.applier.topic])
-                .map_err(imgpipe_infra::InfraError::from)?;
-            let stop_lag = shutdown.child_token();
-            let lag = tokio::spawn(report_lag(
-                Arc::clone(&self.consumer),
-                pool.clone(),
-                self.applier.topic.clone(),
-                self.metrics.clone(),
-                stop_lag.clone(),
-            ));
+        let stop_lag = shutdown.child_token();
+        let lag = tokio::spawn(report_lag(
+            Arc::clone(&self.lag_probe),
+            pool.clone(),
+            self.applier.topic.clone(),
+            self.metrics.clone(),
+            self.health.clone(),
+            stop_lag.clone(),
+        ));
+        let mut next = Some(self.consumer);
+        while let Some(consumer) = next.take() {
+            // The positions must be known before the first assignment, which seeks to them;
+            // read again before each rejoin, since another instance may have moved them.
+            if !load_positions(&self.applier, &self.positions, &shutdown).await {
+                live::close(consumer).await;
+                break;
+            }
+            if let Err(error) = consumer.subscribe(&[&self.applier.topic]) {
+                live::close(consumer).await;
+                return Err(imgpipe_infra::InfraError::from(error).into());
+            }
             tracing::info!(positions = ?self.positions.snapshot(), "projector consuming");
-            live::run(
-                &self.consumer,
-                self.applier,
-                self.positions,
-                self.batch,
-                self.metrics,
-                shutdown.clone(),
-            )
-            .await;
-            stop_lag.cancel();
-            let _ = lag.await;
+            let live = Live {
+                consumer: &consumer,
+                applier: &self.applier,
+                positions: &self.positions,
+                batch: &self.batch,
+                metrics: &self.metrics,
+                health: &self.health,
+            };
+            let end = live::run(live, &shutdown).await;
+            live::close(consumer).await;
+            if end == LiveEnd::Rejoin {
+                next = reconnect(&self.consumer_config, &self.positions, &shutdown).await;
+            }
         }
-        live::close(self.consumer).await;
+        stop_lag.cancel();
+        let _ = lag.await;
         if let Some(Err(error)) = match orphan_sweep {
             Some(task) => Some(task.await),
             None => None,
@@ -138,6 +159,37 @@ impl Projector {
         }
         tracing::info!("projector stopped");
         Ok(())
+    }
+}
+
+/// A live consumer with the rebalance callback that assigns at `positions`; not subscribed.
+fn create_consumer(
+    config: &ClientConfig,
+    positions: &SharedPositions,
+) -> Result<LiveConsumer, imgpipe_infra::InfraError> {
+    Ok(config.create_with_context(PositionsContext {
+        positions: positions.clone(),
+    })?)
+}
+
+/// A new consumer to rejoin the group with, retrying while it cannot be created; `None` if
+/// `shutdown` came first.
+async fn reconnect(
+    config: &ClientConfig,
+    positions: &SharedPositions,
+    shutdown: &CancellationToken,
+) -> Option<Arc<LiveConsumer>> {
+    loop {
+        match create_consumer(config, positions) {
+            Ok(consumer) => return Some(Arc::new(consumer)),
+            Err(error) => {
+                tracing::error!(error = %error, "cannot create a consumer to rejoin, retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return None,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
     }
 }
 
@@ -173,10 +225,11 @@ async fn load_positions(
 /// Every [`LAG_INTERVAL`], sets each partition's lag: its high watermark minus the position
 /// stored in Postgres (the same for every instance: what the projection has not applied).
 async fn report_lag(
-    consumer: Arc<LiveConsumer>,
+    probe: Arc<BaseConsumer>,
     pool: PgPool,
     topic: String,
     metrics: ProjectorMetrics,
+    health: ConsumerHealth,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(LAG_INTERVAL);
@@ -185,6 +238,7 @@ async fn report_lag(
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
+        metrics.consumer_health(&health.snapshot());
         let stored = match positions::load(&pool, &topic).await {
             Ok(stored) => stored,
             Err(error) => {
@@ -193,17 +247,24 @@ async fn report_lag(
             }
         };
         let watermarks = tokio::task::spawn_blocking({
-            let consumer = Arc::clone(&consumer);
+            let probe = Arc::clone(&probe);
             let topic = topic.clone();
-            move || crate::watermarks(consumer.client(), &topic)
+            move || crate::watermarks(probe.client(), &topic)
         })
         .await;
         match watermarks {
             Ok(Ok(watermarks)) => {
-                for (partition, (low, high)) in watermarks {
-                    let position = stored.get(&partition).copied().unwrap_or(0).max(low);
-                    metrics.lag(partition, (high - position).max(0));
+                let lags: Vec<(i32, i64)> = watermarks
+                    .into_iter()
+                    .map(|(partition, (low, high))| {
+                        let position = stored.get(&partition).copied().unwrap_or(0).max(low);
+                        (partition, (high - position).max(0))
+                    })
+                    .collect();
+                for &(partition, lag) in &lags {
+                    metrics.lag(partition, lag);
                 }
+                health.record_lag(lags);
             }
             Ok(Err(error)) => tracing::debug!(error = %error, "could not measure consumer lag"),
             Err(error) => tracing::warn!(error = %error, "consumer lag task failed"),

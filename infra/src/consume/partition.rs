@@ -39,6 +39,7 @@ pub(super) async fn work<H: EventHandler + 'static>(
             },
         };
         shared.drained.notify_one();
+        let in_hand = shared.health.in_hand();
         let record = handle(&shared, &message);
         tokio::pin!(record);
         let done = tokio::select! {
@@ -48,6 +49,7 @@ pub(super) async fn work<H: EventHandler + 'static>(
                 tokio::time::timeout(FINISH_GRACE, &mut record).await.unwrap_or(false)
             }
         };
+        drop(in_hand);
         if !done {
             // Stopped mid-record: leave its offset unstored so it is handled again.
             break;

@@ -57,7 +57,7 @@ pub fn router(state: AppState) -> Router {
         .merge(v1)
         .route("/v1/openapi.json", crate::openapi::serve(document))
         .with_state(state)
-        .merge(imgpipe_infra::ops::router(readiness))
+        .merge(imgpipe_infra::ops::router(readiness, None))
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .fallback(|| async { IngestError::RouteNotFound })

@@ -1,0 +1,709 @@
+//! Issue #14: after any sequence of crashes the pipeline resumes by itself.
+//!
+//! A careful client (Idempotency-Key, retries on 503 and refused connections) uploads while
+//! the broker, the S3 server, PostgreSQL, the processor, the projector and ingest are each
+//! SIGKILLed and restarted in turn, in a seeded order, for several rounds. After each restart a
+//! probe upload measures how long until the pipeline flows again (the probe is `ready`). Then
+//! every upload that got a 202 must end `ready` or `failed` within a bounded time, no image
+//! exists twice, the orphan sweep finds nothing missing, and no consumer is left stalled.
+//!
+//! Everything runs privately: its own Tansu, s3s-fs and PostgreSQL (so killing them disturbs
+//! no other test), and the three services as processes of their own, which are this test
+//! executable again running `service_child`. Scale and seed come from the environment
+//! (`IMGPIPE_CHAOS_SEED`, `IMGPIPE_CHAOS_ROUNDS`, `IMGPIPE_CHAOS_UPLOADS`); `scripts/chaos`
+//! runs a longer one. The figures are printed as a table.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use imgpipe_e2e::private_server::PrivateServer;
+use imgpipe_infra::storage::ObjectStore;
+use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
+use imgpipe_ingest::auth::ApiKeys;
+use imgpipe_projector::orphans::{self, StoreBackend, SweepOptions};
+use serde_json::Value;
+use uuid::Uuid;
+
+const CHILD_ENV: &str = "IMGPIPE_E2E_CHILD";
+const API_KEY: &str = "chaos-key-0123456789";
+/// How long lag may go unserved before a consumer rejoins: short, so the test is quick.
+const STALL_SECS: u64 = 8;
+/// The longest the pipeline may take to flow again after one restart.
+const RECOVERY_LIMIT: Duration = Duration::from_secs(180);
+
+/// One of the test's three services, when the test starts this executable as one.
+#[test]
+#[ignore = "a service process of the chaos test; it starts it itself"]
+fn service_child() {
+    let Ok(service) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let shutdown = imgpipe_infra::ops::shutdown_token();
+        match service.as_str() {
+            "ingest" => {
+                let config = imgpipe_ingest::Config::from_env().unwrap();
+                imgpipe_infra::telemetry::init(&config.log);
+                let app = imgpipe_ingest::Application::build(&config).await.unwrap();
+                app.run(shutdown).await.unwrap();
+            }
+            "processor" => {
+                let config = imgpipe_processor::Config::from_env().unwrap();
+                imgpipe_infra::telemetry::init(&config.log);
+                let processor = imgpipe_processor::Processor::build(&config).await.unwrap();
+                processor.run(shutdown).await.unwrap();
+            }
+            "projector" => {
+                let config = imgpipe_projector::Config::from_env().unwrap();
+                imgpipe_infra::telemetry::init(&config.log);
+                let projector = imgpipe_projector::Projector::build(&config).await.unwrap();
+                projector.run(shutdown).await.unwrap();
+            }
+            other => panic!("unknown service {other}"),
+        }
+    });
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// A service process, SIGKILLed when dropped so a failing test leaves none behind.
+struct ServiceProcess {
+    name: &'static str,
+    env: Vec<(String, String)>,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    fn start(name: &'static str, env: Vec<(String, String)>, log_dir: &std::path::Path) -> Self {
+        let mut service = Self {
+            name,
+            env,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+        };
+        service.spawn();
+        service
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "service_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, self.name)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The private servers and the service processes.
+struct Stack {
+    broker: PrivateServer,
+    s3: PrivateServer,
+    postgres: PrivateServer,
+    ingest: ServiceProcess,
+    processor: ServiceProcess,
+    projector: ServiceProcess,
+    ingest_url: String,
+    processor_ops: String,
+    projector_ops: String,
+    kafka: KafkaConfig,
+    s3_config: S3Config,
+    database: DatabaseConfig,
+    log_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Component {
+    Broker,
+    S3,
+    Postgres,
+    Processor,
+    Projector,
+    Ingest,
+}
+
+const COMPONENTS: [Component; 6] = [
+    Component::Broker,
+    Component::S3,
+    Component::Postgres,
+    Component::Processor,
+    Component::Projector,
+    Component::Ingest,
+];
+
+impl Stack {
+    async fn start() -> Self {
+        let log_dir =
+            std::env::temp_dir().join(format!("imgpipe-chaos-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let broker = PrivateServer::start("tansu", |port, _| {
+            let listener = format!("tcp://127.0.0.1:{port}");
+            [
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ]
+            .into_iter()
+            .map(Into::into)
+            .collect()
+        });
+        let s3 = PrivateServer::start("s3s-fs", |port, dir| {
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data).unwrap();
+            let port = port.to_string();
+            ["--host", "127.0.0.1", "--port", &port]
+                .into_iter()
+                .chain([
+                    "--access-key",
+                    "imgpipe",
+                    "--secret-key",
+                    "imgpipe-local-secret",
+                ])
+                .map(Into::into)
+                .chain([data.into_os_string()])
+                .collect()
+        });
+        let postgres = PrivateServer::postgres();
+        broker.wait_until_listening().await;
+        s3.wait_until_listening().await;
+        postgres.wait_until_listening().await;
+
+        let mut kafka = KafkaConfig::from_env().unwrap();
+        kafka.brokers = format!("127.0.0.1:{}", broker.port());
+        kafka.topic_prefix = String::new();
+        kafka.produce_timeout_ms = 5_000;
+        kafka.stall_secs = STALL_SECS;
+        let mut s3_config = S3Config::from_env().unwrap();
+        s3_config.endpoint = Some(format!("http://127.0.0.1:{}", s3.port()));
+        s3_config.access_key_id = Some("imgpipe".into());
+        s3_config.secret_access_key = Some("imgpipe-local-secret".into());
+        s3_config.key_prefix = String::new();
+        let mut database = DatabaseConfig::from_env().unwrap();
+        database.url = format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port());
+        database.schema = "chaos".into();
+
+        eventually(
+            "the private broker serves",
+            Duration::from_secs(60),
+            || async {
+                kafka::ensure_topics(&kafka, &topics::bundled().unwrap())
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        let store = ObjectStore::connect(&s3_config).await;
+        eventually(
+            "the private bucket exists",
+            Duration::from_secs(30),
+            || async { store.ensure_bucket().await.is_ok() },
+        )
+        .await;
+        eventually(
+            "the private database is migrated",
+            Duration::from_secs(30),
+            || async { imgpipe_projector::db::migrate(&database).await.is_ok() },
+        )
+        .await;
+
+        let (ingest_port, processor_port, projector_port) = (free_port(), free_port(), free_port());
+        let mut common = vec![
+            ("IMGPIPE_KAFKA_BROKERS".to_string(), kafka.brokers.clone()),
+            ("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS".into(), "5000".into()),
+            ("IMGPIPE_KAFKA_STALL_SECS".into(), STALL_SECS.to_string()),
+            (
+                "IMGPIPE_S3_ENDPOINT".into(),
+                s3_config.endpoint.clone().unwrap(),
+            ),
+            ("IMGPIPE_S3_ACCESS_KEY_ID".into(), "imgpipe".into()),
+            (
+                "IMGPIPE_S3_SECRET_ACCESS_KEY".into(),
+                "imgpipe-local-secret".into(),
+            ),
+            ("IMGPIPE_S3_BUCKET".into(), s3_config.bucket.clone()),
+            ("IMGPIPE_S3_REGION".into(), s3_config.region.clone()),
+            ("IMGPIPE_S3_FORCE_PATH_STYLE".into(), "true".into()),
+            ("IMGPIPE_DATABASE_URL".into(), database.url.clone()),
+            ("IMGPIPE_DATABASE_SCHEMA".into(), database.schema.clone()),
+            ("IMGPIPE_LOG_FORMAT".into(), "json".into()),
+        ];
+        // The services must not pick up the shared stack's settings.
+        common.push(("IMGPIPE_KAFKA_TOPIC_PREFIX".into(), String::new()));
+        common.push(("IMGPIPE_S3_KEY_PREFIX".into(), String::new()));
+        let with = |extra: &[(&str, String)]| -> Vec<(String, String)> {
+            let mut env = common.clone();
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            env
+        };
+        let ingest_env = with(&[
+            (
+                "IMGPIPE_INGEST_LISTEN_ADDR",
+                format!("127.0.0.1:{ingest_port}"),
+            ),
+            (
+                "IMGPIPE_INGEST_API_KEYS",
+                ApiKeys::entry_for("chaos-client", API_KEY),
+            ),
+            ("IMGPIPE_INGEST_UPLOADS_PER_MINUTE", "0".into()),
+            ("IMGPIPE_INGEST_BYTES_PER_MINUTE", "0".into()),
+        ]);
+        let processor_env = with(&[
+            (
+                "IMGPIPE_PROCESSOR_OPS_ADDR",
+                format!("127.0.0.1:{processor_port}"),
+            ),
+            ("IMGPIPE_PROCESSOR_VARIANTS", "thumb:64,medium:128".into()),
+            ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1".into()),
+            ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0".into()),
+        ]);
+        let projector_env = with(&[(
+            "IMGPIPE_PROJECTOR_OPS_ADDR",
+            format!("127.0.0.1:{projector_port}"),
+        )]);
+        Self {
+            ingest: ServiceProcess::start("ingest", ingest_env, &log_dir),
+            processor: ServiceProcess::start("processor", processor_env, &log_dir),
+            projector: ServiceProcess::start("projector", projector_env, &log_dir),
+            broker,
+            s3,
+            postgres,
+            ingest_url: format!("http://127.0.0.1:{ingest_port}"),
+            processor_ops: format!("http://127.0.0.1:{processor_port}"),
+            projector_ops: format!("http://127.0.0.1:{projector_port}"),
+            kafka,
+            s3_config,
+            database,
+            log_dir,
+        }
+    }
+
+    fn kill(&mut self, component: Component) {
+        match component {
+            Component::Broker => self.broker.kill(),
+            Component::S3 => self.s3.kill(),
+            Component::Postgres => self.postgres.kill(),
+            Component::Processor => self.processor.kill(),
+            Component::Projector => self.projector.kill(),
+            Component::Ingest => self.ingest.kill(),
+        }
+    }
+
+    async fn restart(&mut self, component: Component) {
+        match component {
+            Component::Broker => restart_server(&mut self.broker).await,
+            Component::S3 => restart_server(&mut self.s3).await,
+            Component::Postgres => restart_server(&mut self.postgres).await,
+            Component::Processor => self.processor.spawn(),
+            Component::Projector => self.projector.spawn(),
+            Component::Ingest => self.ingest.spawn(),
+        }
+    }
+}
+
+/// Restarts a private server until it stays up: a PostgreSQL killed with SIGKILL refuses to
+/// start while its orphaned backends still hold the shared memory, for a moment.
+async fn restart_server(server: &mut PrivateServer) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        server.restart();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if !server.exited() {
+            server.wait_until_listening().await;
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a private server does not come back"
+        );
+    }
+}
+
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A small PNG unlike every other (its pixels encode `n`).
+fn distinct_png(n: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(48, 32, |x, y| {
+        let v = n.wrapping_mul(2_654_435_761).wrapping_add(x * 7 + y * 13);
+        image::Rgb([
+            (v & 0xff) as u8,
+            (v >> 8 & 0xff) as u8,
+            (v >> 16 & 0xff) as u8,
+        ])
+    });
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut bytes, image::ImageFormat::Png).unwrap();
+    bytes.into_inner()
+}
+
+/// What the careful client saw.
+#[derive(Default)]
+struct ClientLog {
+    /// Idempotency key -> the image id its 202 named (every 202 of a key must name one id).
+    accepted: BTreeMap<String, BTreeSet<String>>,
+    unavailable: u64,
+    retries: u64,
+}
+
+/// Uploads `body` until it gets a 202, retrying what a careful client retries (503, 429,
+/// connection errors, 5xx) with the same Idempotency-Key.
+async fn careful_upload(
+    http: &reqwest::Client,
+    url: &str,
+    body: Vec<u8>,
+    log: &Mutex<ClientLog>,
+) -> String {
+    let key = Uuid::now_v7().to_string();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let sent = http
+            .post(format!("{url}/v1/images"))
+            .bearer_auth(API_KEY)
+            .header("idempotency-key", &key)
+            .header("content-type", "application/octet-stream")
+            .body(body.clone())
+            .send()
+            .await;
+        let retry = match sent {
+            Ok(response) if response.status() == 202 => {
+                let answer: Value = response.json().await.unwrap();
+                let id = answer["id"].as_str().unwrap().to_string();
+                log.lock()
+                    .unwrap()
+                    .accepted
+                    .entry(key)
+                    .or_default()
+                    .insert(id.clone());
+                return id;
+            }
+            Ok(response) if response.status() == 503 => {
+                log.lock().unwrap().unavailable += 1;
+                true
+            }
+            Ok(response) if response.status() == 429 || response.status() == 409 => true,
+            Ok(response) if response.status().is_server_error() => true,
+            Ok(response) => {
+                let status = response.status();
+                panic!(
+                    "upload refused: {status} {}",
+                    response.text().await.unwrap_or_default()
+                )
+            }
+            Err(_) => true,
+        };
+        assert!(
+            retry && Instant::now() < deadline,
+            "an upload not accepted in 300 s"
+        );
+        log.lock().unwrap().retries += 1;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// The image's status as ingest reports it, if it answers.
+async fn status_of(http: &reqwest::Client, url: &str, id: &str) -> Option<String> {
+    let response = http
+        .get(format!("{url}/v1/images/{id}"))
+        .bearer_auth(API_KEY)
+        .send()
+        .await
+        .ok()?;
+    if response.status() != 200 {
+        return None;
+    }
+    let body: Value = response.json().await.ok()?;
+    body["status"].as_str().map(str::to_string)
+}
+
+fn settled(status: Option<&str>) -> bool {
+    matches!(status, Some("ready" | "failed"))
+}
+
+/// The sum of a metric's series (all partitions' lag, say).
+async fn metric_sum(http: &reqwest::Client, ops: &str, name: &str) -> Option<f64> {
+    let page = http
+        .get(format!("{ops}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let values: Vec<f64> = page
+        .lines()
+        .filter(|line| line.starts_with(name) && !line.starts_with('#'))
+        .filter_map(|line| line.rsplit(' ').next()?.parse().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
+}
+
+/// Neither consumer is stalled, and both report no lag.
+async fn consumers_caught_up(http: &reqwest::Client, stack: &Stack) -> bool {
+    for (ops, lag) in [
+        (&stack.processor_ops, "imgpipe_processor_consumer_lag"),
+        (&stack.projector_ops, "imgpipe_projector_consumer_lag"),
+    ] {
+        let stalled = metric_sum(http, ops, "imgpipe_consumer_stalled").await;
+        if stalled != Some(0.0) || metric_sum(http, ops, lag).await != Some(0.0) {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn after_any_sequence_of_crashes_the_pipeline_resumes_by_itself() {
+    let seed: u64 = std::env::var("IMGPIPE_CHAOS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    let rounds: usize = std::env::var("IMGPIPE_CHAOS_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(2);
+    let uploads: u32 = std::env::var("IMGPIPE_CHAOS_UPLOADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(150);
+    eprintln!("chaos: seed {seed} (IMGPIPE_CHAOS_SEED={seed} replays it), {rounds} rounds, {uploads} uploads");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut stack = Stack::start().await;
+    eprintln!("chaos: service logs in {}", stack.log_dir.display());
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let url = stack.ingest_url.clone();
+    let log = Arc::new(Mutex::new(ClientLog::default()));
+
+    // Background uploads from four careful clients, paced over the chaos.
+    let clients: Vec<_> = (0..4u32)
+        .map(|client| {
+            let (http, url, log) = (http.clone(), url.clone(), Arc::clone(&log));
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for n in (client..uploads).step_by(4) {
+                    ids.push(careful_upload(&http, &url, distinct_png(n), &log).await);
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                }
+                ids
+            })
+        })
+        .collect();
+
+    // The pipeline flows before the chaos starts.
+    let first = careful_upload(&http, &url, distinct_png(1_000_000), &log).await;
+    eventually("the first image is ready", RECOVERY_LIMIT, || async {
+        settled(status_of(&http, &url, &first).await.as_deref())
+    })
+    .await;
+
+    let mut recoveries: Vec<(Component, Duration)> = Vec::new();
+    let mut failures = Vec::new();
+    let mut probe = 2_000_000u32;
+    for round in 0..rounds {
+        let mut order = COMPONENTS.to_vec();
+        rng.shuffle(&mut order);
+        eprintln!("chaos: round {round}: {order:?}");
+        for component in order {
+            stack.kill(component);
+            tokio::time::sleep(Duration::from_millis(rng.u64(500..3_000))).await;
+            stack.restart(component).await;
+            let restarted = Instant::now();
+            probe += 1;
+            let id = careful_upload(&http, &url, distinct_png(probe), &log).await;
+            let deadline = restarted + RECOVERY_LIMIT;
+            loop {
+                if settled(status_of(&http, &url, &id).await.as_deref()) {
+                    recoveries.push((component, restarted.elapsed()));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    failures.push(format!(
+                        "round {round}: no flow {RECOVERY_LIMIT:?} after restarting {component:?}"
+                    ));
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if !failures.is_empty() {
+                break;
+            }
+        }
+        if !failures.is_empty() {
+            break;
+        }
+    }
+    let last_restart = Instant::now();
+    let mut background = Vec::new();
+    for client in clients {
+        background.extend(client.await.unwrap());
+    }
+
+    // Every accepted upload ends ready or failed within a bounded time.
+    let accepted: BTreeMap<String, BTreeSet<String>> = log.lock().unwrap().accepted.clone();
+    let ids: BTreeSet<String> = accepted.values().flatten().cloned().collect();
+    let mut unsettled: BTreeSet<String> = ids.clone();
+    let settle_limit = Duration::from_secs(240);
+    while !unsettled.is_empty() && last_restart.elapsed() < settle_limit {
+        let mut still = BTreeSet::new();
+        for id in &unsettled {
+            if !settled(status_of(&http, &url, id).await.as_deref()) {
+                still.insert(id.clone());
+            }
+        }
+        unsettled = still;
+        if !unsettled.is_empty() {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let settled_after = last_restart.elapsed();
+
+    // No consumer left stalled, both caught up.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut caught_up = consumers_caught_up(&http, &stack).await;
+    while !caught_up && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        caught_up = consumers_caught_up(&http, &stack).await;
+    }
+
+    // No image twice: the read model holds exactly the accepted images.
+    let pool = stack.database.pool().unwrap();
+    let rows: Vec<(Uuid,)> = sqlx::query_as("SELECT image_id FROM chaos.images")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    let in_read_model: BTreeSet<String> = rows.iter().map(|(id,)| id.to_string()).collect();
+    let keys_with_two_images: Vec<_> = accepted.iter().filter(|(_, ids)| ids.len() > 1).collect();
+
+    // The orphan sweep finds nothing missing.
+    let backend = StoreBackend::connect(
+        &stack.kafka,
+        &stack.s3_config,
+        &stack.database,
+        &Default::default(),
+        "chaos-orphans",
+    )
+    .await
+    .unwrap();
+    let options = SweepOptions::new(Duration::ZERO, false, "imgpipe-e2e");
+    let summary = orphans::sweep(&backend, &options, &mut |_: &orphans::Finding| {})
+        .await
+        .unwrap();
+
+    let client = log.lock().unwrap();
+    eprintln!("\nchaos figures (seed {seed}):");
+    eprintln!("| figure | value |\n| --- | ---: |");
+    eprintln!("| uploads accepted | {} |", ids.len());
+    eprintln!("| 503s seen by the client | {} |", client.unavailable);
+    eprintln!("| retries by the client | {} |", client.retries);
+    eprintln!(
+        "| images not settled {settle_limit:?} after the last restart (lost) | {} |",
+        unsettled.len()
+    );
+    eprintln!(
+        "| all settled after the last restart | {:.1} s |",
+        settled_after.as_secs_f64()
+    );
+    eprintln!(
+        "| orphans (uploads answered 503, within grace 0) | {} |",
+        summary.orphans()
+    );
+    eprintln!("| missing objects | {} |", summary.missing());
+    let mut worst = BTreeMap::<Component, Duration>::new();
+    for (component, took) in &recoveries {
+        let entry = worst.entry(*component).or_default();
+        *entry = (*entry).max(*took);
+    }
+    for (component, took) in &worst {
+        eprintln!(
+            "| worst time from restart to flowing: {component:?} | {:.1} s |",
+            took.as_secs_f64()
+        );
+    }
+    if let Some((component, took)) = recoveries.iter().max_by_key(|(_, took)| *took) {
+        eprintln!(
+            "| worst case overall | {:.1} s ({component:?}) |",
+            took.as_secs_f64()
+        );
+    }
+    drop(client);
+
+    assert!(
+        failures.is_empty(),
+        "{failures:?} (seed {seed}; logs in {})",
+        stack.log_dir.display()
+    );
+    assert!(
+        unsettled.is_empty(),
+        "not settled: {unsettled:?} (seed {seed})"
+    );
+    assert!(
+        keys_with_two_images.is_empty(),
+        "one key, two images: {keys_with_two_images:?}"
+    );
+    assert_eq!(
+        in_read_model, ids,
+        "the read model holds exactly the accepted images"
+    );
+    assert!(background.len() as u32 == uploads);
+    assert_eq!(summary.missing(), 0, "{summary:?}");
+    assert!(
+        caught_up,
+        "a consumer left stalled or with lag (seed {seed})"
+    );
+    let _ = std::fs::remove_dir_all(&stack.log_dir);
+}
