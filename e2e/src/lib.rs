@@ -214,6 +214,7 @@ impl Pipeline {
                 max_side: 20_000,
                 max_attempts: 0,
                 cpu_jobs: 0,
+                memory_budget_bytes: imgpipe_processor::config::DEFAULT_MEMORY_BUDGET_BYTES,
                 breaker_failures: 5,
                 breaker_open_secs: 10,
             },

@@ -13,6 +13,7 @@ use imgpipe_schemas::{
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::memory::MemoryBudget;
 use crate::metrics::{ProcessorMetrics, Stage, StageTimer};
 use crate::render::{self, Limits, RenderError, Rendered, VariantSpec};
 
@@ -27,6 +28,21 @@ pub(crate) struct VariantHandler {
     pub(crate) limits: Limits,
     /// Bounds concurrent CPU work to the cores.
     pub(crate) cpu: Arc<Semaphore>,
+    /// Bounds the memory concurrent renders hold, by their estimated peaks.
+    pub(crate) memory: MemoryBudget,
+}
+
+/// Runs codec work on a blocking thread. A panic inside a codec on these bytes would recur on
+/// every attempt, so it is the image's failure, not a retry.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
+) -> Result<T, RenderError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join_error) => Err(RenderError::Undecodable(format!(
+            "decoder crashed: {join_error}"
+        ))),
+    }
 }
 
 /// The dead-letter class of a record naming an object that is not its own image's.
@@ -246,21 +262,30 @@ impl VariantHandler {
         .await
     }
 
+    /// Renders on a blocking thread once the render's estimated peak memory is free in the
+    /// budget and a CPU slot is; the header is read first (without a slot) to know how much.
     async fn render(&self, original: Bytes) -> Result<Result<Rendered, RenderError>, HandlerError> {
-        let _permit = self
+        let probe = {
+            let (original, spec, limits) = (original.clone(), Arc::clone(&self.spec), self.limits);
+            blocking(move || render::probe(&original, &spec, limits)).await
+        };
+        let probe = match probe {
+            Ok(probe) => probe,
+            Err(error) => return Ok(Err(error)),
+        };
+        let _memory = self
+            .memory
+            .reserve(probe.peak_bytes)
+            .await
+            .map_err(|e| HandlerError::transient("shutdown", e))?;
+        let _cpu = self
             .cpu
             .acquire()
             .await
             .map_err(|e| HandlerError::transient("shutdown", e))?;
         let spec = Arc::clone(&self.spec);
         let limits = self.limits;
-        match tokio::task::spawn_blocking(move || render::render(&original, &spec, limits)).await {
-            Ok(result) => Ok(result),
-            // A panic inside a codec on these bytes would recur on every attempt.
-            Err(join_error) => Ok(Err(RenderError::Undecodable(format!(
-                "decoder crashed: {join_error}"
-            )))),
-        }
+        Ok(blocking(move || render::render(&original, &spec, limits)).await)
     }
 
     async fn store_and_announce(

@@ -6,6 +6,7 @@ pub mod config;
 pub mod descriptors;
 mod error;
 mod handler;
+pub mod memory;
 pub mod metrics;
 pub mod render;
 pub mod startup;

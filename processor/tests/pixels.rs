@@ -19,6 +19,7 @@ use imgpipe_processor::render::{render, Limits, Rendered, VariantSize, VariantSp
 const LIMITS: Limits = Limits {
     max_pixels: 50_000_000,
     max_side: 20_000,
+    max_alloc: 512 * 1024 * 1024,
 };
 
 fn spec() -> VariantSpec {
