@@ -3,7 +3,7 @@
 //! chunk inflates to 256 MiB, and a GIF of 3,000 frames on a 16 MP canvas, all submitted at
 //! once, the way the processor's partition tasks would.
 //!
-//! cargo run --release -p imgpipe-processor --example memory_budget [-- --no-budget] [-- BYTES]
+//! cargo run -p imgpipe-processor --example memory_budget -- [--no-budget] [BUDGET_BYTES] [NAME]
 //!
 //! Prints each render's outcome and the process's peak RSS (VmHWM) over the renders: the
 //! images are generated first and the peak is reset (`/proc/self/clear_refs`) before they run.
@@ -130,7 +130,14 @@ async fn main() {
         max_side: 20_000,
         max_alloc: budget_bytes,
     };
-    let set = hostile_set();
+    // A name given: only the images whose name contains it.
+    let only = args
+        .iter()
+        .find(|a| !a.starts_with("--") && a.parse::<u64>().is_err());
+    let set: Vec<_> = hostile_set()
+        .into_iter()
+        .filter(|(name, _)| only.is_none_or(|only| name.contains(only.as_str())))
+        .collect();
     for (name, bytes) in &set {
         println!("{name}: {} bytes", bytes.len());
     }
@@ -144,6 +151,7 @@ async fn main() {
     let budget = MemoryBudget::new(budget_bytes);
     let cpu = Arc::new(Semaphore::new(CPU_JOBS));
     let started = Instant::now();
+    let count = set.len();
     let jobs: Vec<_> = set
         .into_iter()
         .map(|(name, bytes)| {
@@ -194,7 +202,7 @@ async fn main() {
         } else {
             "off".into()
         },
-        5,
+        count,
         started.elapsed().as_secs_f64(),
         status_kib("VmHWM:") / 1024
     );
