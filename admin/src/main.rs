@@ -80,8 +80,12 @@ enum Command {
         #[arg(long, default_value = "1h", value_parser = orphans::parse_duration)]
         grace: std::time::Duration,
         /// Remove the orphans (each with an OrphanRemoved event); otherwise only list them.
+        /// Refused with a --grace under 10m unless --force.
         #[arg(long)]
         delete: bool,
+        /// Allow --delete with a --grace under 10m (no upload can be in flight).
+        #[arg(long, requires = "delete")]
+        force: bool,
         /// JSON lines: one object per finding, then {"summary": {...}}.
         #[arg(long)]
         json: bool,
@@ -286,10 +290,12 @@ async fn main() -> anyhow::Result<()> {
         Command::Orphans {
             grace,
             delete,
+            force,
             json,
             page_size,
             lag_wait,
         } => {
+            orphans::check_delete_grace(grace, delete, force)?;
             let backend = imgpipe_projector::orphans::StoreBackend::connect(
                 &KafkaConfig::from_env()?,
                 &S3Config::from_env()?,

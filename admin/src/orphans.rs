@@ -32,6 +32,25 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{text:?} is too long"))
 }
 
+/// The shortest grace `--delete` takes without `--force`. An upload stores its original before
+/// its event is appended, so a short grace can remove the original of an upload still under
+/// way (a slow client, a produce waiting out its timeout), and that image then fails.
+pub const MIN_DELETE_GRACE: Duration = Duration::from_secs(10 * 60);
+
+/// Refuses `--delete` with a grace under [`MIN_DELETE_GRACE`] unless `force` says the
+/// operator knows no upload is in flight (a stopped ingest, a test bucket).
+pub fn check_delete_grace(grace: Duration, delete: bool, force: bool) -> anyhow::Result<()> {
+    if delete && !force && grace < MIN_DELETE_GRACE {
+        bail!(
+            "--delete with --grace {}s could remove the original of an upload still under way; \
+             use a grace of at least {}s, or add --force if no upload can be in flight",
+            grace.as_secs(),
+            MIN_DELETE_GRACE.as_secs()
+        );
+    }
+    Ok(())
+}
+
 /// Runs one sweep with the deployment's configuration, printing as it goes.
 pub async fn run(
     backend: &StoreBackend,
@@ -277,6 +296,18 @@ mod tests {
         for bad in ["", "h", "1w", "-1h", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn deleting_with_a_short_grace_needs_force() {
+        let short = Duration::from_secs(9 * 60);
+        let error = check_delete_grace(short, true, false)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--force"), "{error}");
+        check_delete_grace(short, true, true).unwrap();
+        check_delete_grace(short, false, false).unwrap();
+        check_delete_grace(MIN_DELETE_GRACE, true, false).unwrap();
     }
 
     #[test]

@@ -139,7 +139,12 @@ impl Pipeline {
         for (name, value) in [
             ("IMGPIPE_S3_ENDPOINT", &s3.endpoint),
             ("IMGPIPE_S3_ACCESS_KEY_ID", &s3.access_key_id),
-            ("IMGPIPE_S3_SECRET_ACCESS_KEY", &s3.secret_access_key),
+            (
+                "IMGPIPE_S3_SECRET_ACCESS_KEY",
+                &s3.secret_access_key
+                    .as_ref()
+                    .map(|secret| secret.expose().to_string()),
+            ),
         ] {
             if let Some(value) = value {
                 env.push((name, value.clone()));
@@ -214,6 +219,7 @@ impl Pipeline {
                 max_side: 20_000,
                 max_attempts: 0,
                 cpu_jobs: 0,
+                memory_budget_bytes: imgpipe_processor::config::DEFAULT_MEMORY_BUDGET_BYTES,
                 breaker_failures: 5,
                 breaker_open_secs: 10,
             },

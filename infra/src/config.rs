@@ -42,6 +42,58 @@ pub trait FromEnv: DeserializeOwned {
     }
 }
 
+/// A credential read from the environment: its `Debug` (and so every config struct's, and every
+/// log line that prints one) shows `[redacted]`; [`Secret::expose`] is the one way to the value.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self::new(value)
+    }
+}
+
+/// What a redacted secret shows instead of itself.
+pub const REDACTED: &str = "[redacted]";
+
+/// `url` with the password of its userinfo (`scheme://user:password@host`) replaced by
+/// [`REDACTED`], for `Debug` of a config holding a connection URL.
+pub fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{scheme}://{user}:{REDACTED}@{host}{path}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// The Kafka-API broker (Redpanda in compose, Tansu locally).
 #[derive(Debug, Clone, Deserialize)]
 pub struct KafkaConfig {
@@ -66,6 +118,19 @@ pub struct KafkaConfig {
     /// session timeouts (10 s), well above the lag measurement's interval (5-10 s).
     #[serde(default = "default_stall_secs")]
     pub stall_secs: u64,
+    /// librdkafka's `security.protocol`: plaintext (unset), ssl, sasl_plaintext or sasl_ssl.
+    #[serde(default)]
+    pub security_protocol: Option<String>,
+    /// librdkafka's `sasl.mechanism`: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+    #[serde(default)]
+    pub sasl_mechanism: Option<String>,
+    #[serde(default)]
+    pub sasl_username: Option<String>,
+    #[serde(default)]
+    pub sasl_password: Option<Secret>,
+    /// PEM file of the CA that signed the brokers' certificates; unset: the system's CAs.
+    #[serde(default)]
+    pub ssl_ca_location: Option<String>,
 }
 
 impl KafkaConfig {
@@ -113,7 +178,7 @@ pub struct S3Config {
     #[serde(default)]
     pub access_key_id: Option<String>,
     #[serde(default)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Put in front of every object key, so several deployments can share a bucket.
     #[serde(default)]
     pub key_prefix: String,
@@ -181,5 +246,73 @@ mod tests {
         assert!(vars.contains(&"IMGPIPE_S3_FORCE_PATH_STYLE".to_string()));
         assert!(vars.contains(&"IMGPIPE_S3_PUBLIC_ENDPOINT".to_string()));
         assert_eq!(vars.len(), 8);
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let kafka = KafkaConfig::from_iter(vars(&[
+            ("IMGPIPE_KAFKA_SASL_USERNAME", "svc"),
+            ("IMGPIPE_KAFKA_SASL_PASSWORD", "kafka-hunter2"),
+        ]))
+        .unwrap();
+        let s3 = S3Config::from_iter(vars(&[
+            ("IMGPIPE_S3_ACCESS_KEY_ID", "imgpipe"),
+            ("IMGPIPE_S3_SECRET_ACCESS_KEY", "s3-hunter2"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            kafka.sasl_password.as_ref().map(Secret::expose),
+            Some("kafka-hunter2")
+        );
+        let database = crate::DatabaseConfig::from_iter(vars(&[(
+            "IMGPIPE_DATABASE_URL",
+            "postgres://imgpipe:pg-hunter2@db:5432/imgpipe",
+        )]))
+        .unwrap();
+        for debug in [
+            format!("{kafka:?}"),
+            format!("{s3:?}"),
+            format!("{database:?}"),
+        ] {
+            assert!(!debug.contains("hunter2"), "{debug}");
+            assert!(debug.contains(REDACTED), "{debug}");
+        }
+    }
+
+    #[test]
+    fn kafka_clients_get_the_tls_and_sasl_settings_when_given() {
+        let plain = KafkaConfig::from_iter(vars(&[("IMGPIPE_KAFKA_SECURITY_PROTOCOL", "")]))
+            .unwrap()
+            .client_config("c");
+        for key in ["security.protocol", "sasl.mechanism", "sasl.password"] {
+            assert_eq!(plain.get(key), None, "{key}");
+        }
+        let secured = KafkaConfig::from_iter(vars(&[
+            ("IMGPIPE_KAFKA_SECURITY_PROTOCOL", "sasl_ssl"),
+            ("IMGPIPE_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512"),
+            ("IMGPIPE_KAFKA_SASL_USERNAME", "svc"),
+            ("IMGPIPE_KAFKA_SASL_PASSWORD", "pw"),
+            ("IMGPIPE_KAFKA_SSL_CA_LOCATION", "/etc/ca.pem"),
+        ]))
+        .unwrap()
+        .client_config("c");
+        assert_eq!(secured.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(secured.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(secured.get("sasl.username"), Some("svc"));
+        assert_eq!(secured.get("sasl.password"), Some("pw"));
+        assert_eq!(secured.get("ssl.ca.location"), Some("/etc/ca.pem"));
+    }
+
+    #[test]
+    fn a_url_password_is_redacted_and_the_rest_kept() {
+        assert_eq!(
+            redact_url_password("postgres://imgpipe:pg-hunter2@db:5432/imgpipe?sslmode=require"),
+            "postgres://imgpipe:[redacted]@db:5432/imgpipe?sslmode=require"
+        );
+        assert_eq!(
+            redact_url_password("postgres://user@db/x"),
+            "postgres://user@db/x"
+        );
+        assert_eq!(redact_url_password("not a url"), "not a url");
     }
 }

@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use crate::{FromEnv, InfraError};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct DatabaseConfig {
     #[serde(default = "default_url")]
     pub url: String,
@@ -19,6 +19,17 @@ pub struct DatabaseConfig {
     pub schema: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
+}
+
+/// The URL's password is redacted.
+impl std::fmt::Debug for DatabaseConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseConfig")
+            .field("url", &crate::config::redact_url_password(&self.url))
+            .field("schema", &self.schema)
+            .field("max_connections", &self.max_connections)
+            .finish()
+    }
 }
 
 impl FromEnv for DatabaseConfig {

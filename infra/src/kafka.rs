@@ -47,6 +47,25 @@ impl KafkaConfig {
             .set("client.id", client_id)
             // Fail over quickly to another broker address instead of waiting on a dead one.
             .set("socket.connection.setup.timeout.ms", "5000");
+        // Empty counts as unset, as `.env.example` leaves them.
+        let given = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+        for (key, value) in [
+            ("security.protocol", given(&self.security_protocol)),
+            ("sasl.mechanism", given(&self.sasl_mechanism)),
+            ("sasl.username", given(&self.sasl_username)),
+            ("ssl.ca.location", given(&self.ssl_ca_location)),
+            (
+                "sasl.password",
+                self.sasl_password
+                    .as_ref()
+                    .filter(|p| !p.is_empty())
+                    .map(|p| p.expose().to_string()),
+            ),
+        ] {
+            if let Some(value) = value {
+                config.set(key, value);
+            }
+        }
         config
     }
 

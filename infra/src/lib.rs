@@ -14,6 +14,6 @@ pub mod storage;
 pub mod telemetry;
 pub mod topics;
 
-pub use config::{FromEnv, KafkaConfig, S3Config};
+pub use config::{FromEnv, KafkaConfig, S3Config, Secret};
 pub use db::DatabaseConfig;
 pub use error::InfraError;

@@ -30,7 +30,7 @@ impl ObjectStore {
         if let (Some(id), Some(secret)) = (&config.access_key_id, &config.secret_access_key) {
             loader = loader.credentials_provider(Credentials::new(
                 id.clone(),
-                secret.clone(),
+                secret.expose().to_string(),
                 None,
                 None,
                 "imgpipe-config",

@@ -32,6 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let limits = Limits {
         max_pixels: 50_000_000,
         max_side: 20_000,
+        max_alloc: 512 * 1024 * 1024,
     };
 
     let started = Instant::now();

@@ -34,6 +34,14 @@ pub fn to_srgb(image: DynamicImage, icc_profile: Option<&[u8]>) -> (DynamicImage
     let Some(icc_profile) = icc_profile else {
         return (image, Conversion::NoProfile);
     };
+    // A JPEG's or WebP's profile is stored uncompressed, so only its file size bounds it;
+    // real ones are kilobytes, and parsing a huge one costs time for nothing.
+    if icc_profile.len() > crate::memory::MAX_ICC_PROFILE_BYTES {
+        return (
+            image,
+            Conversion::Unusable(format!("a profile of {} bytes", icc_profile.len())),
+        );
+    }
     let profile = match ColorProfile::new_from_slice(icc_profile) {
         Ok(profile) => profile,
         Err(error) => {

@@ -44,6 +44,11 @@ pub struct ProcessorSettings {
     /// Concurrent decode/resize/encode jobs; 0 means one per core.
     #[serde(default)]
     pub cpu_jobs: usize,
+    /// The memory renders may hold at once, by their estimated peak: a render waits until its
+    /// share is free, one estimated larger than all of it runs alone. Also the most the
+    /// decoder may allocate for one image (over it: `image-too-large`).
+    #[serde(default = "default_memory_budget_bytes")]
+    pub memory_budget_bytes: u64,
     /// Object-store failures in a row that open the circuit breaker: consumption then pauses
     /// (no attempts spent, nothing dead-lettered) until a probe finds the store answering.
     #[serde(default = "default_breaker_failures")]
@@ -74,6 +79,13 @@ fn default_max_pixels() -> u64 {
 }
 fn default_max_side() -> u32 {
     20_000
+}
+/// Peak RSS stays under 600 MiB with renders of 48 MP 16-bit images, ICC and zTXt bombs and
+/// long animations at once (SECURITY.md, `examples/memory_budget.rs`).
+pub const DEFAULT_MEMORY_BUDGET_BYTES: u64 = 512 * 1024 * 1024;
+
+fn default_memory_budget_bytes() -> u64 {
+    DEFAULT_MEMORY_BUDGET_BYTES
 }
 fn default_breaker_failures() -> u32 {
     5
@@ -149,6 +161,7 @@ impl ProcessorSettings {
         Limits {
             max_pixels: self.max_pixels,
             max_side: self.max_side,
+            max_alloc: self.memory_budget_bytes,
         }
     }
 }

@@ -13,6 +13,7 @@ use imgpipe_schemas::{
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 
+use crate::memory::MemoryBudget;
 use crate::metrics::{ProcessorMetrics, Stage, StageTimer};
 use crate::render::{self, Limits, RenderError, Rendered, VariantSpec};
 
@@ -27,6 +28,35 @@ pub(crate) struct VariantHandler {
     pub(crate) limits: Limits,
     /// Bounds concurrent CPU work to the cores.
     pub(crate) cpu: Arc<Semaphore>,
+    /// Bounds the memory concurrent renders hold, by their estimated peaks.
+    pub(crate) memory: MemoryBudget,
+}
+
+/// Runs codec work on a blocking thread. A panic inside a codec on these bytes would recur on
+/// every attempt, so it is the image's failure, not a retry.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, RenderError> + Send + 'static,
+) -> Result<T, RenderError> {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(result) => result,
+        Err(join_error) => Err(RenderError::Undecodable(format!(
+            "decoder crashed: {join_error}"
+        ))),
+    }
+}
+
+/// The dead-letter class of a record naming an object that is not its own image's.
+pub const FOREIGN_OBJECT: &str = "foreign-object";
+
+/// Whether `key` lies under `prefix` without leaving it: no empty, `.` or `..` segment (a
+/// file-backed store could resolve those to another image's directory) and no backslash.
+fn is_under(key: &str, prefix: &str) -> bool {
+    key.strip_prefix(prefix).is_some_and(|rest| {
+        !rest.contains('\\')
+            && rest
+                .split('/')
+                .all(|segment| !matches!(segment, "" | "." | ".."))
+    })
 }
 
 pub(crate) fn producer() -> Producer {
@@ -41,6 +71,7 @@ impl EventHandler for VariantHandler {
         match &event.payload {
             Payload::ImageUploaded(uploaded) => {
                 let _in_flight = self.metrics.in_flight();
+                self.check_original_key(event, &uploaded.original_key)?;
                 self.process(event, &uploaded.original_key).await
             }
             // A replay: the same work as for the upload, with the spec this processor has now,
@@ -48,9 +79,13 @@ impl EventHandler for VariantHandler {
             // request, which names the original (it may lie far back in the log).
             Payload::ReprocessRequested(request) => {
                 let _in_flight = self.metrics.in_flight();
+                self.check_original_key(event, &request.original_key)?;
                 self.process(event, &request.original_key).await
             }
-            Payload::ImageDeleted(deleted) => self.remove_objects(event, deleted).await,
+            Payload::ImageDeleted(deleted) => {
+                self.check_deleted_keys(event, deleted)?;
+                self.remove_objects(event, deleted).await
+            }
             // Results and audits are not the variant maker's to act on.
             Payload::ImageProcessed(_)
             | Payload::ImageFailed(_)
@@ -104,6 +139,52 @@ impl VariantHandler {
         self.storage(call)
             .await?
             .map_err(|error| HandlerError::transient("storage", error))
+    }
+
+    /// An upload or reprocess request may only name its own image's original: a forged record
+    /// naming another image's must not make this image's variants from that image's pixels.
+    fn check_original_key(&self, event: &Event, original_key: &str) -> Result<(), HandlerError> {
+        let own = self.store.original_key(event.image_id);
+        if original_key == own {
+            return Ok(());
+        }
+        Err(self.foreign_object(event, original_key, &own))
+    }
+
+    /// A deletion may only name its own image's original and variants. One naming anything
+    /// else is refused as a whole before anything is removed: it is forged or corrupt, and
+    /// none of its keys can be trusted.
+    fn check_deleted_keys(
+        &self,
+        event: &Event,
+        deleted: &ImageDeleted,
+    ) -> Result<(), HandlerError> {
+        self.check_original_key(event, &deleted.original_key)?;
+        let variants_prefix = self.store.variants_prefix(event.image_id);
+        match deleted
+            .variant_keys
+            .iter()
+            .find(|key| !is_under(key, &variants_prefix))
+        {
+            None => Ok(()),
+            Some(foreign) => Err(self.foreign_object(event, foreign, &variants_prefix)),
+        }
+    }
+
+    fn foreign_object(&self, event: &Event, key: &str, expected: &str) -> HandlerError {
+        tracing::warn!(
+            image_id = %event.image_id, event_type = %event.event_type(), key,
+            "record names an object that is not its image's"
+        );
+        self.metrics.foreign_object();
+        HandlerError::permanent(
+            FOREIGN_OBJECT,
+            format!(
+                "{} of image {} names {key:?}, which is not that image's own (expected {expected:?})",
+                event.event_type(),
+                event.image_id
+            ),
+        )
     }
 
     /// Makes the variants of the original at `original_key` and announces the result as a
@@ -181,21 +262,30 @@ impl VariantHandler {
         .await
     }
 
+    /// Renders on a blocking thread once the render's estimated peak memory is free in the
+    /// budget and a CPU slot is; the header is read first (without a slot) to know how much.
     async fn render(&self, original: Bytes) -> Result<Result<Rendered, RenderError>, HandlerError> {
-        let _permit = self
+        let probe = {
+            let (original, spec, limits) = (original.clone(), Arc::clone(&self.spec), self.limits);
+            blocking(move || render::probe(&original, &spec, limits)).await
+        };
+        let probe = match probe {
+            Ok(probe) => probe,
+            Err(error) => return Ok(Err(error)),
+        };
+        let _memory = self
+            .memory
+            .reserve(probe.peak_bytes)
+            .await
+            .map_err(|e| HandlerError::transient("shutdown", e))?;
+        let _cpu = self
             .cpu
             .acquire()
             .await
             .map_err(|e| HandlerError::transient("shutdown", e))?;
         let spec = Arc::clone(&self.spec);
         let limits = self.limits;
-        match tokio::task::spawn_blocking(move || render::render(&original, &spec, limits)).await {
-            Ok(result) => Ok(result),
-            // A panic inside a codec on these bytes would recur on every attempt.
-            Err(join_error) => Ok(Err(RenderError::Undecodable(format!(
-                "decoder crashed: {join_error}"
-            )))),
-        }
+        Ok(blocking(move || render::render(&original, &spec, limits)).await)
     }
 
     async fn store_and_announce(
@@ -279,5 +369,27 @@ impl VariantHandler {
             correlation_id = %result.correlation_id, "result published"
         );
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_under;
+
+    #[test]
+    fn a_key_is_under_a_prefix_only_without_climbing_out_of_it() {
+        let prefix = "ns/variants/0190a1b2-0000-7000-8000-000000000001/";
+        assert!(is_under(&format!("{prefix}v1/thumb.webp"), prefix));
+        for foreign in [
+            "ns/variants/0190a1b2-0000-7000-8000-000000000002/v1/thumb.webp".to_string(),
+            "ns/originals/0190a1b2-0000-7000-8000-000000000001".to_string(),
+            format!("{prefix}../0190a1b2-0000-7000-8000-000000000002/v1/thumb.webp"),
+            format!("{prefix}v1/./thumb.webp"),
+            format!("{prefix}v1//thumb.webp"),
+            format!("{prefix}v1\\..\\thumb.webp"),
+            prefix.to_string(),
+        ] {
+            assert!(!is_under(&foreign, prefix), "{foreign}");
+        }
     }
 }

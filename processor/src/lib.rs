@@ -6,10 +6,12 @@ pub mod config;
 pub mod descriptors;
 mod error;
 mod handler;
+pub mod memory;
 pub mod metrics;
 pub mod render;
 pub mod startup;
 
 pub use config::Config;
 pub use error::ProcessorError;
+pub use handler::FOREIGN_OBJECT;
 pub use startup::Processor;

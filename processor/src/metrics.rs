@@ -34,6 +34,9 @@ pub const STORAGE_ERRORS: &str = "imgpipe_processor_storage_errors_total";
 pub const STORAGE_BREAKER_STATE: &str = "imgpipe_processor_storage_breaker_state";
 /// The breaker's state changes, by the state it changed `to` (closed, half-open, open).
 pub const STORAGE_BREAKER_TRANSITIONS: &str = "imgpipe_processor_storage_breaker_transitions_total";
+/// Records refused (dead-lettered) for naming an object that is not their image's own: forged
+/// or corrupt records; any is worth a look.
+pub const FOREIGN_OBJECT_RECORDS: &str = "imgpipe_processor_foreign_object_records_total";
 /// Records of the events topic the group has not committed yet, by `partition`: the high
 /// watermark minus the committed offset, measured every few seconds.
 pub const CONSUMER_LAG: &str = "imgpipe_processor_consumer_lag";
@@ -116,6 +119,12 @@ impl ProcessorMetrics {
 
     pub(crate) fn storage_error(&self) {
         self.storage_errors.increment(1);
+    }
+
+    pub(crate) fn foreign_object(&self) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::counter!(FOREIGN_OBJECT_RECORDS).increment(1);
+        });
     }
 
     pub(crate) fn image_failed(&self, reason_code: &str) {
@@ -211,6 +220,7 @@ mod tests {
         let guard = metrics.in_flight();
         metrics.breaker_transition(BreakerState::Open);
         metrics.consumer_lag(3, 7);
+        metrics.foreign_object();
         let text = metrics.handle().render();
         for expected in [
             "imgpipe_processor_images_processed_total 1",
@@ -220,6 +230,7 @@ mod tests {
             "imgpipe_processor_storage_breaker_state 2",
             "imgpipe_processor_storage_breaker_transitions_total{to=\"open\"} 1",
             "imgpipe_processor_consumer_lag{partition=\"3\"} 7",
+            "imgpipe_processor_foreign_object_records_total 1",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }

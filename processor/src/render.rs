@@ -12,6 +12,7 @@ use image::{DynamicImage, ImageDecoder, ImageReader};
 
 use crate::color::{self, Conversion};
 use crate::descriptors;
+use crate::memory::{self, DecodeShape};
 
 /// Longest edge of the downscale the descriptors are computed from: at most 4,096 pixels, plenty
 /// for a coarse colour histogram and a 4x3 BlurHash, and cheap next to any variant.
@@ -36,6 +37,9 @@ pub struct VariantSize {
 pub struct Limits {
     pub max_pixels: u64,
     pub max_side: u32,
+    /// The most the decoder may allocate for one image (its pixels, profile and metadata);
+    /// the processor's memory budget.
+    pub max_alloc: u64,
 }
 
 /// Why an image cannot be rendered. Each is permanent: the same bytes fail the same way.
@@ -45,6 +49,10 @@ pub enum RenderError {
     UnsupportedFormat,
     #[error("{width}x{height} is over the limit")]
     TooLarge { width: u32, height: u32 },
+    /// Decoding would need more memory than the processor allows one image, or an ICC profile
+    /// inflates past [`memory::MAX_ICC_PROFILE_BYTES`].
+    #[error("over the memory limit: {0}")]
+    OverMemoryLimit(String),
     #[error("cannot decode the image: {0}")]
     Undecodable(String),
     #[error("cannot encode the variant: {0}")]
@@ -56,7 +64,7 @@ impl RenderError {
     pub fn reason_code(&self) -> &'static str {
         match self {
             RenderError::UnsupportedFormat => "unsupported-format",
-            RenderError::TooLarge { .. } => "image-too-large",
+            RenderError::TooLarge { .. } | RenderError::OverMemoryLimit(_) => "image-too-large",
             RenderError::Undecodable(_) => "undecodable",
             RenderError::Encode(_) => "encode-failed",
         }
@@ -230,17 +238,59 @@ fn describe(image: &Image<'_>, resizer: &mut Resizer) -> Result<Descriptors, Ren
     })
 }
 
-/// Decodes with limits checked on the header first, converts the pixels to sRGB if an ICC
-/// profile says they are something else, then applies the EXIF orientation. An animation
-/// (GIF, WebP) decodes to its first frame.
-pub fn decode_upright_srgb(bytes: &[u8], limits: Limits) -> Result<DynamicImage, RenderError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+/// What the header says about rendering an image, read without decoding a pixel.
+#[derive(Debug, Clone, Copy)]
+pub struct Probe {
+    pub width: u32,
+    pub height: u32,
+    /// The most memory rendering it holds at once ([`memory::estimate_peak_bytes`]).
+    pub peak_bytes: u64,
+}
+
+/// Reads the header (limits checked) and estimates what rendering the image for `spec` costs
+/// in memory, so the render can wait for that much of the budget before it starts.
+pub fn probe(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Probe, RenderError> {
+    let mut decoder = open_decoder(bytes, limits)?;
+    let (width, height) = decoder.dimensions();
+    let reoriented = decoder
+        .orientation()
+        .is_ok_and(|o| o != image::metadata::Orientation::NoTransforms);
+    let has_icc_profile = decoder.icc_profile().ok().flatten().is_some();
+    let shape = DecodeShape {
+        width,
+        height,
+        color: decoder.color_type(),
+        has_icc_profile,
+        reoriented,
+        input_bytes: bytes.len(),
+        largest_variant_edge: spec.sizes.iter().map(|s| s.max_edge).max().unwrap_or(0),
+    };
+    Ok(Probe {
+        width,
+        height,
+        peak_bytes: memory::estimate_peak_bytes(&shape),
+    })
+}
+
+/// A decoder past the header, with the limits checked: dimensions, an ICC profile that would
+/// inflate past its limit, and the allocation limit handed to the decoder itself.
+fn open_decoder(bytes: &[u8], limits: Limits) -> Result<impl ImageDecoder + '_, RenderError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| RenderError::Undecodable(e.to_string()))?;
     if reader.format().is_none() {
         return Err(RenderError::UnsupportedFormat);
     }
-    let mut decoder = reader.into_decoder().map_err(decode_error)?;
+    if memory::png_icc_profile_too_large(bytes) {
+        return Err(RenderError::OverMemoryLimit(format!(
+            "the ICC profile inflates past {} bytes",
+            memory::MAX_ICC_PROFILE_BYTES
+        )));
+    }
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_alloc = Some(limits.max_alloc);
+    reader.limits(decoder_limits);
+    let decoder = reader.into_decoder().map_err(decode_error)?;
     let (width, height) = decoder.dimensions();
     if width > limits.max_side
         || height > limits.max_side
@@ -248,11 +298,17 @@ pub fn decode_upright_srgb(bytes: &[u8], limits: Limits) -> Result<DynamicImage,
     {
         return Err(RenderError::TooLarge { width, height });
     }
+    Ok(decoder)
+}
+
+/// Decodes with limits checked on the header first, converts the pixels to sRGB if an ICC
+/// profile says they are something else, then applies the EXIF orientation. An animation
+/// (GIF, WebP) decodes to its first frame.
+pub fn decode_upright_srgb(bytes: &[u8], limits: Limits) -> Result<DynamicImage, RenderError> {
+    let mut decoder = open_decoder(bytes, limits)?;
     let orientation = decoder
         .orientation()
         .unwrap_or(image::metadata::Orientation::NoTransforms);
-    // A profile that cannot be read is one a viewer would ignore too: the pixels are shown
-    // as sRGB, so they are used as they are.
     let icc_profile = decoder.icc_profile().ok().flatten();
     let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
     let (mut image, conversion) = color::to_srgb(image, icc_profile.as_deref());
@@ -266,6 +322,7 @@ pub fn decode_upright_srgb(bytes: &[u8], limits: Limits) -> Result<DynamicImage,
 fn decode_error(error: image::ImageError) -> RenderError {
     match error {
         image::ImageError::Unsupported(_) => RenderError::UnsupportedFormat,
+        image::ImageError::Limits(limit) => RenderError::OverMemoryLimit(limit.to_string()),
         other => RenderError::Undecodable(other.to_string()),
     }
 }
@@ -307,6 +364,7 @@ mod tests {
     const LIMITS: Limits = Limits {
         max_pixels: 1_000_000,
         max_side: 4_000,
+        max_alloc: 512 * 1024 * 1024,
     };
 
     fn png(width: u32, height: u32, alpha: bool) -> Vec<u8> {

@@ -17,6 +17,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::handler::VariantHandler;
+use crate::memory::MemoryBudget;
 use crate::metrics::{self, ProcessorMetrics};
 use crate::{Config, ProcessorError};
 
@@ -76,6 +77,7 @@ impl Processor {
             spec: Arc::new(spec),
             limits: settings.limits(),
             cpu: Arc::new(Semaphore::new(cpu_jobs)),
+            memory: MemoryBudget::new(settings.memory_budget_bytes),
         };
         Ok(Self {
             consumer,

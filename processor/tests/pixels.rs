@@ -14,11 +14,12 @@ use image::{
     RgbImage, Rgba, RgbaImage,
 };
 use imgpipe_processor::color;
-use imgpipe_processor::render::{render, Limits, Rendered, VariantSize, VariantSpec};
+use imgpipe_processor::render::{self, render, Limits, Rendered, VariantSize, VariantSpec};
 
 const LIMITS: Limits = Limits {
     max_pixels: 50_000_000,
     max_side: 20_000,
+    max_alloc: 512 * 1024 * 1024,
 };
 
 fn spec() -> VariantSpec {
@@ -387,4 +388,31 @@ fn riff_chunks_raw(webp: &[u8]) -> Vec<String> {
         at += 8 + size + (size & 1);
     }
     chunks
+}
+
+#[test]
+fn an_icc_profile_inflating_past_its_limit_fails_before_decoding() {
+    let small = DynamicImage::new_rgb8(32, 32);
+    // 64 MiB of profile in a few KiB of PNG.
+    let bomb = png_with_profile(&small, Some(vec![0; 64 * 1024 * 1024]));
+    assert!(bomb.len() < 1024 * 1024, "{}", bomb.len());
+    let error = render(&bomb, &spec(), LIMITS).unwrap_err();
+    assert_eq!(error.reason_code(), "image-too-large", "{error}");
+    assert!(
+        render::probe(&bomb, &spec(), LIMITS).is_err(),
+        "nor is it probed"
+    );
+}
+
+#[test]
+fn the_probe_weighs_the_decoded_pixel_type() {
+    let (width, height) = (300u64, 200u64);
+    let rgba16 = png_with_profile(&DynamicImage::new_rgba16(300, 200), None);
+    let rgb8 = png_with_profile(&DynamicImage::new_rgb8(300, 200), None);
+    let heavy = render::probe(&rgba16, &spec(), LIMITS).unwrap();
+    let light = render::probe(&rgb8, &spec(), LIMITS).unwrap();
+    assert_eq!((heavy.width, heavy.height), (300, 200));
+    // 8 bytes a pixel decoded next to their 4-byte 8-bit copy.
+    assert!(heavy.peak_bytes >= width * height * 12, "{heavy:?}");
+    assert!(light.peak_bytes < heavy.peak_bytes, "{light:?} {heavy:?}");
 }
