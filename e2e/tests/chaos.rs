@@ -394,7 +394,8 @@ struct ClientLog {
     /// Idempotency key -> the image id its 202 named (every 202 of a key must name one id).
     accepted: BTreeMap<String, BTreeSet<String>>,
     unavailable: u64,
-    retries: u64,
+    /// Retries by what the attempt met: a status code, or `connection` (refused, reset).
+    retries: BTreeMap<String, u64>,
 }
 
 /// Uploads `body` until it gets a 202, retrying what a careful client retries (503, 429,
@@ -416,6 +417,10 @@ async fn careful_upload(
             .body(body.clone())
             .send()
             .await;
+        let met = match &sent {
+            Ok(response) => response.status().as_u16().to_string(),
+            Err(_) => "connection".to_string(),
+        };
         let retry = match sent {
             Ok(response) if response.status() == 202 => {
                 let answer: Value = response.json().await.unwrap();
@@ -447,7 +452,7 @@ async fn careful_upload(
             retry && Instant::now() < deadline,
             "an upload not accepted in 300 s"
         );
-        log.lock().unwrap().retries += 1;
+        *log.lock().unwrap().retries.entry(met).or_default() += 1;
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
@@ -649,7 +654,11 @@ async fn after_any_sequence_of_crashes_the_pipeline_resumes_by_itself() {
     eprintln!("| figure | value |\n| --- | ---: |");
     eprintln!("| uploads accepted | {} |", ids.len());
     eprintln!("| 503s seen by the client | {} |", client.unavailable);
-    eprintln!("| retries by the client | {} |", client.retries);
+    eprintln!(
+        "| retries by the client | {} ({:?}) |",
+        client.retries.values().sum::<u64>(),
+        client.retries
+    );
     eprintln!(
         "| images not settled {settle_limit:?} after the last restart (lost) | {} |",
         unsettled.len()
