@@ -304,6 +304,32 @@ mod tests {
     }
 
     #[test]
+    fn librdkafka_is_built_with_tls_and_scram() {
+        // A client is created without reaching a broker; a librdkafka built without OpenSSL
+        // refuses `ssl`/`sasl_ssl` and SCRAM here, at configuration time.
+        for (protocol, mechanism) in [
+            ("ssl", ""),
+            ("sasl_ssl", "SCRAM-SHA-512"),
+            ("sasl_plaintext", "PLAIN"),
+        ] {
+            let config = KafkaConfig::from_iter(vars(&[
+                ("IMGPIPE_KAFKA_SECURITY_PROTOCOL", protocol),
+                ("IMGPIPE_KAFKA_SASL_MECHANISM", mechanism),
+                ("IMGPIPE_KAFKA_SASL_USERNAME", "svc"),
+                ("IMGPIPE_KAFKA_SASL_PASSWORD", "pw"),
+            ]))
+            .unwrap();
+            let created: Result<rdkafka::producer::BaseProducer, _> =
+                config.client_config("c").create();
+            assert!(
+                created.is_ok(),
+                "{protocol} {mechanism}: {:?}",
+                created.err()
+            );
+        }
+    }
+
+    #[test]
     fn a_url_password_is_redacted_and_the_rest_kept() {
         assert_eq!(
             redact_url_password("postgres://imgpipe:pg-hunter2@db:5432/imgpipe?sslmode=require"),
