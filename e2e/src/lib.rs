@@ -7,6 +7,7 @@
 //! (`scripts/test` exports `.stack/env`); the defaults match `scripts/stack`.
 
 pub mod private_server;
+pub mod private_stack;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -15,362 +15,24 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use imgpipe_e2e::private_server::PrivateServer;
-use imgpipe_infra::storage::ObjectStore;
-use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
-use imgpipe_ingest::auth::ApiKeys;
+use imgpipe_e2e::private_stack::{eventually, Component, PrivateStack, API_KEY, COMPONENTS};
 use imgpipe_projector::orphans::{self, StoreBackend, SweepOptions};
 use serde_json::Value;
 use uuid::Uuid;
 
-const CHILD_ENV: &str = "IMGPIPE_E2E_CHILD";
-const API_KEY: &str = "chaos-key-0123456789";
 /// How long lag may go unserved before a consumer rejoins: short, so the test is quick.
 const STALL_SECS: u64 = 8;
 /// The longest the pipeline may take to flow again after one restart.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(180);
 
-/// One of the test's three services, when the test starts this executable as one.
+/// A service process of this test (see `private_stack`); the test starts it itself.
 #[test]
 #[ignore = "a service process of the chaos test; it starts it itself"]
 fn service_child() {
-    let Ok(service) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let shutdown = imgpipe_infra::ops::shutdown_token();
-        match service.as_str() {
-            "ingest" => {
-                let config = imgpipe_ingest::Config::from_env().unwrap();
-                imgpipe_infra::telemetry::init(&config.log);
-                let app = imgpipe_ingest::Application::build(&config).await.unwrap();
-                app.run(shutdown).await.unwrap();
-            }
-            "processor" => {
-                let config = imgpipe_processor::Config::from_env().unwrap();
-                imgpipe_infra::telemetry::init(&config.log);
-                let processor = imgpipe_processor::Processor::build(&config).await.unwrap();
-                processor.run(shutdown).await.unwrap();
-            }
-            "projector" => {
-                let config = imgpipe_projector::Config::from_env().unwrap();
-                imgpipe_infra::telemetry::init(&config.log);
-                let projector = imgpipe_projector::Projector::build(&config).await.unwrap();
-                projector.run(shutdown).await.unwrap();
-            }
-            other => panic!("unknown service {other}"),
-        }
-    });
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .unwrap()
-        .port()
-}
-
-/// A service process, SIGKILLed when dropped so a failing test leaves none behind.
-struct ServiceProcess {
-    name: &'static str,
-    env: Vec<(String, String)>,
-    log: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl ServiceProcess {
-    fn start(name: &'static str, env: Vec<(String, String)>, log_dir: &std::path::Path) -> Self {
-        let mut service = Self {
-            name,
-            env,
-            log: log_dir.join(format!("{name}.log")),
-            child: None,
-        };
-        service.spawn();
-        service
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "service_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_ENV, self.name)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// The private servers and the service processes.
-struct Stack {
-    broker: PrivateServer,
-    s3: PrivateServer,
-    postgres: PrivateServer,
-    ingest: ServiceProcess,
-    processor: ServiceProcess,
-    projector: ServiceProcess,
-    ingest_url: String,
-    processor_ops: String,
-    projector_ops: String,
-    kafka: KafkaConfig,
-    s3_config: S3Config,
-    database: DatabaseConfig,
-    log_dir: std::path::PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Component {
-    Broker,
-    S3,
-    Postgres,
-    Processor,
-    Projector,
-    Ingest,
-}
-
-const COMPONENTS: [Component; 6] = [
-    Component::Broker,
-    Component::S3,
-    Component::Postgres,
-    Component::Processor,
-    Component::Projector,
-    Component::Ingest,
-];
-
-impl Stack {
-    async fn start() -> Self {
-        let log_dir =
-            std::env::temp_dir().join(format!("imgpipe-chaos-{}", Uuid::now_v7().simple()));
-        std::fs::create_dir_all(&log_dir).unwrap();
-        let broker = PrivateServer::start("tansu", |port, _| {
-            let listener = format!("tcp://127.0.0.1:{port}");
-            [
-                "broker",
-                "--listener-url",
-                &listener,
-                "--advertised-listener-url",
-                &listener,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ]
-            .into_iter()
-            .map(Into::into)
-            .collect()
-        });
-        let s3 = PrivateServer::start("s3s-fs", |port, dir| {
-            let data = dir.join("data");
-            std::fs::create_dir_all(&data).unwrap();
-            let port = port.to_string();
-            ["--host", "127.0.0.1", "--port", &port]
-                .into_iter()
-                .chain([
-                    "--access-key",
-                    "imgpipe",
-                    "--secret-key",
-                    "imgpipe-local-secret",
-                ])
-                .map(Into::into)
-                .chain([data.into_os_string()])
-                .collect()
-        });
-        let postgres = PrivateServer::postgres();
-        broker.wait_until_listening().await;
-        s3.wait_until_listening().await;
-        postgres.wait_until_listening().await;
-
-        let mut kafka = KafkaConfig::from_env().unwrap();
-        kafka.brokers = format!("127.0.0.1:{}", broker.port());
-        kafka.topic_prefix = String::new();
-        kafka.produce_timeout_ms = 5_000;
-        kafka.stall_secs = STALL_SECS;
-        let mut s3_config = S3Config::from_env().unwrap();
-        s3_config.endpoint = Some(format!("http://127.0.0.1:{}", s3.port()));
-        s3_config.access_key_id = Some("imgpipe".into());
-        s3_config.secret_access_key = Some("imgpipe-local-secret".into());
-        s3_config.key_prefix = String::new();
-        let mut database = DatabaseConfig::from_env().unwrap();
-        database.url = format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port());
-        database.schema = "chaos".into();
-
-        eventually(
-            "the private broker serves",
-            Duration::from_secs(60),
-            || async {
-                kafka::ensure_topics(&kafka, &topics::bundled().unwrap())
-                    .await
-                    .is_ok()
-            },
-        )
-        .await;
-        let store = ObjectStore::connect(&s3_config).await;
-        eventually(
-            "the private bucket exists",
-            Duration::from_secs(30),
-            || async { store.ensure_bucket().await.is_ok() },
-        )
-        .await;
-        eventually(
-            "the private database is migrated",
-            Duration::from_secs(30),
-            || async { imgpipe_projector::db::migrate(&database).await.is_ok() },
-        )
-        .await;
-
-        let (ingest_port, processor_port, projector_port) = (free_port(), free_port(), free_port());
-        let mut common = vec![
-            ("IMGPIPE_KAFKA_BROKERS".to_string(), kafka.brokers.clone()),
-            ("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS".into(), "5000".into()),
-            ("IMGPIPE_KAFKA_STALL_SECS".into(), STALL_SECS.to_string()),
-            (
-                "IMGPIPE_S3_ENDPOINT".into(),
-                s3_config.endpoint.clone().unwrap(),
-            ),
-            ("IMGPIPE_S3_ACCESS_KEY_ID".into(), "imgpipe".into()),
-            (
-                "IMGPIPE_S3_SECRET_ACCESS_KEY".into(),
-                "imgpipe-local-secret".into(),
-            ),
-            ("IMGPIPE_S3_BUCKET".into(), s3_config.bucket.clone()),
-            ("IMGPIPE_S3_REGION".into(), s3_config.region.clone()),
-            ("IMGPIPE_S3_FORCE_PATH_STYLE".into(), "true".into()),
-            ("IMGPIPE_DATABASE_URL".into(), database.url.clone()),
-            ("IMGPIPE_DATABASE_SCHEMA".into(), database.schema.clone()),
-            ("IMGPIPE_LOG_FORMAT".into(), "json".into()),
-        ];
-        // The services must not pick up the shared stack's settings.
-        common.push(("IMGPIPE_KAFKA_TOPIC_PREFIX".into(), String::new()));
-        common.push(("IMGPIPE_S3_KEY_PREFIX".into(), String::new()));
-        let with = |extra: &[(&str, String)]| -> Vec<(String, String)> {
-            let mut env = common.clone();
-            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-            env
-        };
-        let ingest_env = with(&[
-            (
-                "IMGPIPE_INGEST_LISTEN_ADDR",
-                format!("127.0.0.1:{ingest_port}"),
-            ),
-            (
-                "IMGPIPE_INGEST_API_KEYS",
-                ApiKeys::entry_for("chaos-client", API_KEY),
-            ),
-            ("IMGPIPE_INGEST_UPLOADS_PER_MINUTE", "0".into()),
-            ("IMGPIPE_INGEST_BYTES_PER_MINUTE", "0".into()),
-        ]);
-        let processor_env = with(&[
-            (
-                "IMGPIPE_PROCESSOR_OPS_ADDR",
-                format!("127.0.0.1:{processor_port}"),
-            ),
-            ("IMGPIPE_PROCESSOR_VARIANTS", "thumb:64,medium:128".into()),
-            ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1".into()),
-            ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0".into()),
-        ]);
-        let projector_env = with(&[(
-            "IMGPIPE_PROJECTOR_OPS_ADDR",
-            format!("127.0.0.1:{projector_port}"),
-        )]);
-        Self {
-            ingest: ServiceProcess::start("ingest", ingest_env, &log_dir),
-            processor: ServiceProcess::start("processor", processor_env, &log_dir),
-            projector: ServiceProcess::start("projector", projector_env, &log_dir),
-            broker,
-            s3,
-            postgres,
-            ingest_url: format!("http://127.0.0.1:{ingest_port}"),
-            processor_ops: format!("http://127.0.0.1:{processor_port}"),
-            projector_ops: format!("http://127.0.0.1:{projector_port}"),
-            kafka,
-            s3_config,
-            database,
-            log_dir,
-        }
-    }
-
-    fn kill(&mut self, component: Component) {
-        match component {
-            Component::Broker => self.broker.kill(),
-            Component::S3 => self.s3.kill(),
-            Component::Postgres => self.postgres.kill(),
-            Component::Processor => self.processor.kill(),
-            Component::Projector => self.projector.kill(),
-            Component::Ingest => self.ingest.kill(),
-        }
-    }
-
-    async fn restart(&mut self, component: Component) {
-        match component {
-            Component::Broker => restart_server(&mut self.broker).await,
-            Component::S3 => restart_server(&mut self.s3).await,
-            Component::Postgres => restart_server(&mut self.postgres).await,
-            Component::Processor => self.processor.spawn(),
-            Component::Projector => self.projector.spawn(),
-            Component::Ingest => self.ingest.spawn(),
-        }
-    }
-}
-
-/// Restarts a private server until it stays up: a PostgreSQL killed with SIGKILL refuses to
-/// start while its orphaned backends still hold the shared memory, for a moment.
-async fn restart_server(server: &mut PrivateServer) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        server.restart();
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        if !server.exited() {
-            server.wait_until_listening().await;
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a private server does not come back"
-        );
-    }
-}
-
-async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    imgpipe_e2e::private_stack::run_service_from_env();
 }
 
 /// A small PNG unlike every other (its pixels encode `n`).
@@ -495,7 +157,7 @@ async fn metric_sum(http: &reqwest::Client, ops: &str, name: &str) -> Option<f64
 }
 
 /// Neither consumer is stalled, and both report no lag.
-async fn consumers_caught_up(http: &reqwest::Client, stack: &Stack) -> bool {
+async fn consumers_caught_up(http: &reqwest::Client, stack: &PrivateStack) -> bool {
     for (ops, lag) in [
         (&stack.processor_ops, "imgpipe_processor_consumer_lag"),
         (&stack.projector_ops, "imgpipe_projector_consumer_lag"),
@@ -524,7 +186,7 @@ async fn after_any_sequence_of_crashes_the_pipeline_resumes_by_itself() {
         .unwrap_or(150);
     eprintln!("chaos: seed {seed} (IMGPIPE_CHAOS_SEED={seed} replays it), {rounds} rounds, {uploads} uploads");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let mut stack = Stack::start().await;
+    let mut stack = PrivateStack::start(STALL_SECS).await;
     eprintln!("chaos: service logs in {}", stack.log_dir.display());
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)

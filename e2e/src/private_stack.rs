@@ -1,0 +1,373 @@
+//! A whole stack of the test's own: private Tansu, s3s-fs and PostgreSQL on free loopback
+//! ports (so a test can kill them without disturbing the shared stack), and ingest, the
+//! processor and the projector as processes of their own (the test executable again, running
+//! [`run_service_from_env`]), each of which can be SIGKILLed and restarted.
+// A test harness: a setup step that fails is the test failing, with the panic saying where.
+#![allow(clippy::unwrap_used)]
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use imgpipe_infra::storage::ObjectStore;
+use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
+use imgpipe_ingest::auth::ApiKeys;
+use uuid::Uuid;
+
+use crate::private_server::PrivateServer;
+
+/// Names the service a child process runs.
+pub const CHILD_ENV: &str = "IMGPIPE_E2E_CHILD";
+/// The one client's API key.
+pub const API_KEY: &str = "private-stack-key-0123456789";
+
+/// Runs the service named by [`CHILD_ENV`] (`ingest`, `processor` or `projector`) as its
+/// `main` does, until SIGTERM; does nothing when the variable is unset. A test that starts
+/// [`ServiceProcess`]es calls it from an ignored `#[test] fn service_child()`, since the child
+/// is that test executable again.
+pub fn run_service_from_env() {
+    let Ok(service) = std::env::var(CHILD_ENV) else {
+        return;
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(async {
+        let shutdown = imgpipe_infra::ops::shutdown_token();
+        match service.as_str() {
+            "ingest" => {
+                let config = imgpipe_ingest::Config::from_env().expect("ingest config");
+                imgpipe_infra::telemetry::init(&config.log);
+                let app = imgpipe_ingest::Application::build(&config)
+                    .await
+                    .expect("ingest builds");
+                app.run(shutdown).await.expect("ingest runs");
+            }
+            "processor" => {
+                let config = imgpipe_processor::Config::from_env().expect("processor config");
+                imgpipe_infra::telemetry::init(&config.log);
+                let processor = imgpipe_processor::Processor::build(&config)
+                    .await
+                    .expect("processor builds");
+                processor.run(shutdown).await.expect("processor runs");
+            }
+            "projector" => {
+                let config = imgpipe_projector::Config::from_env().expect("projector config");
+                imgpipe_infra::telemetry::init(&config.log);
+                let projector = imgpipe_projector::Projector::build(&config)
+                    .await
+                    .expect("projector builds");
+                projector.run(shutdown).await.expect("projector runs");
+            }
+            other => panic!("unknown service {other}"),
+        }
+    });
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// A service process, SIGKILLed when dropped so a failing test leaves none behind.
+pub struct ServiceProcess {
+    name: &'static str,
+    env: Vec<(String, String)>,
+    log: std::path::PathBuf,
+    child: Option<Child>,
+}
+
+impl ServiceProcess {
+    pub fn start(
+        name: &'static str,
+        env: Vec<(String, String)>,
+        log_dir: &std::path::Path,
+    ) -> Self {
+        let mut service = Self {
+            name,
+            env,
+            log: log_dir.join(format!("{name}.log")),
+            child: None,
+        };
+        service.spawn();
+        service
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new(std::env::current_exe().unwrap())
+            .args([
+                "service_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
+            .env(CHILD_ENV, self.name)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for ServiceProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The private servers and the service processes.
+pub struct PrivateStack {
+    pub broker: PrivateServer,
+    pub s3: PrivateServer,
+    pub postgres: PrivateServer,
+    pub ingest: ServiceProcess,
+    pub processor: ServiceProcess,
+    pub projector: ServiceProcess,
+    pub ingest_url: String,
+    pub processor_ops: String,
+    pub projector_ops: String,
+    pub kafka: KafkaConfig,
+    pub s3_config: S3Config,
+    pub database: DatabaseConfig,
+    pub log_dir: std::path::PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Component {
+    Broker,
+    S3,
+    Postgres,
+    Processor,
+    Projector,
+    Ingest,
+}
+
+pub const COMPONENTS: [Component; 6] = [
+    Component::Broker,
+    Component::S3,
+    Component::Postgres,
+    Component::Processor,
+    Component::Projector,
+    Component::Ingest,
+];
+
+impl PrivateStack {
+    /// Starts the servers, creates the topics, the bucket and the tables, then the services;
+    /// consumers count as stalled after `stall_secs`.
+    pub async fn start(stall_secs: u64) -> Self {
+        let log_dir =
+            std::env::temp_dir().join(format!("imgpipe-stack-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&log_dir).unwrap();
+        let broker = PrivateServer::start("tansu", |port, _| {
+            let listener = format!("tcp://127.0.0.1:{port}");
+            [
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ]
+            .into_iter()
+            .map(Into::into)
+            .collect()
+        });
+        let s3 = PrivateServer::start("s3s-fs", |port, dir| {
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data).unwrap();
+            let port = port.to_string();
+            ["--host", "127.0.0.1", "--port", &port]
+                .into_iter()
+                .chain([
+                    "--access-key",
+                    "imgpipe",
+                    "--secret-key",
+                    "imgpipe-local-secret",
+                ])
+                .map(Into::into)
+                .chain([data.into_os_string()])
+                .collect()
+        });
+        let postgres = PrivateServer::postgres();
+        broker.wait_until_listening().await;
+        s3.wait_until_listening().await;
+        postgres.wait_until_listening().await;
+
+        let mut kafka = KafkaConfig::from_env().unwrap();
+        kafka.brokers = format!("127.0.0.1:{}", broker.port());
+        kafka.topic_prefix = String::new();
+        kafka.produce_timeout_ms = 5_000;
+        kafka.stall_secs = stall_secs;
+        let mut s3_config = S3Config::from_env().unwrap();
+        s3_config.endpoint = Some(format!("http://127.0.0.1:{}", s3.port()));
+        s3_config.access_key_id = Some("imgpipe".into());
+        s3_config.secret_access_key = Some("imgpipe-local-secret".into());
+        s3_config.key_prefix = String::new();
+        let mut database = DatabaseConfig::from_env().unwrap();
+        database.url = format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port());
+        database.schema = "chaos".into();
+
+        eventually(
+            "the private broker serves",
+            Duration::from_secs(60),
+            || async {
+                kafka::ensure_topics(&kafka, &topics::bundled().unwrap())
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        let store = ObjectStore::connect(&s3_config).await;
+        eventually(
+            "the private bucket exists",
+            Duration::from_secs(30),
+            || async { store.ensure_bucket().await.is_ok() },
+        )
+        .await;
+        eventually(
+            "the private database is migrated",
+            Duration::from_secs(30),
+            || async { imgpipe_projector::db::migrate(&database).await.is_ok() },
+        )
+        .await;
+
+        let (ingest_port, processor_port, projector_port) = (free_port(), free_port(), free_port());
+        let mut common = vec![
+            ("IMGPIPE_KAFKA_BROKERS".to_string(), kafka.brokers.clone()),
+            ("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS".into(), "5000".into()),
+            ("IMGPIPE_KAFKA_STALL_SECS".into(), stall_secs.to_string()),
+            (
+                "IMGPIPE_S3_ENDPOINT".into(),
+                s3_config.endpoint.clone().unwrap(),
+            ),
+            ("IMGPIPE_S3_ACCESS_KEY_ID".into(), "imgpipe".into()),
+            (
+                "IMGPIPE_S3_SECRET_ACCESS_KEY".into(),
+                "imgpipe-local-secret".into(),
+            ),
+            ("IMGPIPE_S3_BUCKET".into(), s3_config.bucket.clone()),
+            ("IMGPIPE_S3_REGION".into(), s3_config.region.clone()),
+            ("IMGPIPE_S3_FORCE_PATH_STYLE".into(), "true".into()),
+            ("IMGPIPE_DATABASE_URL".into(), database.url.clone()),
+            ("IMGPIPE_DATABASE_SCHEMA".into(), database.schema.clone()),
+            ("IMGPIPE_LOG_FORMAT".into(), "json".into()),
+        ];
+        // The services must not pick up the shared stack's settings.
+        common.push(("IMGPIPE_KAFKA_TOPIC_PREFIX".into(), String::new()));
+        common.push(("IMGPIPE_S3_KEY_PREFIX".into(), String::new()));
+        let with = |extra: &[(&str, String)]| -> Vec<(String, String)> {
+            let mut env = common.clone();
+            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+            env
+        };
+        let ingest_env = with(&[
+            (
+                "IMGPIPE_INGEST_LISTEN_ADDR",
+                format!("127.0.0.1:{ingest_port}"),
+            ),
+            (
+                "IMGPIPE_INGEST_API_KEYS",
+                ApiKeys::entry_for("private-client", API_KEY),
+            ),
+            ("IMGPIPE_INGEST_UPLOADS_PER_MINUTE", "0".into()),
+            ("IMGPIPE_INGEST_BYTES_PER_MINUTE", "0".into()),
+        ]);
+        let processor_env = with(&[
+            (
+                "IMGPIPE_PROCESSOR_OPS_ADDR",
+                format!("127.0.0.1:{processor_port}"),
+            ),
+            ("IMGPIPE_PROCESSOR_VARIANTS", "thumb:64,medium:128".into()),
+            ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1".into()),
+            ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0".into()),
+        ]);
+        let projector_env = with(&[(
+            "IMGPIPE_PROJECTOR_OPS_ADDR",
+            format!("127.0.0.1:{projector_port}"),
+        )]);
+        Self {
+            ingest: ServiceProcess::start("ingest", ingest_env, &log_dir),
+            processor: ServiceProcess::start("processor", processor_env, &log_dir),
+            projector: ServiceProcess::start("projector", projector_env, &log_dir),
+            broker,
+            s3,
+            postgres,
+            ingest_url: format!("http://127.0.0.1:{ingest_port}"),
+            processor_ops: format!("http://127.0.0.1:{processor_port}"),
+            projector_ops: format!("http://127.0.0.1:{projector_port}"),
+            kafka,
+            s3_config,
+            database,
+            log_dir,
+        }
+    }
+
+    pub fn kill(&mut self, component: Component) {
+        match component {
+            Component::Broker => self.broker.kill(),
+            Component::S3 => self.s3.kill(),
+            Component::Postgres => self.postgres.kill(),
+            Component::Processor => self.processor.kill(),
+            Component::Projector => self.projector.kill(),
+            Component::Ingest => self.ingest.kill(),
+        }
+    }
+
+    pub async fn restart(&mut self, component: Component) {
+        match component {
+            Component::Broker => restart_server(&mut self.broker).await,
+            Component::S3 => restart_server(&mut self.s3).await,
+            Component::Postgres => restart_server(&mut self.postgres).await,
+            Component::Processor => self.processor.spawn(),
+            Component::Projector => self.projector.spawn(),
+            Component::Ingest => self.ingest.spawn(),
+        }
+    }
+}
+
+/// Restarts a private server until it stays up: a PostgreSQL killed with SIGKILL refuses to
+/// start while its orphaned backends still hold the shared memory, for a moment.
+async fn restart_server(server: &mut PrivateServer) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        server.restart();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if !server.exited() {
+            server.wait_until_listening().await;
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a private server does not come back"
+        );
+    }
+}
+
+pub async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
