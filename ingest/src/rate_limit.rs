@@ -4,6 +4,7 @@
 //! `IMGPIPE_INGEST_API_KEYS` states its own.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 
 use governor::clock::{Clock, DefaultClock};
@@ -11,6 +12,7 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 
 use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
+use crate::upload_slots::UploadSlots;
 use crate::IngestError;
 
 /// Bytes are metered in KiB cells, so a u32 quota reaches terabytes per minute.
@@ -41,6 +43,11 @@ pub struct RateLimits {
     /// Clients with limits of their own. A keyed limiter has one quota for all its keys, so
     /// each of these clients gets direct limiters with its quota.
     own: HashMap<String, Limiters<DefaultDirectRateLimiter>>,
+    /// Requests per IP address, counted before authentication; `None` is no limit. Its
+    /// memory is kept bounded by [`RateLimits::forget_idle`].
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Uploads in progress, all clients and per client.
+    pub uploads_in_progress: UploadSlots,
     clock: DefaultClock,
 }
 
@@ -81,8 +88,31 @@ impl RateLimits {
                 RateLimiter::keyed,
             ),
             own,
+            per_ip: NonZeroU32::new(settings.requests_per_minute_per_ip)
+                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            uploads_in_progress: UploadSlots::new(
+                settings.max_concurrent_uploads,
+                settings.max_concurrent_uploads_per_client,
+            ),
             clock: DefaultClock::default(),
         })
+    }
+
+    /// Counts one request from `ip`, whoever it claims to be.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), IngestError> {
+        match self.per_ip.as_ref().map(|limiter| limiter.check_key(&ip)) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(not_until)) => Err(self.limited(not_until.wait_time_from(self.clock.now()))),
+        }
+    }
+
+    /// Forgets the addresses whose budget is full again: they would pass as new ones do, so
+    /// the per-IP state holds only recent addresses, however many a flood comes from.
+    pub fn forget_idle(&self) {
+        if let Some(limiter) = &self.per_ip {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
     /// Counts one upload for `client`.
@@ -166,6 +196,23 @@ mod tests {
             Err(IngestError::RateLimited { .. })
         ));
         assert!(limits.check_upload("a").is_ok(), "uploads unlimited at 0");
+    }
+
+    #[test]
+    fn each_address_has_its_own_budget_and_full_ones_are_forgotten() {
+        let mut settings = settings(0, 0);
+        settings.requests_per_minute_per_ip = 2;
+        let limits = RateLimits::new(&settings).unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "::1".parse().unwrap());
+        assert!(limits.check_ip(a).is_ok() && limits.check_ip(a).is_ok());
+        assert!(is_limited(limits.check_ip(a)));
+        assert!(
+            limits.check_ip(b).is_ok(),
+            "another address is not affected"
+        );
+        limits.forget_idle();
+        let remembered = limits.per_ip.as_ref().map(|limiter| limiter.len());
+        assert_eq!(remembered, Some(2), "both still owe time");
     }
 
     #[test]

@@ -159,8 +159,8 @@ mod cursor {
         let raw = String::from_utf8(raw).map_err(|_| invalid())?;
         let (micros, id) = raw.split_once(':').ok_or_else(invalid)?;
         let micros: i128 = micros.parse().map_err(|_| invalid())?;
-        let at =
-            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| invalid())?;
+        let nanos = micros.checked_mul(1_000).ok_or_else(invalid)?;
+        let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| invalid())?;
         Ok((at, Uuid::parse_str(id).map_err(|_| invalid())?))
     }
 
@@ -178,6 +178,8 @@ mod cursor {
                 "!!!",
                 "bm90LWEtY3Vyc29y",
                 &URL_SAFE_NO_PAD.encode("12:nope"),
+                // Micros whose nanos overflow an i128.
+                &URL_SAFE_NO_PAD.encode(format!("{}:{id}", i128::MAX)),
             ] {
                 assert!(decode(bad).is_err(), "{bad}");
             }

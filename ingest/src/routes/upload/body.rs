@@ -2,6 +2,12 @@
 //! streams, or drained after a refusal so the client still hears why.
 
 use std::pin::Pin;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::BoxError;
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -119,7 +125,33 @@ where
 }
 
 pub(super) fn body_error(error: axum::Error) -> IngestError {
-    IngestError::BodyRead(error.into_inner().to_string())
+    match error.into_inner().downcast::<IngestError>() {
+        // Refused on the way in, by `with_deadline`.
+        Ok(error) => *error,
+        Err(error) => IngestError::BodyRead(error.to_string()),
+    }
+}
+
+/// The request with a body that fails with 408 `upload-timed-out` once `secs` have passed,
+/// however steadily it still arrives: a total deadline, where the body timeout is an idle one.
+pub(super) fn with_deadline(request: Request, secs: u64) -> Request {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    request.map(|body| {
+        let chunks = body.into_data_stream();
+        Body::from_stream(futures::stream::unfold(
+            Some(chunks),
+            move |chunks| async move {
+                let mut chunks = chunks?;
+                match tokio::time::timeout_at(deadline, chunks.next()).await {
+                    Ok(chunk) => chunk.map(|chunk| (chunk.map_err(BoxError::from), Some(chunks))),
+                    Err(_) => {
+                        let expired: BoxError = Box::new(IngestError::UploadTimedOut { secs });
+                        Some((Err(expired), None))
+                    }
+                }
+            },
+        ))
+    })
 }
 
 pub(super) fn storage_unavailable(error: imgpipe_infra::InfraError) -> IngestError {
