@@ -125,10 +125,16 @@ where
 }
 
 pub(super) fn body_error(error: axum::Error) -> IngestError {
-    match error.into_inner().downcast::<IngestError>() {
-        // Refused on the way in, by `with_deadline`.
-        Ok(error) => *error,
-        Err(error) => IngestError::BodyRead(error.to_string()),
+    let mut source = error.into_inner();
+    loop {
+        // Refused on the way in, by `with_deadline`: the error, however wrapped.
+        source = match source.downcast::<IngestError>() {
+            Ok(error) => return *error,
+            Err(other) => match other.downcast::<axum::Error>() {
+                Ok(wrapped) => wrapped.into_inner(),
+                Err(other) => return IngestError::BodyRead(other.to_string()),
+            },
+        };
     }
 }
 
