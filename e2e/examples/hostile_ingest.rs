@@ -16,6 +16,8 @@ use tokio_util::sync::CancellationToken;
 struct Args {
     ingest: String,
     key: String,
+    /// The trickling uploads' key: another client's, to see what an honest client sees.
+    trickle_key: String,
     pid: u32,
     connections: usize,
     trickles: usize,
@@ -28,6 +30,7 @@ fn args() -> anyhow::Result<Args> {
     let mut args = Args {
         ingest: "http://127.0.0.1:18080".into(),
         key: String::new(),
+        trickle_key: String::new(),
         pid: 0,
         connections: 2_000,
         trickles: 60,
@@ -43,6 +46,7 @@ fn args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--ingest" => args.ingest = value,
             "--key" => args.key = value,
+            "--trickle-key" => args.trickle_key = value,
             "--pid" => args.pid = value.parse()?,
             "--connections" => args.connections = value.parse()?,
             "--trickles" => args.trickles = value.parse()?,
@@ -54,6 +58,9 @@ fn args() -> anyhow::Result<Args> {
     }
     if args.key.is_empty() || args.pid == 0 {
         bail!("--key and --pid are required");
+    }
+    if args.trickle_key.is_empty() {
+        args.trickle_key.clone_from(&args.key);
     }
     Ok(args)
 }
@@ -104,7 +111,8 @@ async fn slowloris(address: String, counts: Arc<Counts>, stop: CancellationToken
     }
 }
 
-/// An upload declaring 10 MB that sends a byte every 500 ms until answered; again.
+/// An upload declaring 10 MB that sends a byte every 500 ms until answered; again a second
+/// later (a tight loop would only measure the per-IP limit).
 async fn trickle(address: String, key: String, counts: Arc<Counts>, stop: CancellationToken) {
     while !stop.is_cancelled() {
         let Ok(stream) = TcpStream::connect(&address).await else {
@@ -131,6 +139,7 @@ async fn trickle(address: String, key: String, counts: Arc<Counts>, stop: Cancel
         tokio::select! {
             _ = reader.read(&mut answer) => {
                 counts.trickles_answered.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
             () = stop.cancelled() => {}
         }
@@ -157,7 +166,7 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..args.trickles {
         tasks.push(tokio::spawn(trickle(
             address.clone(),
-            args.key.clone(),
+            args.trickle_key.clone(),
             Arc::clone(&counts),
             stop.clone(),
         )));

@@ -355,3 +355,50 @@ async fn slow_clients_cannot_hold_the_server() {
     assert_eq!(status, 202, "{accepted}");
     pipeline.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_and_deletes_have_their_own_per_client_limits() {
+    let pipeline = Pipeline::start_with(|settings| {
+        settings.reads_per_minute = 3;
+        settings.deletes_per_minute = 1;
+    })
+    .await
+    .expect("pipeline starts");
+    let send = |method: reqwest::Method, key: &str, path: &str| {
+        pipeline
+            .http
+            .request(method, pipeline.url(path))
+            .bearer_auth(key)
+            .send()
+    };
+    for _ in 0..3 {
+        let response = send(reqwest::Method::GET, &pipeline.api_key, "/v1/stats")
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let limited = send(reqwest::Method::GET, &pipeline.api_key, "/v1/images")
+        .await
+        .unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    let body: Value = limited.json().await.unwrap();
+    assert_eq!(body["code"], "rate-limited", "{body}");
+
+    let missing = format!("/v1/images/{}", uuid::Uuid::now_v7());
+    let first = send(reqwest::Method::DELETE, &pipeline.api_key, &missing)
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 404);
+    let second = send(reqwest::Method::DELETE, &pipeline.api_key, &missing)
+        .await
+        .unwrap();
+    assert_eq!(second.status(), 429, "the second delete of the minute");
+
+    // Another client has budgets of its own.
+    let other = send(reqwest::Method::GET, &pipeline.other_api_key, "/v1/stats")
+        .await
+        .unwrap();
+    assert_eq!(other.status(), 200);
+    pipeline.stop().await.unwrap();
+}

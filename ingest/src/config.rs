@@ -61,6 +61,13 @@ pub struct IngestSettings {
     /// the API key is checked; 0 = no limit.
     #[serde(default = "default_requests_per_minute_per_ip")]
     pub requests_per_minute_per_ip: u32,
+    /// Reads (GET, HEAD) each client may make per minute (bursts up to the same number);
+    /// 0 = no limit.
+    #[serde(default = "default_reads_per_minute")]
+    pub reads_per_minute: u32,
+    /// Deletes each client may make per minute (bursts up to the same number); 0 = no limit.
+    #[serde(default = "default_deletes_per_minute")]
+    pub deletes_per_minute: u32,
 }
 
 impl Default for IngestSettings {
@@ -80,6 +87,8 @@ impl Default for IngestSettings {
             max_concurrent_uploads: default_max_concurrent_uploads(),
             max_concurrent_uploads_per_client: default_max_concurrent_uploads_per_client(),
             requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
+            reads_per_minute: default_reads_per_minute(),
+            deletes_per_minute: default_deletes_per_minute(),
         }
     }
 }
@@ -123,6 +132,12 @@ fn default_max_concurrent_uploads_per_client() -> usize {
 }
 fn default_requests_per_minute_per_ip() -> u32 {
     6_000
+}
+fn default_reads_per_minute() -> u32 {
+    6_000
+}
+fn default_deletes_per_minute() -> u32 {
+    600
 }
 
 /// The longest expiry an S3 SigV4 presigned URL may have.

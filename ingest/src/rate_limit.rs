@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 
+use axum::http::Method;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
@@ -46,6 +47,9 @@ pub struct RateLimits {
     /// Requests per IP address, counted before authentication; `None` is no limit. Its
     /// memory is kept bounded by [`RateLimits::forget_idle`].
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Reads and deletes per client (`IMGPIPE_INGEST_READS_PER_MINUTE`, `_DELETES_PER_MINUTE`).
+    reads: Option<DefaultKeyedRateLimiter<String>>,
+    deletes: Option<DefaultKeyedRateLimiter<String>>,
     /// Uploads in progress, all clients and per client.
     pub uploads_in_progress: UploadSlots,
     clock: DefaultClock,
@@ -88,8 +92,9 @@ impl RateLimits {
                 RateLimiter::keyed,
             ),
             own,
-            per_ip: NonZeroU32::new(settings.requests_per_minute_per_ip)
-                .map(|n| RateLimiter::keyed(Quota::per_minute(n))),
+            per_ip: keyed_per_minute(settings.requests_per_minute_per_ip),
+            reads: keyed_per_minute(settings.reads_per_minute),
+            deletes: keyed_per_minute(settings.deletes_per_minute),
             uploads_in_progress: UploadSlots::new(
                 settings.max_concurrent_uploads,
                 settings.max_concurrent_uploads_per_client,
@@ -101,6 +106,20 @@ impl RateLimits {
     /// Counts one request from `ip`, whoever it claims to be.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), IngestError> {
         match self.per_ip.as_ref().map(|limiter| limiter.check_key(&ip)) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(not_until)) => Err(self.limited(not_until.wait_time_from(self.clock.now()))),
+        }
+    }
+
+    /// Counts one request of `client` other than an upload (which [`Self::check_upload`]
+    /// counts): a read (GET, HEAD) or a delete against their own budgets.
+    pub fn check_request(&self, client: &str, method: &Method) -> Result<(), IngestError> {
+        let limiter = match *method {
+            Method::GET | Method::HEAD => self.reads.as_ref(),
+            Method::DELETE => self.deletes.as_ref(),
+            _ => None,
+        };
+        match limiter.map(|limiter| limiter.check_key(&client.to_string())) {
             None | Some(Ok(())) => Ok(()),
             Some(Err(not_until)) => Err(self.limited(not_until.wait_time_from(self.clock.now()))),
         }
@@ -154,6 +173,12 @@ impl RateLimits {
             retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
         }
     }
+}
+
+fn keyed_per_minute<K: std::hash::Hash + Eq + Clone>(
+    per_minute: u32,
+) -> Option<DefaultKeyedRateLimiter<K>> {
+    NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
 }
 
 #[cfg(test)]
@@ -213,6 +238,24 @@ mod tests {
         limits.forget_idle();
         let remembered = limits.per_ip.as_ref().map(|limiter| limiter.len());
         assert_eq!(remembered, Some(2), "both still owe time");
+    }
+
+    #[test]
+    fn reads_and_deletes_have_budgets_of_their_own() {
+        let mut settings = settings(0, 0);
+        settings.reads_per_minute = 2;
+        settings.deletes_per_minute = 1;
+        let limits = RateLimits::new(&settings).unwrap();
+        assert!(limits.check_request("a", &Method::GET).is_ok());
+        assert!(limits.check_request("a", &Method::HEAD).is_ok());
+        assert!(is_limited(limits.check_request("a", &Method::GET)));
+        assert!(limits.check_request("a", &Method::DELETE).is_ok());
+        assert!(is_limited(limits.check_request("a", &Method::DELETE)));
+        assert!(
+            limits.check_request("a", &Method::POST).is_ok(),
+            "uploads count apart"
+        );
+        assert!(limits.check_request("b", &Method::GET).is_ok());
     }
 
     #[test]

@@ -39,6 +39,8 @@ struct Timeline {
         (status = 200, description = "The timeline", body = Timeline),
         (status = 400, description = "`invalid-image-id`", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute" , body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 404, description = "`image-not-found` (also another client's image)", body = ErrorBody),
         (status = 503, description = "`database-unavailable`", body = ErrorBody),
     ),
@@ -93,6 +95,8 @@ struct Page {
         (status = 200, description = "One page", body = Page),
         (status = 400, description = "`invalid-query`", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute" , body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 503, description = "`database-unavailable`", body = ErrorBody),
     ),
 )]
@@ -212,6 +216,8 @@ struct Percentiles {
     responses(
         (status = 200, description = "The client's stats", body = Stats),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute" , body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 503, description = "`database-unavailable`", body = ErrorBody),
     ),
 )]

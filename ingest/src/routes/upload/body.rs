@@ -144,19 +144,18 @@ pub(super) fn with_deadline(request: Request, secs: u64) -> Request {
     let deadline = Instant::now() + Duration::from_secs(secs);
     request.map(|body| {
         let chunks = body.into_data_stream();
-        Body::from_stream(futures::stream::unfold(
-            Some(chunks),
-            move |chunks| async move {
-                let mut chunks = chunks?;
-                match tokio::time::timeout_at(deadline, chunks.next()).await {
-                    Ok(chunk) => chunk.map(|chunk| (chunk.map_err(BoxError::from), Some(chunks))),
-                    Err(_) => {
-                        let expired: BoxError = Box::new(IngestError::UploadTimedOut { secs });
-                        Some((Err(expired), None))
-                    }
+        // Fused: the body may be polled again after its end, which an unfold does not allow.
+        let chunks = futures::stream::unfold(Some(chunks), move |chunks| async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout_at(deadline, chunks.next()).await {
+                Ok(chunk) => chunk.map(|chunk| (chunk.map_err(BoxError::from), Some(chunks))),
+                Err(_) => {
+                    let expired: BoxError = Box::new(IngestError::UploadTimedOut { secs });
+                    Some((Err(expired), None))
                 }
-            },
-        ))
+            }
+        });
+        Body::from_stream(chunks.fuse())
     })
 }
 
