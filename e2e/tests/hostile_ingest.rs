@@ -402,3 +402,70 @@ async fn reads_and_deletes_have_their_own_per_client_limits() {
     assert_eq!(other.status(), 200);
     pipeline.stop().await.unwrap();
 }
+
+/// The image's events on the log itself (not the read model), read up to where the log ends
+/// now.
+async fn logged_event_types(pipeline: &Pipeline, image: uuid::Uuid) -> Vec<String> {
+    let kafka = pipeline.kafka.clone();
+    let topic = kafka.topics().events;
+    let codec = imgpipe_infra::registry::EventCodec::connect(&Default::default(), &topic)
+        .await
+        .unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let tail = imgpipe_admin::events::Tail {
+            topics: vec![topic],
+            start: imgpipe_admin::events::Start::Beginning,
+            image: Some(image),
+            follow: false,
+        };
+        let mut out = Vec::new();
+        imgpipe_admin::events::tail(&kafka, &codec, &tail, &mut out).unwrap();
+        out
+    })
+    .await
+    .unwrap();
+    String::from_utf8(lines)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).unwrap();
+            let event = record.get("value").unwrap_or(&record);
+            event["event_type"].as_str().unwrap_or(line).to_string()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_and_repeated_deletes_append_one_image_deleted() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let (status, accepted) = pipeline.upload(photo()).await.unwrap();
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    pipeline
+        .wait_until_settled(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+
+    let path = format!("/v1/images/{id}");
+    let deletes =
+        (0..6).map(|_| pipeline.request(reqwest::Method::DELETE, &pipeline.api_key, &path));
+    let answers = futures::future::join_all(deletes).await;
+    for answer in &answers {
+        let (status, body) = answer.as_ref().unwrap();
+        assert!(
+            *status == 202 || (*status == 409 && body["code"] == "deletion-in-flight"),
+            "{status} {body}"
+        );
+    }
+    // And once more after they all answered, before the read model shows the deletion.
+    let (status, _) = pipeline
+        .request(reqwest::Method::DELETE, &pipeline.api_key, &path)
+        .await
+        .unwrap();
+    assert_eq!(status, 202);
+
+    let types = logged_event_types(&pipeline, id.parse().unwrap()).await;
+    let deleted = types.iter().filter(|t| *t == "ImageDeleted").count();
+    assert_eq!(deleted, 1, "{types:?}");
+    pipeline.stop().await.unwrap();
+}

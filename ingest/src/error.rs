@@ -61,6 +61,8 @@ pub enum IngestError {
     ServerBusy,
     #[error("the upload took longer than {secs} s to arrive")]
     UploadTimedOut { secs: u64 },
+    #[error("another request is deleting this image; retry shortly")]
+    DeletionInFlight,
     #[error("no such route; the API is under /v1")]
     RouteNotFound,
     #[error("this route does not take that method")]
@@ -118,6 +120,7 @@ impl IngestError {
             Self::TooManyUploads { limit: 0 },
             Self::ServerBusy,
             Self::UploadTimedOut { secs: 0 },
+            Self::DeletionInFlight,
             Self::InvalidIdempotencyKey,
             Self::IdempotencyKeyReused,
             Self::IdempotencyKeyInFlight,
@@ -152,6 +155,7 @@ impl IngestError {
             Self::TooManyUploads { .. } => "too-many-uploads",
             Self::ServerBusy => "server-busy",
             Self::UploadTimedOut { .. } => "upload-timed-out",
+            Self::DeletionInFlight => "deletion-in-flight",
             Self::InvalidIdempotencyKey => "invalid-idempotency-key",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
@@ -188,6 +192,7 @@ impl IngestError {
             Self::UploadTimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::IdempotencyKeyReused
             | Self::IdempotencyKeyInFlight
+            | Self::DeletionInFlight
             | Self::AsOfUnavailable(_) => StatusCode::CONFLICT,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
@@ -214,9 +219,10 @@ impl IntoResponse for IngestError {
         };
         let retry_after = match &self {
             Self::RateLimited { retry_after_secs } => Some(retry_after_secs.to_string()),
-            Self::IdempotencyKeyInFlight | Self::TooManyUploads { .. } | Self::ServerBusy => {
-                Some("1".to_string())
-            }
+            Self::IdempotencyKeyInFlight
+            | Self::DeletionInFlight
+            | Self::TooManyUploads { .. }
+            | Self::ServerBusy => Some("1".to_string()),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some("5".to_string()),
             _ => None,
         };
@@ -268,6 +274,7 @@ mod tests {
             TooManyUploads { .. } => 26,
             ServerBusy => 27,
             UploadTimedOut { .. } => 28,
+            DeletionInFlight => 29,
         }
     }
 
@@ -277,7 +284,7 @@ mod tests {
             .iter()
             .map(variant_number)
             .collect();
-        assert_eq!(numbers, (0..=28).collect());
+        assert_eq!(numbers, (0..=29).collect());
     }
 
     #[test]
