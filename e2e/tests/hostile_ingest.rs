@@ -469,3 +469,46 @@ async fn concurrent_and_repeated_deletes_append_one_image_deleted() {
     assert_eq!(deleted, 1, "{types:?}");
     pipeline.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_images_timeline_is_paginated() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let (status, accepted) = pipeline.upload(photo()).await.unwrap();
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    pipeline
+        .wait_until_settled(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let (_, whole) = pipeline.timeline(&id).await.unwrap();
+    assert!(whole.len() >= 2, "{whole:?}");
+
+    let mut paged = Vec::new();
+    let mut path = format!("/v1/images/{id}/events?limit=1");
+    loop {
+        let (status, page) = pipeline.get(&path).await.unwrap();
+        assert_eq!(status, 200, "{page}");
+        let events = page["events"].as_array().unwrap();
+        assert_eq!(events.len(), 1, "{page}");
+        paged.extend(events.iter().cloned());
+        match page["next_cursor"].as_str() {
+            Some(cursor) => path = format!("/v1/images/{id}/events?limit=1&cursor={cursor}"),
+            None => break,
+        }
+        assert!(paged.len() <= whole.len(), "more pages than events");
+    }
+    assert_eq!(paged, whole);
+
+    for bad in ["limit=0", "limit=501", "cursor=bm90LWEtY3Vyc29y"] {
+        let (status, body) = pipeline
+            .get(&format!("/v1/images/{id}/events?{bad}"))
+            .await
+            .unwrap();
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (400, Some("invalid-query")),
+            "{bad}: {body}"
+        );
+    }
+    pipeline.stop().await.unwrap();
+}

@@ -26,18 +26,35 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 struct Timeline {
     id: Uuid,
     events: Vec<TimelineRow>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
-/// The image's timeline: every event, oldest first, with where it sits in the log.
+const DEFAULT_EVENTS_PAGE: i64 = 100;
+const MAX_EVENTS_PAGE: i64 = 500;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TimelineQuery {
+    /// Events per page, 1 to 500; default 100.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// The image's timeline: its events, oldest first, with where each sits in the log; keyset
+/// paginated with an opaque cursor, like the listing.
 #[utoipa::path(
     get,
     path = "/images/{id}/events",
     tag = "images",
     operation_id = "get_image_events",
-    params(("id" = Uuid, Path, description = "The id the upload's 202 gave")),
+    params(("id" = Uuid, Path, description = "The id the upload's 202 gave"), TimelineQuery),
     responses(
-        (status = 200, description = "The timeline", body = Timeline),
-        (status = 400, description = "`invalid-image-id`", body = ErrorBody),
+        (status = 200, description = "One page of the timeline", body = Timeline),
+        (status = 400, description = "`invalid-image-id`, `invalid-query` (limit or cursor)", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
         (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
@@ -49,14 +66,32 @@ async fn timeline(
     State(state): State<AppState>,
     Client(client): Client,
     Path(id): Path<String>,
+    Query(query): Query<TimelineQuery>,
 ) -> Result<Json<Timeline>, IngestError> {
+    let limit = query.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
+    if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
+        return Err(IngestError::InvalidQuery(format!(
+            "limit must be 1..={MAX_EVENTS_PAGE}"
+        )));
+    }
+    let after = query.cursor.as_deref().map(cursor::decode).transpose()?;
     let (image_id, _) = owned_image(&state, &client, id).await?;
-    let events = db::timeline(&state.pool, image_id)
+    // One extra row says whether there is a next page.
+    let mut events = db::timeline(&state.pool, image_id, after, limit + 1)
         .await
         .map_err(database_unavailable)?;
+    let next_cursor = if events.len() as i64 > limit {
+        events.truncate(limit as usize);
+        events
+            .last()
+            .map(|last| cursor::encode(last.occurred_at, last.event_id))
+    } else {
+        None
+    };
     Ok(Json(Timeline {
         id: image_id,
         events,
+        next_cursor,
     }))
 }
 
@@ -144,7 +179,8 @@ async fn list(
     }))
 }
 
-/// The opaque page cursor: the sort key of the last row shown, base64url.
+/// The opaque page cursor: the sort key (a time and an id) of the last row shown, base64url;
+/// the listing's and the timeline's.
 mod cursor {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
