@@ -512,3 +512,37 @@ async fn an_images_timeline_is_paginated() {
     }
     pipeline.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_or_path_that_cannot_be_read_gets_the_json_envelope() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let id = uuid::Uuid::now_v7();
+    for (path, code) in [
+        ("/v1/images?limit=many".to_string(), "invalid-query"),
+        (format!("/v1/images/{id}/events?limit=-"), "invalid-query"),
+        // Percent-encoded bytes that are not UTF-8.
+        ("/v1/images/%FF%FE".to_string(), "invalid-image-id"),
+    ] {
+        let response = pipeline
+            .http
+            .get(pipeline.url(&path))
+            .bearer_auth(&pipeline.api_key)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let content_type = response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let text = response.text().await.unwrap();
+        assert_eq!(
+            (status, content_type.as_str()),
+            (400, "application/json"),
+            "{path}: {text}"
+        );
+        let body: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(body["code"], code, "{path}: {body}");
+    }
+    pipeline.stop().await.unwrap();
+}

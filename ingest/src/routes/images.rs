@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::extract::{ApiQuery, ImageIdPath};
 use super::{as_of, AppState, REQUEST_ID};
 use crate::auth::Client;
 use crate::db::{self, ImageRow, VariantRow};
@@ -122,8 +123,8 @@ struct StatusQuery {
 async fn status(
     State(state): State<AppState>,
     Client(client): Client,
-    Path(id): Path<String>,
-    Query(query): Query<StatusQuery>,
+    ImageIdPath(id): ImageIdPath,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Result<Json<ImageStatus>, IngestError> {
     // Checked before the image is looked up, so a bad time is 400 whether or not the id exists.
     let as_of = query.as_of.as_deref().map(as_of::parse).transpose()?;
@@ -217,7 +218,7 @@ async fn delete(
     State(state): State<AppState>,
     Client(client): Client,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ImageIdPath(id): ImageIdPath,
 ) -> Result<Response, IngestError> {
     let (image_id, image) = owned_image(&state, &client, id).await?;
     if image.status == "deleted" {
@@ -307,7 +308,7 @@ async fn append_deletion(
         .collect();
     let event = Event::new(
         image_id,
-        correlation_id(&headers, image_id),
+        correlation_id(headers, image_id),
         None,
         producer(),
         ImageDeleted {

@@ -1,6 +1,7 @@
 //! The HTTP surface: `/v1` for apps, `/healthz` and `/readyz` for operators.
 
 mod as_of;
+mod extract;
 mod images;
 mod queries;
 mod readiness;

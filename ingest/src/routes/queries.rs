@@ -1,6 +1,6 @@
 //! Read-only queries over a client's images: the listing, one image's timeline, and stats.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::extract::{ApiQuery, ImageIdPath};
 use super::images::{database_unavailable, owned_image};
 use super::AppState;
 use crate::auth::Client;
@@ -65,8 +66,8 @@ struct TimelineQuery {
 async fn timeline(
     State(state): State<AppState>,
     Client(client): Client,
-    Path(id): Path<String>,
-    Query(query): Query<TimelineQuery>,
+    ImageIdPath(id): ImageIdPath,
+    ApiQuery(query): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Timeline>, IngestError> {
     let limit = query.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
     if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
@@ -138,7 +139,7 @@ struct Page {
 async fn list(
     State(state): State<AppState>,
     Client(client): Client,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page>, IngestError> {
     if let Some(status) = &query.status {
         if !STATUSES.contains(&status.as_str()) {
