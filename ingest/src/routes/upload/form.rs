@@ -45,19 +45,21 @@ fn open_form(request: Request, limit: u64) -> Result<Multipart<'static>, IngestE
         .ok_or_else(|| {
             IngestError::InvalidMultipart("the Content-Type has no valid boundary".into())
         })?;
-    let mut framing = Framing::new(&boundary);
+    let max_body = limit + MULTIPART_OVERHEAD;
+    let mut framing = Framing::new(&boundary, max_body, DRAIN_LIMIT_FACTOR * limit);
     let body = request
         .into_body()
         .into_data_stream()
         .map_err(body_error)
-        .map(move |chunk| {
-            let chunk = chunk?;
-            framing.check(&chunk)?;
-            Ok::<_, IngestError>(chunk)
+        .map(move |chunk| match framing.pass(chunk?) {
+            // Say the file's limit, as a raw body's refusal does.
+            Err(IngestError::PayloadTooLarge { .. }) => Err(IngestError::PayloadTooLarge { limit }),
+            passed => passed,
         });
     let constraints = Constraints::new().size_limit(
         SizeLimit::new()
-            .whole_stream(limit + MULTIPART_OVERHEAD)
+            // Checked by the framing watch first, which then drains: a backstop.
+            .whole_stream(max_body)
             .for_field("metadata", METADATA_BYTES as u64),
     );
     Ok(Multipart::with_constraints(body, boundary, constraints))

@@ -7,6 +7,7 @@
 //! ends itself, in one pass over each chunk, and refuses a body whose bytes outside the parts'
 //! data run past [`MAX_OUTSIDE_DATA`] in a row.
 
+use bytes::Bytes;
 use memchr::memmem;
 
 use crate::IngestError;
@@ -38,10 +39,16 @@ pub(super) struct Framing {
     position: u64,
     /// Where the current preamble or headers began.
     outside_since: u64,
+    /// The most bytes the whole form may have.
+    max_body: u64,
+    /// Once the form is refused: how many more bytes are read and dropped, unseen by the parser,
+    /// so that a client still sending hears the answer (see `body::drain`).
+    drain: Option<u64>,
+    drain_limit: u64,
 }
 
 impl Framing {
-    pub(super) fn new(boundary: &str) -> Self {
+    pub(super) fn new(boundary: &str, max_body: u64, drain_limit: u64) -> Self {
         Self {
             first_delimiter: format!("--{boundary}").into_bytes(),
             delimiter: format!("\r\n--{boundary}").into_bytes(),
@@ -49,6 +56,36 @@ impl Framing {
             carry: Vec::new(),
             position: 0,
             outside_since: 0,
+            max_body,
+            drain: None,
+            drain_limit,
+        }
+    }
+
+    /// What of the body's next chunk the parser gets: the chunk, or the refusal of the whole
+    /// form (too large, or its framing over the bound). After a refusal the body is read on and
+    /// dropped (the parser gets empty chunks) up to the drain limit, then cut off.
+    pub(super) fn pass(&mut self, chunk: Bytes) -> Result<Bytes, IngestError> {
+        if let Some(drained) = &mut self.drain {
+            *drained += chunk.len() as u64;
+            if *drained > self.drain_limit {
+                return Err(IngestError::BodyRead("the refused form was cut off".into()));
+            }
+            return Ok(Bytes::new());
+        }
+        let checked = if self.position + chunk.len() as u64 > self.max_body {
+            Err(IngestError::PayloadTooLarge {
+                limit: self.max_body,
+            })
+        } else {
+            self.check(&chunk)
+        };
+        match checked {
+            Ok(()) => Ok(chunk),
+            Err(error) => {
+                self.drain = Some(0);
+                Err(error)
+            }
         }
     }
 
@@ -117,7 +154,7 @@ mod tests {
     }
 
     fn check_in_chunks(body: &[u8], size: usize) -> Result<(), IngestError> {
-        let mut framing = Framing::new("XyZ");
+        let mut framing = Framing::new("XyZ", u64::MAX, 0);
         body.chunks(size).try_for_each(|chunk| framing.check(chunk))
     }
 
@@ -134,11 +171,37 @@ mod tests {
     #[test]
     fn a_body_with_no_boundary_is_refused_at_the_budget() {
         let zeros = vec![0u8; 1024];
-        let mut framing = Framing::new("XyZ");
+        let mut framing = Framing::new("XyZ", u64::MAX, 0);
         let refused_after = (1..)
             .find(|_| framing.check(&zeros).is_err())
             .map(|chunks| chunks * zeros.len() as u64);
         assert_eq!(refused_after, Some(MAX_OUTSIDE_DATA + 1024));
+    }
+
+    #[test]
+    fn after_a_refusal_the_body_is_drained_unseen_up_to_its_limit() {
+        let mut framing = Framing::new("XyZ", u64::MAX, 2048);
+        let zeros = Bytes::from(vec![0u8; 1024]);
+        let verdicts: Vec<_> = (0..20).map(|_| framing.pass(zeros.clone())).collect();
+        let first_refusal = verdicts.iter().position(Result::is_err).unwrap();
+        assert!(matches!(
+            verdicts[first_refusal],
+            Err(IngestError::InvalidMultipart(_))
+        ));
+        let drained = &verdicts[first_refusal + 1..first_refusal + 3];
+        assert!(drained
+            .iter()
+            .all(|v| v.as_ref().is_ok_and(Bytes::is_empty)));
+        assert!(
+            verdicts[first_refusal + 3].is_err(),
+            "cut off past the drain limit"
+        );
+
+        let mut small = Framing::new("XyZ", 1000, 0);
+        assert!(matches!(
+            small.pass(Bytes::from(form("XyZ", &[7; 2000]))),
+            Err(IngestError::PayloadTooLarge { limit: 1000 })
+        ));
     }
 
     #[test]
