@@ -546,3 +546,40 @@ async fn a_query_or_path_that_cannot_be_read_gets_the_json_envelope() {
     }
     pipeline.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_address_is_limited_before_its_key_is_checked() {
+    let pipeline = Pipeline::start_with(|settings| settings.requests_per_minute_per_ip = 3)
+        .await
+        .expect("pipeline starts");
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let (status, body) = pipeline
+            .request(reqwest::Method::GET, "not-a-key", "/v1/stats")
+            .await
+            .unwrap();
+        statuses.push((
+            status,
+            body["code"].as_str().unwrap_or_default().to_string(),
+        ));
+    }
+    let codes: Vec<(u16, &str)> = statuses.iter().map(|(s, c)| (*s, c.as_str())).collect();
+    assert_eq!(
+        codes,
+        [
+            (401, "invalid-api-key"),
+            (401, "invalid-api-key"),
+            (401, "invalid-api-key"),
+            (429, "rate-limited")
+        ]
+    );
+    // The operators' endpoints are not counted.
+    let health = pipeline
+        .http
+        .get(pipeline.url("/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    pipeline.stop().await.unwrap();
+}
