@@ -287,6 +287,9 @@ impl FromRequestParts<AppState> for Client {
         if !grant.scope.allows(&parts.method) {
             return Err(IngestError::InsufficientScope);
         }
+        state
+            .rate_limits
+            .check_request(&grant.client, &parts.method)?;
         Ok(Client(grant.client.clone()))
     }
 }

@@ -42,6 +42,32 @@ pub struct IngestSettings {
         deserialize_with = "presign_ttl_secs_in_range"
     )]
     pub presign_ttl_secs: u64,
+    /// How long a connection may take to send a request's headers: a client sending half a
+    /// header is cut off then instead of holding its connection forever.
+    #[serde(default = "default_header_read_timeout_secs")]
+    pub header_read_timeout_secs: u64,
+    /// The longest one upload's body may take to arrive, however steadily it trickles (the
+    /// 60 s idle timeout alone lets a byte a minute hold a slot for days); over it, 408.
+    #[serde(default = "default_upload_deadline_secs")]
+    pub upload_deadline_secs: u64,
+    /// Uploads in progress at once, all clients together; over it, 503 `server-busy`.
+    /// Each holds up to one S3 part in memory, so this bounds ingest's upload memory.
+    #[serde(default = "default_max_concurrent_uploads")]
+    pub max_concurrent_uploads: usize,
+    /// Uploads in progress at once per client; over it, 429 `too-many-uploads`.
+    #[serde(default = "default_max_concurrent_uploads_per_client")]
+    pub max_concurrent_uploads_per_client: usize,
+    /// Requests per minute from one IP address (bursts up to the same number), counted before
+    /// the API key is checked; 0 = no limit.
+    #[serde(default = "default_requests_per_minute_per_ip")]
+    pub requests_per_minute_per_ip: u32,
+    /// Reads (GET, HEAD) each client may make per minute (bursts up to the same number);
+    /// 0 = no limit.
+    #[serde(default = "default_reads_per_minute")]
+    pub reads_per_minute: u32,
+    /// Deletes each client may make per minute (bursts up to the same number); 0 = no limit.
+    #[serde(default = "default_deletes_per_minute")]
+    pub deletes_per_minute: u32,
 }
 
 impl Default for IngestSettings {
@@ -56,6 +82,13 @@ impl Default for IngestSettings {
             uploads_per_minute: default_uploads_per_minute(),
             bytes_per_minute: default_bytes_per_minute(),
             presign_ttl_secs: default_presign_ttl_secs(),
+            header_read_timeout_secs: default_header_read_timeout_secs(),
+            upload_deadline_secs: default_upload_deadline_secs(),
+            max_concurrent_uploads: default_max_concurrent_uploads(),
+            max_concurrent_uploads_per_client: default_max_concurrent_uploads_per_client(),
+            requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
+            reads_per_minute: default_reads_per_minute(),
+            deletes_per_minute: default_deletes_per_minute(),
         }
     }
 }
@@ -84,6 +117,27 @@ fn default_bytes_per_minute() -> u64 {
 }
 fn default_presign_ttl_secs() -> u64 {
     900
+}
+fn default_header_read_timeout_secs() -> u64 {
+    10
+}
+fn default_upload_deadline_secs() -> u64 {
+    300
+}
+fn default_max_concurrent_uploads() -> usize {
+    64
+}
+fn default_max_concurrent_uploads_per_client() -> usize {
+    16
+}
+fn default_requests_per_minute_per_ip() -> u32 {
+    6_000
+}
+fn default_reads_per_minute() -> u32 {
+    6_000
+}
+fn default_deletes_per_minute() -> u32 {
+    600
 }
 
 /// The longest expiry an S3 SigV4 presigned URL may have.

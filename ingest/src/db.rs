@@ -90,13 +90,28 @@ pub struct TimelineRow {
     pub causation_id: Option<Uuid>,
 }
 
-pub async fn timeline(pool: &PgPool, image_id: Uuid) -> Result<Vec<TimelineRow>, sqlx::Error> {
+/// Up to `limit` of the image's events, oldest first, after the `(occurred_at, event_id)`
+/// of the previous page's last one.
+pub async fn timeline(
+    pool: &PgPool,
+    image_id: Uuid,
+    after: Option<(OffsetDateTime, Uuid)>,
+    limit: i64,
+) -> Result<Vec<TimelineRow>, sqlx::Error> {
+    let (after_time, after_id) = after.unzip();
     sqlx::query_as(
         r#"SELECT event_id, event_type, topic, partition, "offset", occurred_at, correlation_id,
                   causation_id
-           FROM image_events WHERE image_id = $1 ORDER BY occurred_at, event_id"#,
+           FROM image_events
+           WHERE image_id = $1
+             AND ($2::timestamptz IS NULL OR (occurred_at, event_id) > ($2, $3))
+           ORDER BY occurred_at, event_id
+           LIMIT $4"#,
     )
     .bind(image_id)
+    .bind(after_time)
+    .bind(after_id)
+    .bind(limit)
     .fetch_all(pool)
     .await
 }

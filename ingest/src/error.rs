@@ -55,6 +55,14 @@ pub enum IngestError {
     RateLimited { retry_after_secs: u64 },
     #[error("invalid query: {0}")]
     InvalidQuery(String),
+    #[error("this client has {limit} uploads in progress, the most it may; retry when one ends")]
+    TooManyUploads { limit: usize },
+    #[error("the server has as many uploads in progress as it takes; retry shortly")]
+    ServerBusy,
+    #[error("the upload took longer than {secs} s to arrive")]
+    UploadTimedOut { secs: u64 },
+    #[error("another request is deleting this image; retry shortly")]
+    DeletionInFlight,
     #[error("no such route; the API is under /v1")]
     RouteNotFound,
     #[error("this route does not take that method")]
@@ -109,6 +117,10 @@ impl IngestError {
             Self::RateLimited {
                 retry_after_secs: 0,
             },
+            Self::TooManyUploads { limit: 0 },
+            Self::ServerBusy,
+            Self::UploadTimedOut { secs: 0 },
+            Self::DeletionInFlight,
             Self::InvalidIdempotencyKey,
             Self::IdempotencyKeyReused,
             Self::IdempotencyKeyInFlight,
@@ -140,6 +152,10 @@ impl IngestError {
             Self::AsOfUnavailable(_) => "as-of-unavailable",
             Self::InvalidQuery(_) => "invalid-query",
             Self::RateLimited { .. } => "rate-limited",
+            Self::TooManyUploads { .. } => "too-many-uploads",
+            Self::ServerBusy => "server-busy",
+            Self::UploadTimedOut { .. } => "upload-timed-out",
+            Self::DeletionInFlight => "deletion-in-flight",
             Self::InvalidIdempotencyKey => "invalid-idempotency-key",
             Self::IdempotencyKeyReused => "idempotency-key-reused",
             Self::IdempotencyKeyInFlight => "idempotency-key-in-flight",
@@ -172,13 +188,16 @@ impl IngestError {
                 StatusCode::NOT_FOUND
             }
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. } | Self::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::UploadTimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::IdempotencyKeyReused
             | Self::IdempotencyKeyInFlight
+            | Self::DeletionInFlight
             | Self::AsOfUnavailable(_) => StatusCode::CONFLICT,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
-            | Self::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::DatabaseUnavailable(_)
+            | Self::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -200,7 +219,10 @@ impl IntoResponse for IngestError {
         };
         let retry_after = match &self {
             Self::RateLimited { retry_after_secs } => Some(retry_after_secs.to_string()),
-            Self::IdempotencyKeyInFlight => Some("1".to_string()),
+            Self::IdempotencyKeyInFlight
+            | Self::DeletionInFlight
+            | Self::TooManyUploads { .. }
+            | Self::ServerBusy => Some("1".to_string()),
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some("5".to_string()),
             _ => None,
         };
@@ -249,6 +271,10 @@ mod tests {
             InvalidMetadata(_) => 23,
             NotYetUploaded(_) => 24,
             AsOfUnavailable(_) => 25,
+            TooManyUploads { .. } => 26,
+            ServerBusy => 27,
+            UploadTimedOut { .. } => 28,
+            DeletionInFlight => 29,
         }
     }
 
@@ -258,7 +284,7 @@ mod tests {
             .iter()
             .map(variant_number)
             .collect();
-        assert_eq!(numbers, (0..=25).collect());
+        assert_eq!(numbers, (0..=29).collect());
     }
 
     #[test]

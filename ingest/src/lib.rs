@@ -10,8 +10,10 @@ pub mod metrics;
 pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
+mod server;
 pub mod sniff;
 pub mod startup;
+mod upload_slots;
 
 pub use config::Config;
 pub use error::IngestError;

@@ -4,13 +4,16 @@
 //! `IMGPIPE_INGEST_API_KEYS` states its own.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 
+use axum::http::Method;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
+use crate::upload_slots::UploadSlots;
 use crate::IngestError;
 
 /// Bytes are metered in KiB cells, so a u32 quota reaches terabytes per minute.
@@ -41,6 +44,14 @@ pub struct RateLimits {
     /// Clients with limits of their own. A keyed limiter has one quota for all its keys, so
     /// each of these clients gets direct limiters with its quota.
     own: HashMap<String, Limiters<DefaultDirectRateLimiter>>,
+    /// Requests per IP address, counted before authentication; `None` is no limit. Its
+    /// memory is kept bounded by [`RateLimits::forget_idle`].
+    per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Reads and deletes per client (`IMGPIPE_INGEST_READS_PER_MINUTE`, `_DELETES_PER_MINUTE`).
+    reads: Option<DefaultKeyedRateLimiter<String>>,
+    deletes: Option<DefaultKeyedRateLimiter<String>>,
+    /// Uploads in progress, all clients and per client.
+    pub uploads_in_progress: UploadSlots,
     clock: DefaultClock,
 }
 
@@ -81,8 +92,46 @@ impl RateLimits {
                 RateLimiter::keyed,
             ),
             own,
+            per_ip: keyed_per_minute(settings.requests_per_minute_per_ip),
+            reads: keyed_per_minute(settings.reads_per_minute),
+            deletes: keyed_per_minute(settings.deletes_per_minute),
+            uploads_in_progress: UploadSlots::new(
+                settings.max_concurrent_uploads,
+                settings.max_concurrent_uploads_per_client,
+            ),
             clock: DefaultClock::default(),
         })
+    }
+
+    /// Counts one request from `ip`, whoever it claims to be.
+    pub fn check_ip(&self, ip: IpAddr) -> Result<(), IngestError> {
+        match self.per_ip.as_ref().map(|limiter| limiter.check_key(&ip)) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(not_until)) => Err(self.limited(not_until.wait_time_from(self.clock.now()))),
+        }
+    }
+
+    /// Counts one request of `client` other than an upload (which [`Self::check_upload`]
+    /// counts): a read (GET, HEAD) or a delete against their own budgets.
+    pub fn check_request(&self, client: &str, method: &Method) -> Result<(), IngestError> {
+        let limiter = match *method {
+            Method::GET | Method::HEAD => self.reads.as_ref(),
+            Method::DELETE => self.deletes.as_ref(),
+            _ => None,
+        };
+        match limiter.map(|limiter| limiter.check_key(&client.to_string())) {
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(not_until)) => Err(self.limited(not_until.wait_time_from(self.clock.now()))),
+        }
+    }
+
+    /// Forgets the addresses whose budget is full again: they would pass as new ones do, so
+    /// the per-IP state holds only recent addresses, however many a flood comes from.
+    pub fn forget_idle(&self) {
+        if let Some(limiter) = &self.per_ip {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
     }
 
     /// Counts one upload for `client`.
@@ -126,6 +175,12 @@ impl RateLimits {
     }
 }
 
+fn keyed_per_minute<K: std::hash::Hash + Eq + Clone>(
+    per_minute: u32,
+) -> Option<DefaultKeyedRateLimiter<K>> {
+    NonZeroU32::new(per_minute).map(|n| RateLimiter::keyed(Quota::per_minute(n)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,6 +221,41 @@ mod tests {
             Err(IngestError::RateLimited { .. })
         ));
         assert!(limits.check_upload("a").is_ok(), "uploads unlimited at 0");
+    }
+
+    #[test]
+    fn each_address_has_its_own_budget_and_full_ones_are_forgotten() {
+        let mut settings = settings(0, 0);
+        settings.requests_per_minute_per_ip = 2;
+        let limits = RateLimits::new(&settings).unwrap();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "::1".parse().unwrap());
+        assert!(limits.check_ip(a).is_ok() && limits.check_ip(a).is_ok());
+        assert!(is_limited(limits.check_ip(a)));
+        assert!(
+            limits.check_ip(b).is_ok(),
+            "another address is not affected"
+        );
+        limits.forget_idle();
+        let remembered = limits.per_ip.as_ref().map(|limiter| limiter.len());
+        assert_eq!(remembered, Some(2), "both still owe time");
+    }
+
+    #[test]
+    fn reads_and_deletes_have_budgets_of_their_own() {
+        let mut settings = settings(0, 0);
+        settings.reads_per_minute = 2;
+        settings.deletes_per_minute = 1;
+        let limits = RateLimits::new(&settings).unwrap();
+        assert!(limits.check_request("a", &Method::GET).is_ok());
+        assert!(limits.check_request("a", &Method::HEAD).is_ok());
+        assert!(is_limited(limits.check_request("a", &Method::GET)));
+        assert!(limits.check_request("a", &Method::DELETE).is_ok());
+        assert!(is_limited(limits.check_request("a", &Method::DELETE)));
+        assert!(
+            limits.check_request("a", &Method::POST).is_ok(),
+            "uploads count apart"
+        );
+        assert!(limits.check_request("b", &Method::GET).is_ok());
     }
 
     #[test]

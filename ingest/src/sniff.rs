@@ -2,7 +2,7 @@
 //! client's Content-Type) and the dimensions from the header, without decoding pixels, while
 //! the body is still streaming in.
 
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use imagesize::ImageType;
 
@@ -65,6 +65,22 @@ pub struct Sniffer {
     position: u64,
     ifd: Option<Window>,
     found: Option<Sniffed>,
+    /// How many bytes of the head and of the TIFF window were kept at the last look for the
+    /// header: past [`SMALL`], the next look waits until one of them has doubled (or nothing
+    /// more will be kept), so a head that arrives in many tiny pieces is parsed a logarithmic
+    /// number of times, not once per piece.
+    looked_at: (usize, usize),
+    /// The bytes looked through so far, summed over the looks: what a test counts.
+    examined: u64,
+}
+
+/// Up to this many bytes kept, every piece brings a look: cheap, and a small header is found
+/// the moment it is complete.
+const SMALL: usize = 1024;
+
+/// Whether a part kept, `len` bytes long now, has grown enough since the last look at `looked`.
+fn due(len: usize, looked: usize) -> bool {
+    len > looked && (len <= SMALL || len >= 2 * looked)
 }
 
 #[derive(Debug)]
@@ -82,6 +98,12 @@ impl Sniffer {
         let Some(format) = self.take(chunk)? else {
             return Ok(None);
         };
+        let kept = self.kept();
+        let (head, window) = self.looked_at;
+        if !due(kept.0, head) && !due(kept.1, window) && self.may_still_find() {
+            return Ok(None);
+        }
+        self.looked_at = kept;
         match self.dimensions(format) {
             Ok(sniffed) => {
                 self.found = Some(sniffed);
@@ -131,12 +153,22 @@ impl Sniffer {
         Ok(Some(format))
     }
 
-    fn dimensions(&self, format: &'static str) -> Result<Sniffed, imagesize::ImageError> {
-        let reader = BufReader::new(Sparse {
+    /// The bytes kept so far: of the head, and of the TIFF directory's window.
+    fn kept(&self) -> (usize, usize) {
+        let window = self.ifd.as_ref().map_or(0, |window| window.bytes.len());
+        (self.head.len(), window)
+    }
+
+    fn dimensions(&mut self, format: &'static str) -> Result<Sniffed, imagesize::ImageError> {
+        let (head, window) = self.kept();
+        self.examined += (head + window) as u64;
+        // Read in place: a BufReader would copy its whole buffer again after every seek, and
+        // a JPEG head is a seek per segment.
+        let reader = Sparse {
             head: &self.head,
             window: self.ifd.as_ref(),
             position: 0,
-        });
+        };
         let size = imagesize::reader_size(reader)?;
         if size.width == 0 || size.height == 0 {
             return Err(imagesize::ImageError::CorruptedImage);
@@ -181,26 +213,42 @@ struct Sparse<'a> {
     position: u64,
 }
 
+impl<'a> Sparse<'a> {
+    /// The kept bytes from the current position on, up to the end of the run they are in.
+    fn available(&self) -> &'a [u8] {
+        let position = self.position;
+        if position < self.head.len() as u64 {
+            return &self.head[position as usize..];
+        }
+        match self.window {
+            Some(window)
+                if position >= window.start
+                    && position < window.start + window.bytes.len() as u64 =>
+            {
+                &window.bytes[(position - window.start) as usize..]
+            }
+            _ => &[],
+        }
+    }
+}
+
 impl Read for Sparse<'_> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let position = self.position;
-        let available: &[u8] = if position < self.head.len() as u64 {
-            &self.head[position as usize..]
-        } else {
-            match self.window {
-                Some(window)
-                    if position >= window.start
-                        && position < window.start + window.bytes.len() as u64 =>
-                {
-                    &window.bytes[(position - window.start) as usize..]
-                }
-                _ => &[],
-            }
-        };
+        let available = self.available();
         let n = available.len().min(buf.len());
         buf[..n].copy_from_slice(&available[..n]);
         self.position += n as u64;
         Ok(n)
+    }
+}
+
+impl BufRead for Sparse<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        Ok(self.available())
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.position += amount as u64;
     }
 }
 
@@ -324,6 +372,36 @@ mod tests {
         assert_eq!(
             (sniffed.format, sniffed.width, sniffed.height),
             ("tiff", 900, 700)
+        );
+    }
+
+    #[test]
+    fn a_head_of_tiny_pieces_is_looked_at_a_logarithmic_number_of_times() {
+        // Thousands of empty APP1 segments before the frame header, sent 16 bytes at a time.
+        let mut jpeg = vec![0xFF, 0xD8];
+        for _ in 0..20_000 {
+            jpeg.extend_from_slice(&[0xFF, 0xE1, 0x00, 0x02]);
+        }
+        // SOF0: length 17, precision 8, height 480, width 640, 3 components.
+        jpeg.extend_from_slice(&[0xFF, 0xC0, 0x00, 0x11, 0x08, 0x01, 0xE0, 0x02, 0x80, 0x03]);
+        jpeg.extend_from_slice(&[0; 9]);
+        let mut sniffer = Sniffer::default();
+        let mut found = None;
+        for chunk in jpeg.chunks(16) {
+            if let Some(sniffed) = sniffer.feed(chunk).unwrap() {
+                found = Some(sniffed);
+                break;
+            }
+        }
+        let found = found.map_or_else(|| sniffer.finish(), Ok).unwrap();
+        assert_eq!((found.width, found.height), (640, 480));
+        // 80 kB in 5,000 pieces: looking through the whole head for each piece would be
+        // 200 MB; looking again only when it has doubled is a few times the head.
+        assert!(
+            sniffer.examined <= 8 * jpeg.len() as u64,
+            "{} bytes looked through for an {}-byte head",
+            sniffer.examined,
+            jpeg.len()
         );
     }
 

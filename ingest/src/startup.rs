@@ -58,8 +58,17 @@ impl Application {
         let pool = self.state.pool.clone();
         let address = self.listener.local_addr()?;
         tracing::info!(%address, "ingest listening");
-        let serving =
-            imgpipe_infra::ops::serve(self.listener, routes::router(self.state), shutdown.clone());
+        let header_read_timeout = Duration::from_secs(self.state.settings.header_read_timeout_secs);
+        let forgetting = tokio::spawn(forget_idle_addresses(
+            Arc::clone(&self.state.rate_limits),
+            shutdown.clone(),
+        ));
+        let serving = crate::server::serve(
+            self.listener,
+            routes::router(self.state),
+            header_read_timeout,
+            shutdown.clone(),
+        );
         let grace_over = async {
             shutdown.cancelled().await;
             tokio::time::sleep(SHUTDOWN_GRACE).await;
@@ -73,10 +82,24 @@ impl Application {
                 );
             }
         }
+        forgetting.abort();
         events.flush(Duration::from_secs(10)).await;
         pool.close().await;
         tracing::info!("ingest stopped");
         Ok(())
+    }
+}
+
+/// Every minute, drops the per-IP limiter's addresses whose budget is full again, so a flood
+/// from many addresses does not grow it for good.
+async fn forget_idle_addresses(rate_limits: Arc<RateLimits>, shutdown: CancellationToken) {
+    let mut every_minute = tokio::time::interval(Duration::from_secs(60));
+    while shutdown
+        .run_until_cancelled(every_minute.tick())
+        .await
+        .is_some()
+    {
+        rate_limits.forget_idle();
     }
 }
 

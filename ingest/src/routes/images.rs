@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::extract::{ApiQuery, ImageIdPath};
 use super::{as_of, AppState, REQUEST_ID};
 use crate::auth::Client;
 use crate::db::{self, ImageRow, VariantRow};
@@ -112,6 +113,8 @@ struct StatusQuery {
         (status = 200, description = "The image", body = ImageStatus),
         (status = 400, description = "`invalid-image-id`, `invalid-query` (as_of is not an RFC 3339 time)", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 404, description = "`image-not-found` (also another client's image); `not-yet-uploaded` (as_of is before the upload)", body = ErrorBody),
         (status = 409, description = "`as-of-unavailable`: the image's events up to as_of were projected before the timeline kept payloads", body = ErrorBody),
         (status = 503, description = "`database-unavailable`, `storage-unavailable`", body = ErrorBody),
@@ -120,8 +123,8 @@ struct StatusQuery {
 async fn status(
     State(state): State<AppState>,
     Client(client): Client,
-    Path(id): Path<String>,
-    Query(query): Query<StatusQuery>,
+    ImageIdPath(id): ImageIdPath,
+    ApiQuery(query): ApiQuery<StatusQuery>,
 ) -> Result<Json<ImageStatus>, IngestError> {
     // Checked before the image is looked up, so a bad time is 400 whether or not the id exists.
     let as_of = query.as_of.as_deref().map(as_of::parse).transpose()?;
@@ -192,7 +195,8 @@ struct Deleting {
 /// `deleted` with no variants.
 ///
 /// Appends `ImageDeleted` and answers 202; the processor removes the objects and announces
-/// `ObjectsDeleted`. Deleting a deleted image again appends nothing.
+/// `ObjectsDeleted`. Deleting a deleted image again, or one whose deletion another DELETE
+/// already appended, appends nothing.
 #[utoipa::path(
     delete,
     path = "/images/{id}",
@@ -204,6 +208,9 @@ struct Deleting {
         (status = 400, description = "`invalid-image-id`", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
         (status = 404, description = "`image-not-found` (also another client's image)", body = ErrorBody),
+        (status = 409, description = "`deletion-in-flight`: another DELETE of the image is appending its deletion (with Retry-After)", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's deletes per minute, or its address's requests per minute", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 503, description = "`database-unavailable`, `event-log-unavailable`", body = ErrorBody),
     ),
 )]
@@ -211,19 +218,88 @@ async fn delete(
     State(state): State<AppState>,
     Client(client): Client,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    ImageIdPath(id): ImageIdPath,
 ) -> Result<Response, IngestError> {
     let (image_id, image) = owned_image(&state, &client, id).await?;
     if image.status == "deleted" {
-        return Ok((
-            StatusCode::ACCEPTED,
-            Json(Deleting {
-                id: image_id,
-                status: "deleted",
-            }),
-        )
-            .into_response());
+        return Ok(deleting(image_id, "deleted"));
     }
+    if !claim_deletion(&state, &client, image_id).await? {
+        return Ok(deleting(image_id, "deleting"));
+    }
+    let appended = append_deletion(&state, &client, &headers, image_id, image).await;
+    let key = deletion_key(image_id);
+    match &appended {
+        Ok(()) => {
+            let done = serde_json::json!({ "id": image_id, "status": "deleting" });
+            if let Err(error) =
+                db::complete_idempotency_key(&state.pool, &client, &key, &done).await
+            {
+                // Only a DELETE after the claim's in-flight window could append again.
+                tracing::warn!(error = %error, "could not record the appended deletion");
+            }
+        }
+        Err(_) => {
+            if let Err(error) = db::release_idempotency_key(&state.pool, &client, &key).await {
+                tracing::warn!(error = %error, "could not release the deletion claim");
+            }
+        }
+    }
+    appended?;
+    tracing::info!(image_id = %image_id, client = %client, "deletion accepted");
+    Ok(deleting(image_id, "deleting"))
+}
+
+fn deleting(id: Uuid, status: &'static str) -> Response {
+    (StatusCode::ACCEPTED, Json(Deleting { id, status })).into_response()
+}
+
+/// A claim older than this whose `ImageDeleted` was never recorded as appended is taken over
+/// (its request failed, or its ingest died); the append times out well before.
+const DELETION_IN_FLIGHT: time::Duration = time::Duration::minutes(1);
+
+/// The image's deletion claim, kept with the clients' Idempotency-Keys under a key no client
+/// can send (those are visible ASCII; this has a space).
+fn deletion_key(image_id: Uuid) -> String {
+    format!("delete {image_id}")
+}
+
+/// Claims the image's one `ImageDeleted` for this request: `false` when an earlier DELETE
+/// appended it (the read model may not show it yet), 409 `deletion-in-flight` while another
+/// is appending it. Repeated or concurrent DELETEs so append one event.
+async fn claim_deletion(
+    state: &AppState,
+    client: &str,
+    image_id: Uuid,
+) -> Result<bool, IngestError> {
+    let key = deletion_key(image_id);
+    let existing = db::reserve_idempotency_key(&state.pool, client, &key, "", image_id)
+        .await
+        .map_err(database_unavailable)?;
+    let Some(existing) = existing else {
+        return Ok(true);
+    };
+    if existing.response.is_some() {
+        return Ok(false);
+    }
+    let stale = existing.reserved_at < OffsetDateTime::now_utc() - DELETION_IN_FLIGHT;
+    if stale
+        && db::retake_idempotency_key(&state.pool, client, &key, existing.reserved_at)
+            .await
+            .map_err(database_unavailable)?
+    {
+        return Ok(true);
+    }
+    Err(IngestError::DeletionInFlight)
+}
+
+async fn append_deletion(
+    state: &AppState,
+    client: &str,
+    headers: &HeaderMap,
+    image_id: Uuid,
+    image: ImageRow,
+) -> Result<(), IngestError> {
     let variant_keys = db::variants(&state.pool, image_id)
         .await
         .map_err(database_unavailable)?
@@ -232,7 +308,7 @@ async fn delete(
         .collect();
     let event = Event::new(
         image_id,
-        correlation_id(&headers, image_id),
+        correlation_id(headers, image_id),
         None,
         producer(),
         ImageDeleted {
@@ -246,15 +322,7 @@ async fn delete(
         .publish(&event)
         .await
         .map_err(|e| IngestError::EventLogUnavailable(e.to_string()))?;
-    tracing::info!(image_id = %image_id, client = %client, "deletion accepted");
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(Deleting {
-            id: image_id,
-            status: "deleting",
-        }),
-    )
-        .into_response())
+    Ok(())
 }
 
 /// The request id (the client's `X-Request-Id` or the one generated for it).

@@ -1,6 +1,7 @@
 //! The HTTP surface: `/v1` for apps, `/healthz` and `/readyz` for operators.
 
 mod as_of;
+mod extract;
 mod images;
 mod queries;
 mod readiness;
@@ -9,7 +10,9 @@ mod upload;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::State;
 use axum::http::{HeaderName, Request};
+use axum::response::IntoResponse;
 use axum::Router;
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::storage::ObjectStore;
@@ -51,6 +54,7 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
 
 pub fn router(state: AppState) -> Router {
     let readiness = Arc::new(readiness::Dependencies::from(&state));
+    let limits = Arc::clone(&state.rate_limits);
     let (v1, documented) = v1().split_for_parts();
     let document = crate::openapi::assemble(documented);
     Router::new()
@@ -60,6 +64,10 @@ pub fn router(state: AppState) -> Router {
         .merge(imgpipe_infra::ops::router(readiness, None))
         .route("/metrics", axum::routing::get(crate::metrics::render))
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            limit_per_address,
+        ))
         .fallback(|| async { IngestError::RouteNotFound })
         .method_not_allowed_fallback(|| async { IngestError::MethodNotAllowed })
         // A client that stops sending mid-body gets 408 instead of holding a handler forever.
@@ -84,6 +92,46 @@ pub fn router(state: AppState) -> Router {
             REQUEST_ID.clone(),
             TimeOrderedRequestId,
         ))
+        .layer(axum::middleware::map_request(drop_unfit_request_id))
+}
+
+/// Counts an API request against its address's budget before anything else is done for it
+/// (the API key is not checked yet): 429 `rate-limited` over it. `/healthz`, `/readyz` and
+/// `/metrics` are the operators' and are not counted.
+async fn limit_per_address(
+    State(limits): State<Arc<RateLimits>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.uri().path().starts_with("/v1/") {
+        if let Some(peer) = crate::server::peer(&request) {
+            if let Err(error) = limits.check_ip(peer.ip()) {
+                return error.into_response();
+            }
+        }
+    }
+    next.run(request).await
+}
+
+/// The longest `X-Request-Id` taken from a client; it is logged and put in events.
+const MAX_REQUEST_ID_CHARS: usize = 128;
+
+/// Drops a client's `X-Request-Id` that is not 1 to [`MAX_REQUEST_ID_CHARS`] visible ASCII
+/// characters, so that one is generated instead: what goes into logs and events is bounded
+/// and printable.
+async fn drop_unfit_request_id<B>(mut request: Request<B>) -> Request<B> {
+    let fit = |value: &axum::http::HeaderValue| {
+        let bytes = value.as_bytes();
+        !bytes.is_empty()
+            && bytes.len() <= MAX_REQUEST_ID_CHARS
+            && bytes.iter().all(u8::is_ascii_graphic)
+    };
+    let headers = request.headers();
+    let values = headers.get_all(&REQUEST_ID);
+    if values.iter().count() > 1 || values.iter().any(|value| !fit(value)) {
+        request.headers_mut().remove(&REQUEST_ID);
+    }
+    request
 }
 
 /// Generates a UUIDv7 request id when the client sent none.

@@ -1,6 +1,6 @@
 //! Read-only queries over a client's images: the listing, one image's timeline, and stats.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
+use super::extract::{ApiQuery, ImageIdPath};
 use super::images::{database_unavailable, owned_image};
 use super::AppState;
 use crate::auth::Client;
@@ -26,19 +27,38 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 struct Timeline {
     id: Uuid,
     events: Vec<TimelineRow>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
-/// The image's timeline: every event, oldest first, with where it sits in the log.
+const DEFAULT_EVENTS_PAGE: i64 = 100;
+const MAX_EVENTS_PAGE: i64 = 500;
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct TimelineQuery {
+    /// Events per page, 1 to 500; default 100.
+    #[param(minimum = 1, maximum = 500)]
+    limit: Option<i64>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// The image's timeline: its events, oldest first, with where each sits in the log; keyset
+/// paginated with an opaque cursor, like the listing.
 #[utoipa::path(
     get,
     path = "/images/{id}/events",
     tag = "images",
     operation_id = "get_image_events",
-    params(("id" = Uuid, Path, description = "The id the upload's 202 gave")),
+    params(("id" = Uuid, Path, description = "The id the upload's 202 gave"), TimelineQuery),
     responses(
-        (status = 200, description = "The timeline", body = Timeline),
-        (status = 400, description = "`invalid-image-id`", body = ErrorBody),
+        (status = 200, description = "One page of the timeline", body = Timeline),
+        (status = 400, description = "`invalid-image-id`, `invalid-query` (limit or cursor)", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 404, description = "`image-not-found` (also another client's image)", body = ErrorBody),
         (status = 503, description = "`database-unavailable`", body = ErrorBody),
     ),
@@ -46,15 +66,33 @@ struct Timeline {
 async fn timeline(
     State(state): State<AppState>,
     Client(client): Client,
-    Path(id): Path<String>,
+    ImageIdPath(id): ImageIdPath,
+    ApiQuery(query): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Timeline>, IngestError> {
+    let limit = query.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
+    if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
+        return Err(IngestError::InvalidQuery(format!(
+            "limit must be 1..={MAX_EVENTS_PAGE}"
+        )));
+    }
+    let after = query.cursor.as_deref().map(cursor::decode).transpose()?;
     let (image_id, _) = owned_image(&state, &client, id).await?;
-    let events = db::timeline(&state.pool, image_id)
+    // One extra row says whether there is a next page.
+    let mut events = db::timeline(&state.pool, image_id, after, limit + 1)
         .await
         .map_err(database_unavailable)?;
+    let next_cursor = if events.len() as i64 > limit {
+        events.truncate(limit as usize);
+        events
+            .last()
+            .map(|last| cursor::encode(last.occurred_at, last.event_id))
+    } else {
+        None
+    };
     Ok(Json(Timeline {
         id: image_id,
         events,
+        next_cursor,
     }))
 }
 
@@ -93,13 +131,15 @@ struct Page {
         (status = 200, description = "One page", body = Page),
         (status = 400, description = "`invalid-query`", body = ErrorBody),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 503, description = "`database-unavailable`", body = ErrorBody),
     ),
 )]
 async fn list(
     State(state): State<AppState>,
     Client(client): Client,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page>, IngestError> {
     if let Some(status) = &query.status {
         if !STATUSES.contains(&status.as_str()) {
@@ -140,7 +180,8 @@ async fn list(
     }))
 }
 
-/// The opaque page cursor: the sort key of the last row shown, base64url.
+/// The opaque page cursor: the sort key (a time and an id) of the last row shown, base64url;
+/// the listing's and the timeline's.
 mod cursor {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
@@ -159,8 +200,8 @@ mod cursor {
         let raw = String::from_utf8(raw).map_err(|_| invalid())?;
         let (micros, id) = raw.split_once(':').ok_or_else(invalid)?;
         let micros: i128 = micros.parse().map_err(|_| invalid())?;
-        let at =
-            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| invalid())?;
+        let nanos = micros.checked_mul(1_000).ok_or_else(invalid)?;
+        let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| invalid())?;
         Ok((at, Uuid::parse_str(id).map_err(|_| invalid())?))
     }
 
@@ -178,6 +219,8 @@ mod cursor {
                 "!!!",
                 "bm90LWEtY3Vyc29y",
                 &URL_SAFE_NO_PAD.encode("12:nope"),
+                // Micros whose nanos overflow an i128.
+                &URL_SAFE_NO_PAD.encode(format!("{}:{id}", i128::MAX)),
             ] {
                 assert!(decode(bad).is_err(), "{bad}");
             }
@@ -210,6 +253,8 @@ struct Percentiles {
     responses(
         (status = 200, description = "The client's stats", body = Stats),
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
+        (status = 429, description = "`rate-limited`: over the client's reads per minute, or its address's requests per minute", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
         (status = 503, description = "`database-unavailable`", body = ErrorBody),
     ),
 )]

@@ -2,6 +2,12 @@
 //! streams, or drained after a refusal so the client still hears why.
 
 use std::pin::Pin;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::BoxError;
+use tokio::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures::{Stream, StreamExt};
@@ -119,7 +125,38 @@ where
 }
 
 pub(super) fn body_error(error: axum::Error) -> IngestError {
-    IngestError::BodyRead(error.into_inner().to_string())
+    let mut source = error.into_inner();
+    loop {
+        // Refused on the way in, by `with_deadline`: the error, however wrapped.
+        source = match source.downcast::<IngestError>() {
+            Ok(error) => return *error,
+            Err(other) => match other.downcast::<axum::Error>() {
+                Ok(wrapped) => wrapped.into_inner(),
+                Err(other) => return IngestError::BodyRead(other.to_string()),
+            },
+        };
+    }
+}
+
+/// The request with a body that fails with 408 `upload-timed-out` once `secs` have passed,
+/// however steadily it still arrives: a total deadline, where the body timeout is an idle one.
+pub(super) fn with_deadline(request: Request, secs: u64) -> Request {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    request.map(|body| {
+        let chunks = body.into_data_stream();
+        // Fused: the body may be polled again after its end, which an unfold does not allow.
+        let chunks = futures::stream::unfold(Some(chunks), move |chunks| async move {
+            let mut chunks = chunks?;
+            match tokio::time::timeout_at(deadline, chunks.next()).await {
+                Ok(chunk) => chunk.map(|chunk| (chunk.map_err(BoxError::from), Some(chunks))),
+                Err(_) => {
+                    let expired: BoxError = Box::new(IngestError::UploadTimedOut { secs });
+                    Some((Err(expired), None))
+                }
+            }
+        });
+        Body::from_stream(chunks.fuse())
+    })
 }
 
 pub(super) fn storage_unavailable(error: imgpipe_infra::InfraError) -> IngestError {

@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 
-use axum::extract::multipart::{Field, MultipartError};
-use axum::extract::{FromRequest, Multipart, Request};
-use axum::http::{header, HeaderMap, StatusCode};
-use futures::TryStreamExt;
+use axum::extract::Request;
+use axum::http::{header, HeaderMap};
+use futures::{StreamExt, TryStreamExt};
+use multer::{Constraints, Field, Multipart, SizeLimit};
 
-use super::body::{discard, drain, receive, Received, DRAIN_LIMIT_FACTOR};
+use super::body::{body_error, discard, drain, receive, Received, DRAIN_LIMIT_FACTOR};
+use super::framing::Framing;
 use crate::routes::AppState;
 use crate::IngestError;
 
@@ -32,6 +33,38 @@ pub(super) fn is_multipart(headers: &HeaderMap) -> bool {
         })
 }
 
+/// The form's parser, reading the body through a limit on its size (the file's limit plus
+/// [`MULTIPART_OVERHEAD`]) and a watch on its framing (see `framing`): a hostile form costs
+/// at most that much memory, chunked or not.
+fn open_form(request: Request, limit: u64) -> Result<Multipart<'static>, IngestError> {
+    let boundary = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| multer::parse_boundary(v).ok())
+        .ok_or_else(|| {
+            IngestError::InvalidMultipart("the Content-Type has no valid boundary".into())
+        })?;
+    let max_body = limit + MULTIPART_OVERHEAD;
+    let mut framing = Framing::new(&boundary, max_body, DRAIN_LIMIT_FACTOR * limit);
+    let body = request
+        .into_body()
+        .into_data_stream()
+        .map_err(body_error)
+        .map(move |chunk| match framing.pass(chunk?) {
+            // Say the file's limit, as a raw body's refusal does.
+            Err(IngestError::PayloadTooLarge { .. }) => Err(IngestError::PayloadTooLarge { limit }),
+            passed => passed,
+        });
+    let constraints = Constraints::new().size_limit(
+        SizeLimit::new()
+            // Checked by the framing watch first, which then drains: a backstop.
+            .whole_stream(max_body)
+            .for_field("metadata", METADATA_BYTES as u64),
+    );
+    Ok(Multipart::with_constraints(body, boundary, constraints))
+}
+
 /// Reads a multipart/form-data upload: the `file` field streams like a raw body; `metadata`
 /// is a small JSON object of strings. Anything else is refused, and an original already
 /// stored for a refused form is removed again.
@@ -40,9 +73,7 @@ pub(super) async fn receive_form(
     request: Request,
 ) -> Result<(Received, Option<Metadata>), IngestError> {
     let limit = state.settings.max_upload_bytes;
-    let mut form = Multipart::from_request(request, state)
-        .await
-        .map_err(|rejection| IngestError::InvalidMultipart(rejection.body_text()))?;
+    let mut form = open_form(request, limit)?;
     let mut original: Option<Received> = None;
     let mut metadata = None;
     let read: Result<(), IngestError> = async {
@@ -104,7 +135,7 @@ pub(super) async fn receive_form(
     }
 }
 
-async fn read_small_field(mut field: Field<'_>, limit: u64) -> Result<Vec<u8>, IngestError> {
+async fn read_small_field(mut field: Field<'static>, limit: u64) -> Result<Vec<u8>, IngestError> {
     let mut bytes = Vec::new();
     while let Some(chunk) = field.chunk().await.map_err(|e| multipart_error(e, limit))? {
         bytes.extend_from_slice(&chunk);
@@ -140,13 +171,51 @@ fn parse_metadata(bytes: &[u8]) -> Result<Metadata, IngestError> {
             "key {key:?}: 1 to {METADATA_KEY_CHARS} letters, digits, '_', '-' or '.'"
         )));
     }
+    // A NUL cannot be stored (Postgres text) and control characters are not labels: refused
+    // here rather than dead-lettered by the projector after the 202.
+    if let Some((key, _)) = metadata
+        .iter()
+        .find(|(_, value)| value.chars().any(char::is_control))
+    {
+        return Err(IngestError::InvalidMetadata(format!(
+            "the value of {key:?} has a NUL or another control character"
+        )));
+    }
     Ok(metadata)
 }
 
-fn multipart_error(error: MultipartError, limit: u64) -> IngestError {
-    if error.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        IngestError::PayloadTooLarge { limit }
-    } else {
-        IngestError::InvalidMultipart(error.body_text())
+fn multipart_error(error: multer::Error, limit: u64) -> IngestError {
+    match error {
+        multer::Error::StreamSizeExceeded { .. } => IngestError::PayloadTooLarge { limit },
+        multer::Error::FieldSizeExceeded { .. } => {
+            IngestError::InvalidMetadata(format!("over {METADATA_BYTES} bytes"))
+        }
+        // What the body stream itself refused (the framing watch, a broken connection).
+        multer::Error::StreamReadFailed(source) => match source.downcast::<IngestError>() {
+            Ok(error) => *error,
+            Err(source) => IngestError::BodyRead(source.to_string()),
+        },
+        other => IngestError::InvalidMultipart(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_values_with_control_characters_are_refused() {
+        assert!(parse_metadata(br#"{"album":"Summer 2026 \u00e9t\u00e9"}"#).is_ok());
+        for bad in [
+            br#"{"album":"a\u0000b"}"#.as_slice(),
+            br#"{"album":"line\nbreak"}"#,
+            br#"{"album":"\u001b[31mred"}"#,
+        ] {
+            assert!(
+                matches!(parse_metadata(bad), Err(IngestError::InvalidMetadata(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 }

@@ -3,6 +3,7 @@
 
 mod body;
 mod form;
+mod framing;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -17,7 +18,8 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use self::body::{
-    body_error, discard, drain, receive, storage_unavailable, Received, DRAIN_LIMIT_FACTOR,
+    body_error, discard, drain, receive, storage_unavailable, with_deadline, Received,
+    DRAIN_LIMIT_FACTOR,
 };
 use self::form::{is_multipart, receive_form, Metadata, MULTIPART_OVERHEAD};
 use super::images::{correlation_id, database_unavailable, producer};
@@ -118,12 +120,13 @@ struct RawImage(Vec<u8>);
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
         (status = 403, description = "`insufficient-scope`: a read-only key", body = ErrorBody),
         (status = 409, description = "`idempotency-key-reused`, `idempotency-key-in-flight` (with Retry-After)", body = ErrorBody),
+        (status = 408, description = "`upload-timed-out`: the body took longer than IMGPIPE_INGEST_UPLOAD_DEADLINE_SECS", body = ErrorBody),
         (status = 413, description = "`payload-too-large`", body = ErrorBody),
         (status = 415, description = "`unsupported-media-type`", body = ErrorBody),
         (status = 422, description = "`unreadable-image`, `image-too-large`", body = ErrorBody),
-        (status = 429, description = "`rate-limited`", body = ErrorBody,
+        (status = 429, description = "`rate-limited` (the client's or its address's budget), `too-many-uploads` (the client's uploads in progress)", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
-        (status = 503, description = "`event-log-unavailable`, `storage-unavailable`, `database-unavailable`: not accepted, retry", body = ErrorBody,
+        (status = 503, description = "`event-log-unavailable`, `storage-unavailable`, `database-unavailable`, `server-busy` (uploads in progress): not accepted, retry", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before retrying"))),
     ),
 )]
@@ -133,6 +136,7 @@ async fn upload(
     request: Request,
 ) -> Result<Response, IngestError> {
     let limit = state.settings.max_upload_bytes;
+    let request = with_deadline(request, state.settings.upload_deadline_secs);
     let headers = request.headers().clone();
     let multipart = is_multipart(&headers);
     let declared = headers
@@ -140,6 +144,7 @@ async fn upload(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let admitted = client.and_then(|Client(client)| {
+        let slot = state.rate_limits.uploads_in_progress.take(&client)?;
         state.rate_limits.check_upload(&client)?;
         let idempotency_key = idempotency_key(&headers)?;
         let allowed = if multipart {
@@ -154,9 +159,9 @@ async fn upload(
         if let (Some(length), false) = (declared, multipart) {
             state.rate_limits.check_bytes(&client, length)?;
         }
-        Ok((client, idempotency_key))
+        Ok((client, idempotency_key, slot))
     });
-    let (client, idempotency_key) = match admitted {
+    let (client, idempotency_key, _slot) = match admitted {
         Ok(admitted) => admitted,
         Err(error) => {
             if declared.is_none_or(|length| length <= DRAIN_LIMIT_FACTOR * limit) {
