@@ -58,6 +58,9 @@ pub struct Pipeline {
     /// The in-process processor's ops endpoint (`/healthz`, `/readyz`, `/metrics`); empty
     /// when the test runs the processor itself ([`Pipeline::start_without_processor`]).
     pub processor_ops_url: String,
+    /// Ingest's separate ops address (`/metrics`, `/healthz`, `/readyz`), when the test set
+    /// `ops_addr`.
+    pub ingest_ops_url: Option<String>,
     /// The in-process projector's ops endpoint (`/healthz`, `/readyz`, `/metrics`).
     pub projector_ops_url: String,
     /// The in-process projector's configuration (for a test's own rebuild, say).
@@ -261,6 +264,9 @@ impl Pipeline {
             .unwrap_or_default();
         let projector = imgpipe_projector::Projector::build(&projector_config).await?;
         let projector_ops_url = format!("http://127.0.0.1:{}", projector.ops_port());
+        let ingest_ops_url = ingest
+            .ops_port()
+            .map(|port| format!("http://127.0.0.1:{port}"));
         let tasks = vec![
             tokio::spawn({
                 let shutdown = shutdown.clone();
@@ -297,6 +303,7 @@ impl Pipeline {
             database,
             processor_ops_url,
             projector_ops_url,
+            ingest_ops_url,
             projector_config,
             shutdown,
             tasks,

@@ -288,6 +288,9 @@ impl PrivateStack {
             ),
             ("IMGPIPE_INGEST_UPLOADS_PER_MINUTE", "0".into()),
             ("IMGPIPE_INGEST_BYTES_PER_MINUTE", "0".into()),
+            // Crashes are under test here, not limits: the client polls hard.
+            ("IMGPIPE_INGEST_REQUESTS_PER_MINUTE_PER_IP", "0".into()),
+            ("IMGPIPE_INGEST_READS_PER_MINUTE", "0".into()),
         ]);
         let processor_env = with(&[
             (

@@ -73,3 +73,36 @@ async fn a_retried_upload_is_answered_once_and_appended_once() {
     assert_eq!(uploads, 1, "{types:?}");
     pipeline.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_is_forgotten_after_its_time_to_live() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let photos = imgpipe_e2e::corpus_dir().join("photos");
+    let kite = std::fs::read(photos.join("kde-Kite-2560.jpg")).unwrap();
+    let other = std::fs::read(photos.join("kde-BytheWater-2560.jpg")).unwrap();
+
+    let first = upload(&pipeline, &pipeline.api_key, "order-7", &kite).await;
+    assert_eq!(first.status(), 202);
+    let first: Value = first.json().await.unwrap();
+    // Within the time to live, another body under the key is refused.
+    let reused = upload(&pipeline, &pipeline.api_key, "order-7", &other).await;
+    assert_eq!(reused.status(), 409);
+
+    // A day and more later (the default time to live is a day), the key is free again.
+    let pool = pipeline.database.pool().unwrap();
+    let aged = sqlx::query(
+        "UPDATE idempotency_keys SET created_at = now() - interval '25 hours' WHERE key = 'order-7'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap()
+    .rows_affected();
+    assert_eq!(aged, 1);
+    let later = upload(&pipeline, &pipeline.api_key, "order-7", &other).await;
+    assert_eq!(later.status(), 202);
+    assert!(later.headers().get("idempotent-replayed").is_none());
+    let later: Value = later.json().await.unwrap();
+    assert_ne!(later["id"], first["id"]);
+    assert_ne!(later["sha256"], first["sha256"]);
+    pipeline.stop().await.unwrap();
+}

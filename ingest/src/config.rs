@@ -68,6 +68,21 @@ pub struct IngestSettings {
     /// Deletes each client may make per minute (bursts up to the same number); 0 = no limit.
     #[serde(default = "default_deletes_per_minute")]
     pub deletes_per_minute: u32,
+    /// How long an Idempotency-Key is remembered: after it, the key is free again (a retry
+    /// that late makes a new image) and its row is pruned, so the table does not grow for good.
+    #[serde(default = "default_idempotency_ttl_secs")]
+    pub idempotency_ttl_secs: u64,
+    /// Where `/metrics` (with `/healthz` and `/readyz`) is served instead of on
+    /// `listen_addr`, e.g. an address only the monitoring network reaches. Unset: `/metrics` is
+    /// on `listen_addr`.
+    #[serde(default)]
+    pub ops_addr: Option<String>,
+}
+
+impl IngestSettings {
+    pub fn idempotency_ttl(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.idempotency_ttl_secs.max(1))
+    }
 }
 
 impl Default for IngestSettings {
@@ -89,6 +104,8 @@ impl Default for IngestSettings {
             requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
             reads_per_minute: default_reads_per_minute(),
             deletes_per_minute: default_deletes_per_minute(),
+            idempotency_ttl_secs: default_idempotency_ttl_secs(),
+            ops_addr: None,
         }
     }
 }
@@ -138,6 +155,10 @@ fn default_reads_per_minute() -> u32 {
 }
 fn default_deletes_per_minute() -> u32 {
     600
+}
+
+fn default_idempotency_ttl_secs() -> u64 {
+    24 * 60 * 60
 }
 
 /// The longest expiry an S3 SigV4 presigned URL may have.

@@ -1,6 +1,8 @@
 //! Queries against the projector's read models.
 
 use serde::Serialize;
+use std::time::Duration;
+
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -199,14 +201,24 @@ pub struct IdempotencyRecord {
 }
 
 /// Reserves `key` for this body and image id. Returns the existing record instead when the
-/// key is taken.
+/// key is taken and younger than `ttl` (an older one is forgotten first).
 pub async fn reserve_idempotency_key(
     pool: &PgPool,
     owner: &str,
     key: &str,
     body_sha256: &str,
     image_id: Uuid,
+    ttl: Duration,
 ) -> Result<Option<IdempotencyRecord>, sqlx::Error> {
+    sqlx::query(
+        "DELETE FROM idempotency_keys
+         WHERE owner = $1 AND key = $2 AND created_at < now() - make_interval(secs => $3)",
+    )
+    .bind(owner)
+    .bind(key)
+    .bind(ttl.as_secs_f64())
+    .execute(pool)
+    .await?;
     let inserted = sqlx::query(
         "INSERT INTO idempotency_keys (owner, key, body_sha256, image_id, reserved_at)
          VALUES ($1, $2, $3, $4, now())
@@ -232,6 +244,24 @@ pub async fn reserve_idempotency_key(
     .fetch_one(pool)
     .await
     .map(Some)
+}
+
+/// Forgets up to `batch` keys first reserved longer than `ttl` ago; how many it forgot.
+pub async fn prune_idempotency_keys(
+    pool: &PgPool,
+    ttl: Duration,
+    batch: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query(
+        "DELETE FROM idempotency_keys WHERE ctid IN (
+             SELECT ctid FROM idempotency_keys
+             WHERE created_at < now() - make_interval(secs => $1) LIMIT $2)",
+    )
+    .bind(ttl.as_secs_f64())
+    .bind(batch)
+    .execute(pool)
+    .await?
+    .rows_affected())
 }
 
 /// Takes over a reservation whose upload never finished, unless another request did first.

@@ -20,6 +20,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A built ingest service: its listener bound, not yet serving.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics`, `/healthz`, `/readyz` apart from the public listener, when configured.
+    ops_listener: Option<TcpListener>,
     state: AppState,
 }
 
@@ -43,11 +45,25 @@ impl Application {
         };
         crate::metrics::handle();
         let listener = TcpListener::bind(&config.ingest.listen_addr).await?;
-        Ok(Self { listener, state })
+        let ops_listener = match &config.ingest.ops_addr {
+            Some(address) => Some(TcpListener::bind(address).await?),
+            None => None,
+        };
+        Ok(Self {
+            listener,
+            ops_listener,
+            state,
+        })
     }
 
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// The port of the separate ops address, when one is configured.
+    pub fn ops_port(&self) -> Option<u16> {
+        let listener = self.ops_listener.as_ref()?;
+        listener.local_addr().ok().map(|a| a.port())
     }
 
     /// Serves until `shutdown` is cancelled: stops accepting, lets in-flight requests finish
@@ -63,6 +79,18 @@ impl Application {
             Arc::clone(&self.state.rate_limits),
             shutdown.clone(),
         ));
+        let pruning = tokio::spawn(prune_idempotency_keys(
+            pool.clone(),
+            self.state.settings.idempotency_ttl(),
+            shutdown.clone(),
+        ));
+        let ops = self.ops_listener.map(|listener| {
+            tokio::spawn(imgpipe_infra::ops::serve(
+                listener,
+                routes::ops_router(&self.state),
+                shutdown.clone(),
+            ))
+        });
         let serving = crate::server::serve(
             self.listener,
             routes::router(self.state),
@@ -83,6 +111,10 @@ impl Application {
             }
         }
         forgetting.abort();
+        pruning.abort();
+        if let Some(ops) = ops {
+            ops.abort();
+        }
         events.flush(Duration::from_secs(10)).await;
         pool.close().await;
         tracing::info!("ingest stopped");
@@ -100,6 +132,34 @@ async fn forget_idle_addresses(rate_limits: Arc<RateLimits>, shutdown: Cancellat
         .is_some()
     {
         rate_limits.forget_idle();
+    }
+}
+
+/// Every few minutes, forgets Idempotency-Keys older than their time to live, a batch at a
+/// time (several ingest instances doing it at once only share the work).
+async fn prune_idempotency_keys(pool: sqlx::PgPool, ttl: Duration, shutdown: CancellationToken) {
+    const BATCH: i64 = 1000;
+    let mut every_few_minutes = tokio::time::interval(Duration::from_secs(300));
+    while shutdown
+        .run_until_cancelled(every_few_minutes.tick())
+        .await
+        .is_some()
+    {
+        loop {
+            match crate::db::prune_idempotency_keys(&pool, ttl, BATCH).await {
+                Ok(forgotten) if forgotten == BATCH as u64 => continue,
+                Ok(forgotten) => {
+                    if forgotten > 0 {
+                        tracing::info!(forgotten, "expired idempotency keys pruned");
+                    }
+                    break;
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "could not prune idempotency keys");
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -273,9 +273,16 @@ async fn claim_deletion(
     image_id: Uuid,
 ) -> Result<bool, IngestError> {
     let key = deletion_key(image_id);
-    let existing = db::reserve_idempotency_key(&state.pool, client, &key, "", image_id)
-        .await
-        .map_err(database_unavailable)?;
+    let existing = db::reserve_idempotency_key(
+        &state.pool,
+        client,
+        &key,
+        "",
+        image_id,
+        state.settings.idempotency_ttl(),
+    )
+    .await
+    .map_err(database_unavailable)?;
     let Some(existing) = existing else {
         return Ok(true);
     };

@@ -52,17 +52,28 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
     )
 }
 
+/// What `IMGPIPE_INGEST_OPS_ADDR` serves, when set: `/metrics`, `/healthz` and `/readyz`.
+pub fn ops_router(state: &AppState) -> Router {
+    let readiness = Arc::new(readiness::Dependencies::from(state));
+    imgpipe_infra::ops::router(readiness, None)
+        .route("/metrics", axum::routing::get(crate::metrics::render))
+}
+
 pub fn router(state: AppState) -> Router {
     let readiness = Arc::new(readiness::Dependencies::from(&state));
     let limits = Arc::clone(&state.rate_limits);
     let (v1, documented) = v1().split_for_parts();
     let document = crate::openapi::assemble(documented);
-    Router::new()
+    let metrics_here = state.settings.ops_addr.is_none();
+    let mut public = Router::new()
         .merge(v1)
         .route("/v1/openapi.json", crate::openapi::serve(document))
         .with_state(state)
-        .merge(imgpipe_infra::ops::router(readiness, None))
-        .route("/metrics", axum::routing::get(crate::metrics::render))
+        .merge(imgpipe_infra::ops::router(readiness, None));
+    if metrics_here {
+        public = public.route("/metrics", axum::routing::get(crate::metrics::render));
+    }
+    public
         .route_layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(axum::middleware::from_fn_with_state(
             limits,

@@ -358,9 +358,16 @@ async fn claim_key(
     original: &Received,
 ) -> Result<Claim, IngestError> {
     let sha256 = original.sha256.as_str();
-    let existing = db::reserve_idempotency_key(&state.pool, client, key, sha256, original.image_id)
-        .await
-        .map_err(database_unavailable)?;
+    let existing = db::reserve_idempotency_key(
+        &state.pool,
+        client,
+        key,
+        sha256,
+        original.image_id,
+        state.settings.idempotency_ttl(),
+    )
+    .await
+    .map_err(database_unavailable)?;
     let Some(existing) = existing else {
         return Ok(Claim::Fresh(original.image_id));
     };
