@@ -9,6 +9,7 @@
 pub mod private_server;
 pub mod private_stack;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -18,6 +19,7 @@ use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
 use imgpipe_ingest::auth::ApiKeys;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -404,6 +406,64 @@ impl Pipeline {
                 bail!("image {id} not settled after {timeout:?}: {status} {body}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The events topic's end (high watermark), by partition: where the log ends now.
+    pub async fn log_end(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let consumer: BaseConsumer = self.kafka.client_config("e2e-log-end").create()?;
+        let topic = self.kafka.topics().events;
+        tokio::task::spawn_blocking(move || {
+            let timeout = Duration::from_secs(10);
+            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
+            let mut ends = BTreeMap::new();
+            for partition in metadata
+                .topics()
+                .iter()
+                .filter(|t| t.name() == topic)
+                .flat_map(|t| t.partitions())
+            {
+                let (_, high) = consumer.fetch_watermarks(&topic, partition.id(), timeout)?;
+                ends.insert(partition.id(), high);
+            }
+            Ok(ends)
+        })
+        .await?
+    }
+
+    /// The projector's positions in the events topic (`projection_positions`): the next
+    /// offset it will apply, by partition.
+    pub async fn projected(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let pool = self.database.pool()?;
+        let positions =
+            imgpipe_projector::positions::load(&pool, &self.kafka.topics().events).await;
+        pool.close().await;
+        Ok(positions?)
+    }
+
+    /// Waits until the projector has applied every event the log holds now: its positions
+    /// reach the log's end on every partition. What it shows then is all there is to show of
+    /// the events appended so far, so a test can check that something did *not* happen.
+    pub async fn wait_until_projected(&self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let end = self.log_end().await?;
+        loop {
+            let projected = self.projected().await?;
+            let behind: BTreeMap<i32, i64> = end
+                .iter()
+                .map(|(partition, &end)| {
+                    let at = projected.get(partition).copied().unwrap_or(0);
+                    (*partition, end - at)
+                })
+                .filter(|&(_, behind)| behind > 0)
+                .collect();
+            if behind.is_empty() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the projector is still behind the log after {timeout:?}: {behind:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -68,11 +68,21 @@ async fn deleting_an_image_removes_its_objects_and_records_it() {
     );
     assert_eq!(events[3]["causation_id"], events[2]["event_id"]);
 
-    // Deleting again appends nothing.
+    // Deleting again appends nothing: the log ends where it did, and once the projector has
+    // applied all of it the timeline is unchanged.
+    pipeline
+        .wait_until_projected(Duration::from_secs(60))
+        .await
+        .unwrap();
+    let log_end = pipeline.log_end().await.unwrap();
     let (status, body) = delete(&pipeline, &pipeline.api_key, &id).await;
     assert_eq!(status, 202);
     assert_eq!(body["status"], "deleted");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(pipeline.log_end().await.unwrap(), log_end);
+    pipeline
+        .wait_until_projected(Duration::from_secs(60))
+        .await
+        .unwrap();
     let (again, _) = pipeline.timeline(&id).await.unwrap();
     assert_eq!(again.len(), 4);
     pipeline.stop().await.unwrap();

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use imgpipe_e2e::Pipeline;
-use imgpipe_projector::rebuild::{self, Options, Quiet};
+use imgpipe_projector::rebuild::{self, Options, Phase, Progress, Quiet};
 use sqlx::PgPool;
 
 /// Every row of every table as text, by table, in a stable order. The positions without
@@ -72,13 +72,26 @@ impl Watch {
     }
 }
 
+/// Opens the reader's uploads once the rebuild replays: it has counted the live rows by then,
+/// so its `before` counts are the images uploaded before it started, whatever the reader does.
+struct OpenUploadsWhenReplaying(Arc<AtomicBool>);
+
+impl Progress for OpenUploadsWhenReplaying {
+    fn phase(&mut self, phase: Phase) {
+        if phase == Phase::Replaying {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Reads every known image, the listing and a timeline in a loop, and uploads a small image
-/// every few rounds, until `stop`. Any answer but 200 (202 for uploads) is an error, except a
+/// every few rounds once `uploads` is open, until `stop`. Any answer but 200 (202 for uploads) is an error, except a
 /// 404 for a new image not yet projected; once seen, a new image must never be missing again.
 async fn hammer(
     pipeline: Arc<Pipeline>,
     known: Vec<String>,
     watch: Arc<Watch>,
+    uploads: Arc<AtomicBool>,
     stop: Arc<AtomicBool>,
 ) {
     let small = std::fs::read(imgpipe_e2e::corpus_dir().join("exif/camera-Canon_40D.jpg")).unwrap();
@@ -106,7 +119,7 @@ async fn hammer(
             watch.error(format!("timeline {id}: {status} {body}"));
         }
         watch.requests.fetch_add(2, Ordering::Relaxed);
-        if round % 3 == 0 {
+        if round % 3 == 0 && uploads.load(Ordering::Relaxed) {
             let (status, id) = upload(&pipeline, &small, None).await;
             if status == 202 {
                 watch.new_ids.lock().unwrap().push(id);
@@ -125,6 +138,15 @@ async fn hammer(
                 _ => watch.error(format!("GET new image {id}: {status} {body}")),
             }
         }
+    }
+}
+
+/// Polls `condition` until it holds; fails the test after a minute.
+async fn wait_for(condition: impl Fn() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -184,6 +206,10 @@ async fn a_rebuild_while_serving_gives_identical_tables_and_never_an_error() {
         assert!(Instant::now() < deadline, "not deleted: {image}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    pipeline
+        .wait_until_projected(Duration::from_secs(60))
+        .await
+        .unwrap();
     let pool = pipeline.database.pool().unwrap();
     let before = snapshot(&pool).await;
     assert_eq!(before["images"].len(), 20, "{statuses:?}");
@@ -191,23 +217,38 @@ async fn a_rebuild_while_serving_gives_identical_tables_and_never_an_error() {
     assert_eq!(before["idempotency_keys"].len(), 2);
 
     let watch = Arc::new(Watch::default());
+    let uploads = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let reader = tokio::spawn(hammer(
         Arc::clone(&pipeline),
         ids.clone(),
         Arc::clone(&watch),
+        Arc::clone(&uploads),
         Arc::clone(&stop),
     ));
-    // Let the reader get going before the rebuild starts.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The reader is going before the rebuild starts.
+    wait_for(
+        || watch.requests.load(Ordering::Relaxed) > 0,
+        "the reader's first request",
+    )
+    .await;
     let requests_before = watch.requests.load(Ordering::Relaxed);
-    let summary = rebuild::run(&pipeline.projector_config, &Options::default(), &mut Quiet)
-        .await
-        .expect("rebuild runs");
+    let summary = rebuild::run(
+        &pipeline.projector_config,
+        &Options::default(),
+        &mut OpenUploadsWhenReplaying(Arc::clone(&uploads)),
+    )
+    .await
+    .expect("rebuild runs");
     let requests_during = watch.requests.load(Ordering::Relaxed) - requests_before;
-    // Keep reading and uploading a while after the swap: the live projector must go on
-    // writing into the new tables.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Keep reading and uploading after the swap, a few uploads more: the live projector must go
+    // on writing into the new tables (each upload settles, below).
+    let uploads_at_swap = watch.new_ids.lock().unwrap().len();
+    wait_for(
+        || watch.new_ids.lock().unwrap().len() >= uploads_at_swap + 2,
+        "two uploads after the swap",
+    )
+    .await;
     stop.store(true, Ordering::Relaxed);
     reader.await.unwrap();
     let errors = watch.errors.lock().unwrap().clone();
@@ -230,6 +271,10 @@ async fn a_rebuild_while_serving_gives_identical_tables_and_never_an_error() {
             .await
             .unwrap();
     }
+    pipeline
+        .wait_until_projected(Duration::from_secs(60))
+        .await
+        .unwrap();
     let after = snapshot(&pool).await;
     for table in ["images", "variants", "image_events", "idempotency_keys"] {
         let rows: BTreeSet<&String> = after[table].iter().collect();
