@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// The command line for a port and a data directory.
-type CommandLine = Box<dyn Fn(u16, &Path) -> Vec<OsString> + Send>;
+type CommandLine = Box<dyn Fn(u16, &Path) -> Vec<OsString> + Send + Sync>;
 
 /// One private server process. Dropping it kills the process, also when the test panics (then
 /// its directory and log are kept for a look).
@@ -28,7 +28,7 @@ impl PrivateServer {
     /// also its working directory, with `command_line(port, dir)`.
     pub fn start(
         tool: &'static str,
-        command_line: impl Fn(u16, &Path) -> Vec<OsString> + Send + 'static,
+        command_line: impl Fn(u16, &Path) -> Vec<OsString> + Send + Sync + 'static,
     ) -> Self {
         Self::start_program(tool, tool_path(tool), command_line)
     }
@@ -37,7 +37,7 @@ impl PrivateServer {
     pub fn start_program(
         tool: &'static str,
         program: PathBuf,
-        command_line: impl Fn(u16, &Path) -> Vec<OsString> + Send + 'static,
+        command_line: impl Fn(u16, &Path) -> Vec<OsString> + Send + Sync + 'static,
     ) -> Self {
         let dir = private_dir(tool);
         let mut server = Self::new(tool, program, dir, Box::new(command_line));
@@ -184,6 +184,15 @@ impl PrivateServer {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// How many times the server's log says it panicked. A Tansu 0.6 task can panic and leave
+    /// the process listening but failing every request, as a supervisor's liveness probe would
+    /// catch.
+    pub fn panics_logged(&self) -> usize {
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.tool)))
+            .map(|log| log.matches("panicked at").count())
+            .unwrap_or(0)
     }
 
     /// Whether the process has exited by itself (a server that refused to start, say).

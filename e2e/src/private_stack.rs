@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used)]
 
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imgpipe_infra::storage::ObjectStore;
@@ -133,7 +135,8 @@ impl Drop for ServiceProcess {
 
 /// The private servers and the service processes.
 pub struct PrivateStack {
-    pub broker: PrivateServer,
+    /// Shared with [`PrivateStack::supervise_broker`].
+    pub broker: Arc<tokio::sync::Mutex<PrivateServer>>,
     pub s3: PrivateServer,
     pub postgres: PrivateServer,
     pub ingest: ServiceProcess,
@@ -309,7 +312,7 @@ impl PrivateStack {
             ingest: ServiceProcess::start("ingest", ingest_env, &log_dir),
             processor: ServiceProcess::start("processor", processor_env, &log_dir),
             projector: ServiceProcess::start("projector", projector_env, &log_dir),
-            broker,
+            broker: Arc::new(tokio::sync::Mutex::new(broker)),
             s3,
             postgres,
             ingest_url: format!("http://127.0.0.1:{ingest_port}"),
@@ -322,9 +325,9 @@ impl PrivateStack {
         }
     }
 
-    pub fn kill(&mut self, component: Component) {
+    pub async fn kill(&mut self, component: Component) {
         match component {
-            Component::Broker => self.broker.kill(),
+            Component::Broker => self.broker.lock().await.kill(),
             Component::S3 => self.s3.kill(),
             Component::Postgres => self.postgres.kill(),
             Component::Processor => self.processor.kill(),
@@ -335,13 +338,39 @@ impl PrivateStack {
 
     pub async fn restart(&mut self, component: Component) {
         match component {
-            Component::Broker => restart_server(&mut self.broker).await,
+            Component::Broker => restart_server(&mut *self.broker.lock().await).await,
             Component::S3 => restart_server(&mut self.s3).await,
             Component::Postgres => restart_server(&mut self.postgres).await,
             Component::Processor => self.processor.spawn(),
             Component::Projector => self.projector.spawn(),
             Component::Ingest => self.ingest.spawn(),
         }
+    }
+}
+
+impl PrivateStack {
+    /// Restarts the private broker whenever its log shows a new panic, as a supervisor with a
+    /// liveness probe would: Tansu 0.6 was seen to panic ("more or less than one row", in its
+    /// sqlite storage) on a produce from a client that kept its producer id across the
+    /// broker's SIGKILL, and then to keep listening while failing every request. Counts the
+    /// restarts in `restarts`. That is the broker's defect, not the pipeline's; production
+    /// runs Redpanda.
+    pub fn supervise_broker(&self, restarts: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+        let broker = Arc::clone(&self.broker);
+        tokio::spawn(async move {
+            let mut seen = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let mut broker = broker.lock().await;
+                let panics = broker.panics_logged();
+                if panics > seen {
+                    seen = panics;
+                    eprintln!("private broker panicked ({panics} so far): restarting it");
+                    restart_server(&mut broker).await;
+                    restarts.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
     }
 }
 

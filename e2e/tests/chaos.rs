@@ -15,6 +15,7 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -195,6 +196,8 @@ async fn after_any_sequence_of_crashes_the_pipeline_resumes_by_itself() {
         .unwrap();
     let url = stack.ingest_url.clone();
     let log = Arc::new(Mutex::new(ClientLog::default()));
+    let broker_restarts = Arc::new(AtomicU64::new(0));
+    let supervisor = stack.supervise_broker(Arc::clone(&broker_restarts));
 
     // Background uploads from four careful clients, paced over the chaos.
     let clients: Vec<_> = (0..4u32)
@@ -226,7 +229,7 @@ async fn after_any_sequence_of_crashes_the_pipeline_resumes_by_itself() {
         rng.shuffle(&mut order);
         eprintln!("chaos: round {round}: {order:?}");
         for component in order {
-            stack.kill(component);
+            stack.kill(component).await;
             tokio::time::sleep(Duration::from_millis(rng.u64(500..3_000))).await;
             stack.restart(component).await;
             let restarted = Instant::now();
@@ -311,6 +314,7 @@ async fn after_any_sequence_of_crashes_the_pipeline_resumes_by_itself() {
         .await
         .unwrap();
 
+    supervisor.abort();
     let client = log.lock().unwrap();
     eprintln!("\nchaos figures (seed {seed}):");
     eprintln!("| figure | value |\n| --- | ---: |");
@@ -334,6 +338,10 @@ async fn after_any_sequence_of_crashes_the_pipeline_resumes_by_itself() {
         summary.orphans()
     );
     eprintln!("| missing objects | {} |", summary.missing());
+    eprintln!(
+        "| private broker restarted after a panic of its own (Tansu 0.6) | {} |",
+        broker_restarts.load(Ordering::Relaxed)
+    );
     let mut worst = BTreeMap::<Component, Duration>::new();
     for (component, took) in &recoveries {
         let entry = worst.entry(*component).or_default();
