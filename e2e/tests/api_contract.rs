@@ -79,7 +79,7 @@ async fn schemathesis_finds_no_broken_promise() {
 /// Read-your-writes: with the projector held still (the read model's `images` locked against
 /// writes, as a projector far behind would be), the image a 202 announced reads `uploaded`
 /// with what the 202 said, and DELETE accepts its deletion; once the projector moves on, the
-/// image ends deleted.
+/// image ends deleted, and ingest's record of the upload is pruned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_reads_and_deletes_before_the_projector_applies_it() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
@@ -140,5 +140,17 @@ async fn an_upload_reads_and_deletes_before_the_projector_applies_it() {
         1,
         "{events:?}"
     );
+
+    // Once the read model has the image, the next upload prunes ingest's record of it.
+    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let (status, _) = pipeline.upload(photo).await.unwrap();
+    assert_eq!(status, 202);
+    let (kept,): (i64,) =
+        sqlx::query_as("SELECT count(*) FROM accepted_uploads WHERE image_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 0);
     pipeline.stop().await.unwrap();
 }
