@@ -101,7 +101,6 @@ async fn timeline(
     }))
 }
 
-const STATUSES: [&str; 5] = ["uploaded", "processing", "ready", "failed", "deleted"];
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
 
@@ -117,6 +116,14 @@ enum ImageStatusName {
 }
 
 impl ImageStatusName {
+    const ALL: [Self; 5] = [
+        Self::Uploaded,
+        Self::Processing,
+        Self::Ready,
+        Self::Failed,
+        Self::Deleted,
+    ];
+
     fn as_str(self) -> &'static str {
         match self {
             Self::Uploaded => "uploaded",
@@ -303,13 +310,19 @@ async fn stats(
     State(state): State<AppState>,
     Client(client): Client,
 ) -> Result<Json<Stats>, IngestError> {
-    let mut counts: std::collections::BTreeMap<&'static str, i64> =
-        STATUSES.iter().map(|status| (*status, 0)).collect();
+    let mut counts: std::collections::BTreeMap<&'static str, i64> = ImageStatusName::ALL
+        .iter()
+        .map(|status| (status.as_str(), 0))
+        .collect();
     for (status, count) in db::counts_by_status(&state.pool, &client)
         .await
         .map_err(database_unavailable)?
     {
-        if let Some(slot) = STATUSES.iter().find(|s| **s == status) {
+        if let Some(slot) = ImageStatusName::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .find(|s| *s == status)
+        {
             counts.insert(slot, count);
         }
     }
