@@ -68,6 +68,8 @@ async fn schemathesis_finds_no_broken_promise() {
         String::from_utf8_lossy(&run.stdout),
         String::from_utf8_lossy(&run.stderr)
     );
+    // Shown with --nocapture on success too: the phases, scenarios and cases run.
+    println!("{report}");
     assert!(
         run.status.success(),
         "schemathesis: {}\n{report}",
