@@ -224,10 +224,7 @@ async fn every_string_a_client_gives_is_checked() {
     }
 
     // A crafted cursor whose arithmetic would overflow is a 400, not a dropped connection.
-    let cursor = {
-        use base64_free::encode;
-        encode(&format!("{}:{}", i128::MAX, uuid::Uuid::now_v7()))
-    };
+    let cursor = format!("{}_{}", i128::MAX, uuid::Uuid::now_v7());
     let (status, body) = pipeline
         .get(&format!("/v1/images?cursor={cursor}"))
         .await
@@ -238,31 +235,6 @@ async fn every_string_a_client_gives_is_checked() {
         "{body}"
     );
     pipeline.stop().await.unwrap();
-}
-
-/// Unpadded base64url, the cursor's encoding, without a dependency for one test.
-mod base64_free {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-    pub fn encode(text: &str) -> String {
-        let mut out = String::new();
-        for group in text.as_bytes().chunks(3) {
-            let n = group
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-            for i in 0..=group.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn encodes_like_base64url() {
-        assert_eq!(encode("12:x"), "MTI6eA");
-        assert_eq!(encode("abc"), "YWJj");
-    }
 }
 
 /// Opens a connection and sends half a request head, then waits: a slowloris.

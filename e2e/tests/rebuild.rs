@@ -323,7 +323,8 @@ async fn a_rebuild_while_serving_gives_identical_tables_and_never_an_error() {
     .unwrap();
     assert!(!dry.swapped);
     for (table, rows) in &dry.tables {
-        if table != "idempotency_keys" {
+        // A dry run does not move the kept tables (ingest's own state) into its schema.
+        if !imgpipe_projector::rebuild::KEPT.contains(&table.as_str()) {
             assert_eq!(rows.before, rows.after, "{table}: {dry:?}");
         }
     }

@@ -52,16 +52,84 @@ pub struct VariantRow {
     pub sha256: String,
 }
 
+/// The image as the read model has it or, until the projector has applied its
+/// `ImageUploaded`, as ingest accepted it (status `uploaded`): read-your-writes.
 pub async fn image(pool: &PgPool, image_id: Uuid) -> Result<Option<ImageRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT owner, original_key, status, format, bytes, sha256, width, height, spec_version,
                 dominant_color, blurhash, animated, metadata, failure_code, failure_reason,
                 uploaded_at, updated_at
-         FROM images WHERE image_id = $1",
+         FROM images WHERE image_id = $1
+         UNION ALL
+         SELECT owner, original_key, 'uploaded', format, bytes, sha256, width, height, NULL,
+                NULL, NULL, false, metadata, NULL, NULL, accepted_at, accepted_at
+         FROM accepted_uploads a
+         WHERE a.image_id = $1
+           AND a.accepted_at > now() - interval '1 day'
+           AND NOT EXISTS (SELECT 1 FROM images i WHERE i.image_id = $1)",
     )
     .bind(image_id)
     .fetch_optional(pool)
     .await
+}
+
+/// An upload ingest answered 202 for, as `ImageUploaded` described it.
+#[derive(Debug)]
+pub struct AcceptedUpload<'a> {
+    pub image_id: Uuid,
+    pub owner: &'a str,
+    pub original_key: &'a str,
+    pub format: &'a str,
+    pub bytes: i64,
+    pub sha256: &'a str,
+    pub width: i32,
+    pub height: i32,
+    pub metadata: &'a std::collections::BTreeMap<String, String>,
+    pub accepted_at: OffsetDateTime,
+}
+
+/// How long ingest answers for an accepted upload the read model does not have (also spelled
+/// out in `image`): a projector that far behind is an outage, not a lag.
+const ACCEPTED_UPLOAD_TTL: &str = "1 day";
+/// The most rows one upload prunes, so pruning stays a small cost on each upload.
+const PRUNE_BATCH: i64 = 100;
+
+/// Records an accepted upload (a replayed upload's record is already there), and prunes up to
+/// [`PRUNE_BATCH`] records the read model has caught up with or that are older than
+/// [`ACCEPTED_UPLOAD_TTL`].
+pub async fn record_accepted_upload(
+    pool: &PgPool,
+    upload: &AcceptedUpload<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO accepted_uploads
+             (image_id, owner, original_key, format, bytes, sha256, width, height, metadata,
+              accepted_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (image_id) DO NOTHING",
+    )
+    .bind(upload.image_id)
+    .bind(upload.owner)
+    .bind(upload.original_key)
+    .bind(upload.format)
+    .bind(upload.bytes)
+    .bind(upload.sha256)
+    .bind(upload.width)
+    .bind(upload.height)
+    .bind(sqlx::types::Json(upload.metadata))
+    .bind(upload.accepted_at)
+    .execute(pool)
+    .await?;
+    sqlx::query(&format!(
+        "DELETE FROM accepted_uploads WHERE image_id IN (
+             SELECT a.image_id FROM accepted_uploads a
+             WHERE a.accepted_at < now() - interval '{ACCEPTED_UPLOAD_TTL}'
+                OR EXISTS (SELECT 1 FROM images i WHERE i.image_id = a.image_id)
+             LIMIT {PRUNE_BATCH})"
+    ))
+    .execute(pool)
+    .await
+    .map(|_| ())
 }
 
 pub async fn variants(pool: &PgPool, image_id: Uuid) -> Result<Vec<VariantRow>, sqlx::Error> {

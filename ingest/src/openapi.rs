@@ -327,6 +327,69 @@ mod tests {
         assert_eq!(status["as_of"]["format"], "date-time", "{status}");
     }
 
+    fn parameter<'a>(operation: &'a Value, name: &str) -> &'a Value {
+        operation["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == name)
+            .unwrap_or_else(|| panic!("{name}: {operation}"))
+    }
+
+    /// What the server enforces is in the document, so a client (or schemathesis) generating
+    /// from it sends what is accepted.
+    #[test]
+    fn the_document_states_what_the_server_accepts() {
+        let doc = json();
+        let list = &doc["paths"]["/v1/images"]["get"];
+        assert_eq!(
+            parameter(list, "status")["schema"]["enum"],
+            serde_json::json!(["uploaded", "processing", "ready", "failed", "deleted"])
+        );
+        let limit = &parameter(list, "limit")["schema"];
+        assert_eq!(
+            (&limit["minimum"], &limit["maximum"]),
+            (&1.into(), &200.into())
+        );
+        let events = &doc["paths"]["/v1/images/{id}/events"]["get"];
+        for operation in [list, events] {
+            let cursor = &parameter(operation, "cursor")["schema"];
+            assert!(
+                cursor["pattern"].as_str().unwrap().starts_with('^'),
+                "{cursor}"
+            );
+            assert_eq!(cursor["maxLength"], 54);
+        }
+        let upload = &doc["paths"]["/v1/images"]["post"];
+        assert_eq!(
+            parameter(upload, "Idempotency-Key")["schema"]["maxLength"],
+            255
+        );
+        let content = &upload["requestBody"]["content"];
+        let resolve = |schema: &Value| -> Value {
+            match schema["$ref"].as_str() {
+                Some(reference) => {
+                    let name = reference.trim_start_matches("#/components/schemas/");
+                    doc["components"]["schemas"][name].clone()
+                }
+                None => schema.clone(),
+            }
+        };
+        let form = &content["multipart/form-data"];
+        let fields = resolve(&form["schema"]);
+        assert_eq!(fields["required"], serde_json::json!(["file"]), "{fields}");
+        assert_eq!(fields["additionalProperties"], false);
+        assert_eq!(fields["properties"]["file"]["format"], "binary");
+        let metadata = &fields["properties"]["metadata"];
+        assert_eq!(metadata["maxProperties"], 32, "{metadata}");
+        assert_eq!(metadata["additionalProperties"]["maxLength"], 128);
+        assert_eq!(
+            form["encoding"]["metadata"]["contentType"],
+            "application/json"
+        );
+        assert_eq!(resolve(&content["image/*"]["schema"])["minLength"], 1);
+    }
+
     #[test]
     fn path_parameters_are_declared() {
         let doc = json();

@@ -101,8 +101,8 @@ struct StatusQuery {
 /// The image as the read model has it, with a presigned URL for each variant; or, with
 /// `as_of`, as it was at that time.
 ///
-/// The read model trails the log by milliseconds: right after the upload's 202 this may still
-/// be 404, so poll.
+/// Right after the upload's 202, before the read model has the image, it reads `uploaded` with
+/// what the 202 said (ingest's own record of the upload): poll for the result.
 #[utoipa::path(
     get,
     path = "/images/{id}",

@@ -42,6 +42,11 @@ struct TimelineQuery {
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(
+        pattern = r"^-?[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        min_length = 38,
+        max_length = 54
+    )]
     cursor: Option<String>,
 }
 
@@ -96,19 +101,55 @@ async fn timeline(
     }))
 }
 
-const STATUSES: [&str; 5] = ["uploaded", "processing", "ready", "failed", "deleted"];
 const DEFAULT_PAGE: i64 = 50;
 const MAX_PAGE: i64 = 200;
+
+/// An image's status, as the listing filters on it.
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+enum ImageStatusName {
+    Uploaded,
+    Processing,
+    Ready,
+    Failed,
+    Deleted,
+}
+
+impl ImageStatusName {
+    const ALL: [Self; 5] = [
+        Self::Uploaded,
+        Self::Processing,
+        Self::Ready,
+        Self::Failed,
+        Self::Deleted,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Uploaded => "uploaded",
+            Self::Processing => "processing",
+            Self::Ready => "ready",
+            Self::Failed => "failed",
+            Self::Deleted => "deleted",
+        }
+    }
+}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
-    /// Only images in this status: `uploaded`, `processing`, `ready`, `failed`, `deleted`.
-    status: Option<String>,
+    /// Only images in this status.
+    #[param(inline)]
+    status: Option<ImageStatusName>,
     /// Images per page, 1 to 200; default 50.
     #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
+    #[param(
+        pattern = r"^-?[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        min_length = 38,
+        max_length = 54
+    )]
     cursor: Option<String>,
 }
 
@@ -141,14 +182,6 @@ async fn list(
     Client(client): Client,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page>, IngestError> {
-    if let Some(status) = &query.status {
-        if !STATUSES.contains(&status.as_str()) {
-            return Err(IngestError::InvalidQuery(format!(
-                "status must be one of {}",
-                STATUSES.join(", ")
-            )));
-        }
-    }
     let limit = query.limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(IngestError::InvalidQuery(format!(
@@ -160,7 +193,7 @@ async fn list(
     let mut images = db::list(
         &state.pool,
         &client,
-        query.status.as_deref(),
+        query.status.map(ImageStatusName::as_str),
         after,
         limit + 1,
     )
@@ -180,29 +213,41 @@ async fn list(
     }))
 }
 
-/// The opaque page cursor: the sort key (a time and an id) of the last row shown, base64url;
-/// the listing's and the timeline's.
+/// The page cursor: the sort key (a time in microseconds and an id) of the last row shown,
+/// `<micros>_<uuid>`; the listing's and the timeline's. Read strictly: what the document's
+/// pattern admits, and nothing else.
 mod cursor {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use base64::Engine;
     use time::OffsetDateTime;
     use uuid::Uuid;
 
     use crate::IngestError;
 
+    /// The most digits of the microseconds (year 2286 and before).
+    const MAX_DIGITS: usize = 16;
+
     pub(super) fn encode(at: OffsetDateTime, id: Uuid) -> String {
-        URL_SAFE_NO_PAD.encode(format!("{}:{id}", at.unix_timestamp_nanos() / 1_000))
+        format!("{}_{id}", at.unix_timestamp_nanos() / 1_000)
     }
 
     pub(super) fn decode(text: &str) -> Result<(OffsetDateTime, Uuid), IngestError> {
         let invalid = || IngestError::InvalidQuery("cursor is not one this API gave out".into());
-        let raw = URL_SAFE_NO_PAD.decode(text).map_err(|_| invalid())?;
-        let raw = String::from_utf8(raw).map_err(|_| invalid())?;
-        let (micros, id) = raw.split_once(':').ok_or_else(invalid)?;
+        let (micros, id_text) = text.split_once('_').ok_or_else(invalid)?;
+        let digits = micros.strip_prefix('-').unwrap_or(micros);
+        if digits.is_empty()
+            || digits.len() > MAX_DIGITS
+            || !digits.bytes().all(|b| b.is_ascii_digit())
+        {
+            return Err(invalid());
+        }
         let micros: i128 = micros.parse().map_err(|_| invalid())?;
-        let nanos = micros.checked_mul(1_000).ok_or_else(invalid)?;
-        let at = OffsetDateTime::from_unix_timestamp_nanos(nanos).map_err(|_| invalid())?;
-        Ok((at, Uuid::parse_str(id).map_err(|_| invalid())?))
+        let at =
+            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| invalid())?;
+        let id = Uuid::try_parse(id_text).map_err(|_| invalid())?;
+        // Only the lowercase hyphenated form the pattern states (`try_parse` takes others).
+        if id.hyphenated().to_string() != id_text {
+            return Err(invalid());
+        }
+        Ok((at, id))
     }
 
     #[cfg(test)]
@@ -215,14 +260,17 @@ mod cursor {
             let id = Uuid::now_v7();
             assert_eq!(decode(&encode(at, id)).unwrap(), (at, id));
             for bad in [
-                "",
-                "!!!",
-                "bm90LWEtY3Vyc29y",
-                &URL_SAFE_NO_PAD.encode("12:nope"),
-                // Micros whose nanos overflow an i128.
-                &URL_SAFE_NO_PAD.encode(format!("{}:{id}", i128::MAX)),
+                String::new(),
+                "!!!".into(),
+                "12:nope".into(),
+                format!("_{id}"),
+                format!("+12_{id}"),
+                format!("12_{}", id.simple()),
+                format!("12_{}", id.to_string().to_uppercase()),
+                format!("12_{id}\n"),
+                format!("12345678901234567_{id}"),
             ] {
-                assert!(decode(bad).is_err(), "{bad}");
+                assert!(decode(&bad).is_err(), "{bad}");
             }
         }
     }
@@ -262,13 +310,19 @@ async fn stats(
     State(state): State<AppState>,
     Client(client): Client,
 ) -> Result<Json<Stats>, IngestError> {
-    let mut counts: std::collections::BTreeMap<&'static str, i64> =
-        STATUSES.iter().map(|status| (*status, 0)).collect();
+    let mut counts: std::collections::BTreeMap<&'static str, i64> = ImageStatusName::ALL
+        .iter()
+        .map(|status| (status.as_str(), 0))
+        .collect();
     for (status, count) in db::counts_by_status(&state.pool, &client)
         .await
         .map_err(database_unavailable)?
     {
-        if let Some(slot) = STATUSES.iter().find(|s| **s == status) {
+        if let Some(slot) = ImageStatusName::ALL
+            .iter()
+            .map(|s| s.as_str())
+            .find(|s| *s == status)
+        {
             counts.insert(slot, count);
         }
     }

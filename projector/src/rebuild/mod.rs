@@ -28,10 +28,11 @@ use crate::{db, Config, ProjectorError};
 
 /// Tables derived from the events: a rebuild makes them anew.
 pub const PROJECTIONS: &[&str] = &["images", "variants", "image_events", "projection_positions"];
-/// Tables that hold state no event carries (ingest's Idempotency-Key reservations, the orphan
-/// sweep's missing-object marks): a rebuild moves them into the new schema as they are. A table in neither list stops a rebuild
-/// before it changes anything, so a new table is never silently dropped or rebuilt empty.
-pub const KEPT: &[&str] = &["idempotency_keys", "missing_objects"];
+/// Tables that hold state no event carries (ingest's Idempotency-Key reservations and its
+/// record of accepted uploads, the orphan sweep's missing-object marks): a rebuild moves them
+/// into the new schema as they are. A table in neither list stops a rebuild before it changes
+/// anything, so a new table is never silently dropped or rebuilt empty.
+pub const KEPT: &[&str] = &["idempotency_keys", "accepted_uploads", "missing_objects"];
 /// How many records the replay may still lack when the swap starts: the swap applies them
 /// while it holds the live projector still, so this bounds how long that lasts.
 const SWAP_SLACK: i64 = 200;

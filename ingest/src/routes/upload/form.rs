@@ -7,6 +7,10 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap};
 use futures::{StreamExt, TryStreamExt};
 use multer::{Constraints, Field, Multipart, SizeLimit};
+use utoipa::openapi::schema::{
+    AdditionalProperties, KnownFormat, ObjectBuilder, Schema, SchemaFormat, Type,
+};
+use utoipa::openapi::RefOr;
 
 use super::body::{body_error, discard, drain, receive, Received, DRAIN_LIMIT_FACTOR};
 use super::framing::Framing;
@@ -16,9 +20,17 @@ use crate::IngestError;
 /// Room for the multipart boundaries and the metadata field on top of the file's own limit.
 pub(super) const MULTIPART_OVERHEAD: u64 = 64 * 1024;
 /// The `metadata` field's limits: what fits a label, not a document.
-const METADATA_BYTES: usize = 8 * 1024;
 const METADATA_ENTRIES: usize = 32;
 const METADATA_KEY_CHARS: usize = 64;
+const METADATA_VALUE_CHARS: usize = 128;
+/// The most bytes a `metadata` that keeps those limits takes as JSON, every value's characters
+/// escaped (`\ud83d\ude00` is 12 bytes for one character) with room for quotes and separators:
+/// a longer field is refused before it is parsed.
+const METADATA_BYTES: usize =
+    2 + METADATA_ENTRIES * (METADATA_KEY_CHARS + 12 * METADATA_VALUE_CHARS + 8);
+/// What the document says of the `metadata` keys and values; `parse_metadata` checks the same.
+const METADATA_KEY_PATTERN: &str = "^[A-Za-z0-9_.-]{1,64}$";
+const METADATA_VALUE_PATTERN: &str = "^[^\\u0000-\\u001F\\u007F-\\u009F]*$";
 
 pub(super) type Metadata = BTreeMap<String, String>;
 
@@ -181,7 +193,55 @@ fn parse_metadata(bytes: &[u8]) -> Result<Metadata, IngestError> {
             "the value of {key:?} has a NUL or another control character"
         )));
     }
+    if let Some((key, _)) = metadata
+        .iter()
+        .find(|(_, value)| value.chars().count() > METADATA_VALUE_CHARS)
+    {
+        return Err(IngestError::InvalidMetadata(format!(
+            "the value of {key:?} is over {METADATA_VALUE_CHARS} characters"
+        )));
+    }
     Ok(metadata)
+}
+
+/// An image's bytes, the raw body or the form's `file`: at least one byte.
+pub(super) fn image_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+        .min_length(Some(1))
+        .description(Some(
+            "The image; its format comes from the magic bytes, not from a Content-Type.",
+        ))
+}
+
+/// The form as the document states it: `file` (required) and `metadata`, nothing else, with
+/// the limits `parse_metadata` checks.
+pub(super) fn form_schema() -> RefOr<Schema> {
+    let file = image_schema();
+    let value = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .max_length(Some(METADATA_VALUE_CHARS))
+        .pattern(Some(METADATA_VALUE_PATTERN));
+    let key = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(METADATA_KEY_PATTERN));
+    let metadata = ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .description(Some(format!(
+            "Optional, kept with the image: a JSON object of up to {METADATA_ENTRIES} strings \
+             of up to {METADATA_VALUE_CHARS} characters with no control character, keyed by \
+             1-{METADATA_KEY_CHARS} letters, digits, `_`, `-` or `.`."
+        )))
+        .max_properties(Some(METADATA_ENTRIES))
+        .property_names(Some(key))
+        .additional_properties(Some(Schema::from(value)));
+    ObjectBuilder::new()
+        .property("file", file)
+        .required("file")
+        .property("metadata", metadata)
+        .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        .into()
 }
 
 fn multipart_error(error: multer::Error, limit: u64) -> IngestError {
@@ -202,6 +262,33 @@ fn multipart_error(error: multer::Error, limit: u64) -> IngestError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metadata_past_its_limits_is_refused() {
+        let longest = "\u{1F600}".repeat(METADATA_VALUE_CHARS);
+        assert!(parse_metadata(
+            &serde_json::to_vec(&Metadata::from([("k".into(), longest.clone())])).unwrap()
+        )
+        .is_ok());
+        let over = format!("{longest}x");
+        assert!(matches!(
+            parse_metadata(&serde_json::to_vec(&Metadata::from([("k".into(), over)])).unwrap()),
+            Err(IngestError::InvalidMetadata(_))
+        ));
+        // The most the limits allow, every character escaped, fits the field's byte cap.
+        let widest: String = (0..METADATA_ENTRIES)
+            .map(|i| {
+                format!(
+                    "\"{i:0>64}\":\"{}\"",
+                    "\\ud83d\\ude00".repeat(METADATA_VALUE_CHARS)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(",");
+        let widest = format!("{{{widest}}}");
+        assert!(widest.len() <= METADATA_BYTES, "{}", widest.len());
+        assert!(parse_metadata(widest.as_bytes()).is_ok());
+    }
 
     #[test]
     fn metadata_values_with_control_characters_are_refused() {

@@ -66,23 +66,27 @@ struct Links {
     this: String,
 }
 
-/// The upload as a form.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-struct UploadForm {
-    /// The image; its format comes from the magic bytes, not the part's Content-Type.
-    #[schema(value_type = String, format = Binary)]
-    file: Vec<u8>,
-    /// Optional: a JSON object of up to 32 string values (keys 1-64 of `A-Za-z0-9_.-`, 8 KiB
-    /// in all), kept with the image.
-    metadata: Option<String>,
+/// The upload as a form: exactly `file` and an optional `metadata` (see `form::form_schema`).
+struct UploadForm;
+
+impl utoipa::PartialSchema for UploadForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        form::form_schema()
+    }
 }
 
+impl ToSchema for UploadForm {}
+
 /// An image's bytes as the whole request body.
-#[derive(ToSchema)]
-#[schema(value_type = String, format = Binary)]
-#[allow(dead_code)]
-struct RawImage(Vec<u8>);
+struct RawImage;
+
+impl utoipa::PartialSchema for RawImage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        form::image_schema().into()
+    }
+}
+
+impl ToSchema for RawImage {}
 
 /// `POST /v1/images`: the image as the raw body, or as the `file` field of a
 /// multipart/form-data body with an optional `metadata` field (a JSON object of strings).
@@ -98,11 +102,17 @@ struct RawImage(Vec<u8>);
     tag = "images",
     operation_id = "upload_image",
     request_body(
-        description = "Either the image as the raw body (any Content-Type), or \
-            multipart/form-data with a `file` part and an optional `metadata` part.",
+        description = "Either the image as the raw body, or multipart/form-data with a `file` \
+            part and an optional `metadata` part (a JSON object of strings) and no other part. \
+            The format comes from the image's magic bytes (JPEG, PNG, WebP, GIF, TIFF): the \
+            Content-Type of the body or of the `file` part is not read, so `image/*` stands \
+            for any.",
         content(
-            (RawImage = "*/*"),
-            (UploadForm = "multipart/form-data"),
+            (RawImage = "image/*"),
+            (UploadForm = "multipart/form-data", encoding(
+                ("file" = (content_type = "image/*")),
+                ("metadata" = (content_type = "application/json")),
+            )),
         ),
     ),
     params(
@@ -272,7 +282,7 @@ async fn store_and_announce(
         producer(),
         ImageUploaded {
             owner: client.to_string(),
-            original_key,
+            original_key: original_key.clone(),
             format: sniffed.format.into(),
             bytes: *bytes as i64,
             sha256: sha256.clone(),
@@ -294,6 +304,23 @@ async fn store_and_announce(
         image_id = %image_id, client = %client, bytes, format = sniffed.format,
         partition = delivery.partition, offset = delivery.offset, "upload accepted"
     );
+    let metadata_recorded = metadata.clone().unwrap_or_default();
+    let accepted = db::AcceptedUpload {
+        image_id,
+        owner: client,
+        original_key: &original_key,
+        format: sniffed.format,
+        bytes: *bytes as i64,
+        sha256,
+        width: sniffed.width as i32,
+        height: sniffed.height as i32,
+        metadata: &metadata_recorded,
+        accepted_at: event.occurred_at,
+    };
+    if let Err(error) = db::record_accepted_upload(&state.pool, &accepted).await {
+        // The upload stands; until the projector applies it, a GET or DELETE answers 404.
+        tracing::warn!(error = %error, image_id = %image_id, "could not record the accepted upload");
+    }
 
     let body = Accepted {
         id: image_id,
