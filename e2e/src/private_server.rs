@@ -45,6 +45,46 @@ impl PrivateServer {
         server
     }
 
+    /// A Tansu broker of the test's own, storing into its private directory (Tansu resolves a
+    /// sqlite path against its working directory).
+    pub fn tansu() -> Self {
+        Self::start("tansu", |port, _| {
+            let listener = format!("tcp://127.0.0.1:{port}");
+            [
+                "broker",
+                "--listener-url",
+                &listener,
+                "--advertised-listener-url",
+                &listener,
+                "--storage-engine",
+                "sqlite://tansu.db",
+            ]
+            .into_iter()
+            .map(Into::into)
+            .collect()
+        })
+    }
+
+    /// An s3s-fs of the test's own, with `scripts/stack`'s command line and credentials.
+    pub fn s3s_fs() -> Self {
+        Self::start("s3s-fs", |port, dir| {
+            let data = dir.join("data");
+            std::fs::create_dir_all(&data).expect("the private store's data directory");
+            let port = port.to_string();
+            ["--host", "127.0.0.1", "--port", &port]
+                .into_iter()
+                .chain([
+                    "--access-key",
+                    "imgpipe",
+                    "--secret-key",
+                    "imgpipe-local-secret",
+                ])
+                .map(Into::into)
+                .chain([data.into_os_string()])
+                .collect()
+        })
+    }
+
     /// A PostgreSQL server of the test's own (trust authentication, user `postgres`, database
     /// `postgres`), from the machine's PostgreSQL binaries. As root, it runs as the `postgres`
     /// user (PostgreSQL refuses root); `setpriv` execs, so a SIGKILL reaches the server itself.

@@ -177,37 +177,8 @@ impl PrivateStack {
         let log_dir =
             std::env::temp_dir().join(format!("imgpipe-stack-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&log_dir).unwrap();
-        let broker = PrivateServer::start("tansu", |port, _| {
-            let listener = format!("tcp://127.0.0.1:{port}");
-            [
-                "broker",
-                "--listener-url",
-                &listener,
-                "--advertised-listener-url",
-                &listener,
-                "--storage-engine",
-                "sqlite://tansu.db",
-            ]
-            .into_iter()
-            .map(Into::into)
-            .collect()
-        });
-        let s3 = PrivateServer::start("s3s-fs", |port, dir| {
-            let data = dir.join("data");
-            std::fs::create_dir_all(&data).unwrap();
-            let port = port.to_string();
-            ["--host", "127.0.0.1", "--port", &port]
-                .into_iter()
-                .chain([
-                    "--access-key",
-                    "imgpipe",
-                    "--secret-key",
-                    "imgpipe-local-secret",
-                ])
-                .map(Into::into)
-                .chain([data.into_os_string()])
-                .collect()
-        });
+        let broker = PrivateServer::tansu();
+        let s3 = PrivateServer::s3s_fs();
         let postgres = PrivateServer::postgres();
         broker.wait_until_listening().await;
         s3.wait_until_listening().await;

@@ -17,25 +17,6 @@ use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// A Tansu broker of this test's own, storing into its private directory (Tansu resolves a
-/// sqlite path against its working directory).
-fn private_broker() -> PrivateServer {
-    PrivateServer::start("tansu", |port, _| {
-        let listener = format!("tcp://127.0.0.1:{port}");
-        [
-            "broker",
-            "--listener-url",
-            &listener,
-            "--advertised-listener-url",
-            &listener,
-        ]
-        .into_iter()
-        .chain(["--storage-engine", "sqlite://tansu.db"])
-        .map(Into::into)
-        .collect()
-    })
-}
-
 /// Waits until the broker creates (or finds) the bundled topics: Tansu accepts connections a
 /// while before it serves requests.
 async fn wait_until_serving(broker: &PrivateServer) {
@@ -191,7 +172,7 @@ fn events_of(records: &[(Option<String>, Event)], request_id: &str) -> Vec<Strin
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_refused_while_the_broker_is_down_never_becomes_an_event() {
-    let mut broker = private_broker();
+    let mut broker = PrivateServer::tansu();
     wait_until_serving(&broker).await;
     let pipeline = Pipeline::start_with_kafka(
         |kafka| {

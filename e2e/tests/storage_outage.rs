@@ -13,26 +13,6 @@ use imgpipe_e2e::Pipeline;
 use imgpipe_processor::metrics as names;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
-/// An s3s-fs of this test's own, with `scripts/stack`'s command line.
-fn private_object_store() -> PrivateServer {
-    PrivateServer::start("s3s-fs", |port, dir| {
-        let data = dir.join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let port = port.to_string();
-        ["--host", "127.0.0.1", "--port", &port]
-            .into_iter()
-            .chain([
-                "--access-key",
-                "imgpipe",
-                "--secret-key",
-                "imgpipe-local-secret",
-            ])
-            .map(Into::into)
-            .chain([data.into_os_string()])
-            .collect()
-    })
-}
-
 /// The processor's `/metrics` page.
 async fn metrics_text(pipeline: &Pipeline) -> String {
     pipeline
@@ -100,7 +80,7 @@ async fn assert_no_image_failed(pipeline: &Pipeline, ids: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it() {
-    let mut s3 = private_object_store();
+    let mut s3 = PrivateServer::s3s_fs();
     s3.wait_until_listening().await;
     let endpoint = format!("http://127.0.0.1:{}", s3.port());
     let pipeline = Pipeline::start_with_stack(
