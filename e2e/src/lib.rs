@@ -6,6 +6,7 @@
 //! The stack's addresses come from the same `IMGPIPE_*` variables the services read
 //! (`scripts/test` exports `.stack/env`); the defaults match `scripts/stack`.
 
+pub mod dead_letters;
 pub mod private_server;
 pub mod private_stack;
 

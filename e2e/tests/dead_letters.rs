@@ -6,22 +6,12 @@
 
 use std::time::{Duration, Instant};
 
+use imgpipe_e2e::dead_letters::{self, header};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::consume::dead_letter_headers as dlq;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
-
-fn header(message: &impl Message, key: &str) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
-}
+use rdkafka::Message;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_poison_record_is_dead_lettered_and_the_partition_keeps_moving() {
@@ -146,18 +136,7 @@ async fn poison_is_dead_lettered_and_the_partition_keeps_moving(poison: Vec<u8>)
     assert_eq!(image["status"], "ready", "{image}");
 
     // Both consumer groups dead-lettered the poison record, with its origin and the reason.
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("dlq-reader")
-        .set("group.id", "dlq-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&topics.dead_letter, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = dead_letters::reader(&pipeline);
     let mut groups = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
     while groups.len() < 2 && Instant::now() < deadline {

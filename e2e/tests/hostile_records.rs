@@ -5,25 +5,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use imgpipe_e2e::dead_letters::{self, header};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_schemas::{Event, ImageDeleted, Payload, ReprocessRequested};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use uuid::Uuid;
-
-fn header(message: &impl Message, key: &str) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
-}
 
 /// The processor's dead letters of the given images, by image: (error class, message).
 fn processor_dead_letters(
@@ -31,19 +20,7 @@ fn processor_dead_letters(
     images: &[Uuid],
     timeout: Duration,
 ) -> BTreeMap<Uuid, (String, String)> {
-    let topics = pipeline.kafka.topics();
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("dlq-reader")
-        .set("group.id", "dlq-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&topics.dead_letter, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = dead_letters::reader(pipeline);
     let processor_group = pipeline.kafka.group_id("imgpipe-processor");
     let mut found = BTreeMap::new();
     let deadline = Instant::now() + timeout;

@@ -11,15 +11,15 @@
 
 use std::time::{Duration, Instant};
 
+use imgpipe_e2e::dead_letters::{self, header};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_processor::config::ProcessorSettings;
 use imgpipe_processor::metrics as names;
 use imgpipe_schemas::{Event, ImageUploaded, Producer};
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use uuid::Uuid;
 
 const SETTLE: Duration = Duration::from_secs(180);
@@ -184,16 +184,6 @@ async fn wait_until_known(pipeline: &Pipeline, image_id: Uuid) {
     }
 }
 
-fn header(message: &impl Message, key: &str) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_image_in_retry_holds_up_only_its_own_partition() {
     let pipeline = start(|_| {}).await;
@@ -261,19 +251,7 @@ async fn an_image_out_of_attempts_is_dead_lettered_and_its_partition_moves_on() 
     // Dead-lettered, so neither processed nor failed: `imgpipe redrive` brings it back.
     assert_eq!(status(&pipeline, stuck).await, "uploaded");
 
-    let topics = pipeline.kafka.topics();
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("dlq-reader")
-        .set("group.id", "dlq-reader")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&topics.dead_letter, 0, Offset::Beginning)
-        .unwrap();
-    consumer.assign(&assignment).unwrap();
+    let consumer = dead_letters::reader(&pipeline);
     let deadline = Instant::now() + Duration::from_secs(60);
     let letter = loop {
         assert!(Instant::now() < deadline, "no dead letter within 60 s");
