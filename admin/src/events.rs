@@ -1,16 +1,15 @@
 //! `imgpipe events`: read topics as JSON lines, one record a line, with the Avro value decoded.
 
 use std::io::{BufRead, Write};
-use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use futures::StreamExt;
+use imgpipe_infra::log_reader::{LogReader, StartAt};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
 use imgpipe_schemas::Event;
-
-use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
-use rdkafka::message::{BorrowedMessage, Headers};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::message::{Headers, OwnedMessage};
+use rdkafka::Message;
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -56,61 +55,55 @@ pub struct Tail {
     pub follow: bool,
 }
 
+impl Start {
+    fn start_at(&self) -> StartAt {
+        match self {
+            Start::Beginning | Start::Time(_) => StartAt::Beginning,
+            Start::End => StartAt::End,
+            Start::Offset(offset) => StartAt::Offset(*offset),
+        }
+    }
+
+    /// Whether a record written at `timestamp_ms` is one to show.
+    fn admits(&self, timestamp_ms: Option<i64>) -> bool {
+        match self {
+            Start::Time(since) => {
+                let at = timestamp_ms.unwrap_or(i64::MIN);
+                i128::from(at) * 1_000_000 >= since.unix_timestamp_nanos()
+            }
+            _ => true,
+        }
+    }
+}
+
 /// Reads the topics and writes matching records to `out` as JSON lines. Without `follow`, it
 /// stops once every partition is read up to where it ended when reading began.
-///
-/// Runs on a blocking thread inside the runtime (it may ask the schema registry for ids).
-pub fn tail(
+pub async fn tail(
     config: &KafkaConfig,
     codec: &EventCodec,
     tail: &Tail,
     out: &mut dyn Write,
 ) -> anyhow::Result<u64> {
-    let consumer: BaseConsumer = config
-        .client_config("imgpipe-events")
-        .set("group.id", "imgpipe-events-reader")
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("creating the consumer")?;
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining: Vec<(String, i32, i64)> = Vec::new();
+    let start = tail.start.start_at();
+    let mut scans = Vec::new();
     for topic in &tail.topics {
-        for partition in partitions_of(&consumer, topic)? {
-            let (low, high) = consumer
-                .fetch_watermarks(topic, partition, Duration::from_secs(10))
-                .with_context(|| format!("reading watermarks of {topic}/{partition}"))?;
-            let offset = match tail.start {
-                Start::Beginning | Start::Time(_) => Offset::Offset(low),
-                Start::End => Offset::Offset(high),
-                Start::Offset(n) => Offset::Offset(n.clamp(low, high)),
-            };
-            let first = match offset {
-                Offset::Offset(n) => n,
-                _ => low,
-            };
-            if first < high {
-                remaining.push((topic.clone(), partition, high));
-            }
-            assignment.add_partition_offset(topic, partition, offset)?;
-        }
-    }
-    consumer.assign(&assignment)?;
-    let mut written = 0;
-    while tail.follow || !remaining.is_empty() {
-        let Some(result) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+        let reader = LogReader::new(config, "imgpipe-events", "imgpipe-events-reader", topic)?;
+        let ends = reader.ends().await?;
+        let scan = if tail.follow {
+            reader.follow(&start, &ends)?
+        } else {
+            reader.scan(&start, &ends)?
         };
-        let message = result.context("reading a record")?;
-        let (topic, partition, offset) = (message.topic(), message.partition(), message.offset());
-        remaining.retain(|(t, p, high)| !(t == topic && *p == partition && offset + 1 >= *high));
-        if let Start::Time(since) = tail.start {
-            let at = message.timestamp().to_millis().unwrap_or(i64::MIN);
-            if i128::from(at) * 1_000_000 < since.unix_timestamp_nanos() {
-                continue;
-            }
+        scans.push(Box::pin(scan.into_stream()));
+    }
+    let mut records = futures::stream::select_all(scans);
+    let mut written = 0;
+    while let Some(message) = records.next().await {
+        let message = message.context("reading a record")?;
+        if !tail.start.admits(message.timestamp().to_millis()) {
+            continue;
         }
-        let line = record_json(&message, codec);
+        let line = record_json(&message, codec).await;
         if let Some(image) = tail.image {
             if line["key"] != json!(image.to_string())
                 && line["value"]["image_id"] != json!(image.to_string())
@@ -124,7 +117,7 @@ pub fn tail(
     Ok(written)
 }
 
-fn record_json(message: &BorrowedMessage<'_>, codec: &EventCodec) -> Value {
+async fn record_json(message: &OwnedMessage, codec: &EventCodec) -> Value {
     let headers: serde_json::Map<String, Value> = message
         .headers()
         .map(|headers| {
@@ -144,14 +137,13 @@ fn record_json(message: &BorrowedMessage<'_>, codec: &EventCodec) -> Value {
         "timestamp": message.timestamp().to_millis(),
         "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
         "headers": headers,
-        "value": value_json(message.payload().unwrap_or_default(), codec),
+        "value": value_json(message.payload().unwrap_or_default(), codec).await,
     })
 }
 
-/// The decoded event, or `{"error": ...}` for bytes that are not one. Called on a blocking
-/// thread, so it may wait for the registry.
-pub fn value_json(bytes: &[u8], codec: &EventCodec) -> Value {
-    match tokio::runtime::Handle::current().block_on(codec.decode(bytes)) {
+/// The decoded event, or `{"error": ...}` for bytes that are not one.
+pub async fn value_json(bytes: &[u8], codec: &EventCodec) -> Value {
+    match codec.decode(bytes).await {
         Ok(Ok(event)) => event_json(&event),
         Ok(Err(error)) => json!({ "error": error.to_string(), "bytes": bytes.len() }),
         Err(error) => json!({ "error": error.to_string(), "bytes": bytes.len() }),
@@ -187,32 +179,14 @@ pub fn decode_lines(
             continue;
         }
         let value = match base64::engine::general_purpose::STANDARD.decode(text) {
-            Ok(bytes) => value_json(&bytes, codec),
+            // On a blocking thread: it may wait for the registry.
+            Ok(bytes) => tokio::runtime::Handle::current().block_on(value_json(&bytes, codec)),
             Err(error) => json!({ "error": format!("not base64: {error}") }),
         };
         writeln!(out, "{value}")?;
         written += 1;
     }
     Ok(written)
-}
-
-/// The partition ids of `topic`; an error when the topic does not exist.
-pub(crate) fn partitions_of<C: ConsumerContext>(
-    consumer: &impl Consumer<C>,
-    topic: &str,
-) -> anyhow::Result<Vec<i32>> {
-    let metadata = consumer
-        .fetch_metadata(Some(topic), Duration::from_secs(10))
-        .with_context(|| format!("reading metadata of {topic}"))?;
-    let partitions: Vec<i32> = metadata
-        .topics()
-        .iter()
-        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-        .collect();
-    if partitions.is_empty() {
-        bail!("topic {topic} does not exist");
-    }
-    Ok(partitions)
 }
 
 #[cfg(test)]

@@ -535,25 +535,22 @@ async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
                 follow: false,
             };
             let mut buffer = Vec::new();
-            tokio::task::spawn_blocking(move || {
-                events::tail(&config, &codec, &tail, &mut buffer).map(|_| buffer)
-            })
-            .await??
-            .split(|b| *b == b'\n')
-            .filter(|line| !line.is_empty())
-            .map(serde_json::from_slice::<serde_json::Value>)
-            .collect::<Result<Vec<_>, _>>()?
-            .into_iter()
-            .sorted_by_time()
-            .for_each(|line| println!("{line}"));
+            events::tail(&config, &codec, &tail, &mut buffer).await?;
+            buffer
+                .split(|b| *b == b'\n')
+                .filter(|line| !line.is_empty())
+                .map(serde_json::from_slice::<serde_json::Value>)
+                .collect::<Result<Vec<_>, _>>()?
+                .into_iter()
+                .sorted_by_time()
+                .for_each(|line| println!("{line}"));
             return Ok(());
         }
         EventsCommand::Decode => unreachable!("handled above"),
     };
-    tokio::task::spawn_blocking(move || {
-        events::tail(&config, &codec, &tail, &mut std::io::stdout().lock()).map(|_| ())
-    })
-    .await?
+    events::tail(&config, &codec, &tail, &mut std::io::stdout().lock())
+        .await
+        .map(|_| ())
 }
 
 #[cfg(test)]

@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use imgpipe_infra::consume::dead_letter_headers as dlq;
+use imgpipe_infra::log_reader::{header, LogReader, StartAt};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -34,8 +34,6 @@ const COMMIT_EVERY: u64 = 100;
 
 /// How long to wait for the next record of a bounded scan before giving up on the broker.
 const READ_STALL: Duration = Duration::from_secs(30);
-
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Options {
     pub image: Option<Uuid>,
@@ -141,14 +139,6 @@ impl Summary {
     }
 }
 
-/// One dead-letter partition to read: from where the group left off up to where it ended
-/// when the run began.
-struct PartitionScan {
-    partition: i32,
-    start: i64,
-    end: i64,
-}
-
 /// Reads the dead-letter topic from the group's committed position to its end at start, and
 /// puts every matching record back on its original topic.
 pub async fn redrive(
@@ -158,168 +148,128 @@ pub async fn redrive(
     progress: &mut dyn Write,
 ) -> anyhow::Result<Summary> {
     let dead_letter_topic = config.topics().dead_letter;
-    let consumer: StreamConsumer = config
-        .client_config("imgpipe-redrive")
-        .set("group.id", config.group_id(GROUP))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("creating the dead-letter consumer")?;
-    let producer: FutureProducer = config
-        .idempotent_producer_config("imgpipe-redrive")
-        .create()
-        .context("creating the producer")?;
-    let produce_timeout = Duration::from_millis(config.produce_timeout_ms);
-
-    let scans = tokio::task::block_in_place(|| plan(&consumer, &dead_letter_topic))?;
-    let total: i64 = scans.iter().map(|s| s.end - s.start).sum();
-    let mut summary = Summary {
-        dry_run: options.dry_run,
-        image: options.image,
-        ..Summary::default()
+    let reader = LogReader::new(config, "imgpipe-redrive", GROUP, &dead_letter_topic)?;
+    let ends = reader.ends().await?;
+    let committed = reader
+        .committed()
+        .await
+        .context("reading the redrive group's committed offsets")?;
+    let total: i64 = ends.lag(&committed).iter().map(|(_, lag)| lag).sum();
+    let mut run = Run {
+        producer: config
+            .idempotent_producer_config("imgpipe-redrive")
+            .create()
+            .context("creating the producer")?,
+        produce_timeout: Duration::from_millis(config.produce_timeout_ms),
+        may_commit: !options.dry_run && options.image.is_none(),
+        done_up_to: BTreeMap::new(),
+        moved_origins: HashSet::new(),
+        moved_since_commit: 0,
+        summary: Summary {
+            dry_run: options.dry_run,
+            image: options.image,
+            ..Summary::default()
+        },
     };
-    let may_commit = !options.dry_run && options.image.is_none();
     writeln!(
         progress,
         "redrive: {total} dead letters to scan on {dead_letter_topic}"
     )?;
     if total == 0 {
-        return Ok(summary);
+        return Ok(run.summary);
     }
-    let mut assignment = TopicPartitionList::new();
-    for scan in &scans {
-        assignment.add_partition_offset(
-            &dead_letter_topic,
-            scan.partition,
-            Offset::Offset(scan.start),
-        )?;
-    }
-    consumer.assign(&assignment)?;
-
-    let mut remaining: BTreeMap<i32, i64> = scans
-        .iter()
-        .filter(|s| s.start < s.end)
-        .map(|s| (s.partition, s.end))
-        .collect();
-    // The next offset to commit per partition: everything before it is done.
-    let mut done_up_to: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut moved_origins: HashSet<(String, String, String)> = HashSet::new();
-    let mut moved_since_commit = 0u64;
-    while !remaining.is_empty() {
-        let message = match tokio::time::timeout(READ_STALL, consumer.recv()).await {
-            Ok(message) => message.context("reading a dead letter")?,
+    let mut letters = reader.scan(&StartAt::Positions(committed), &ends)?;
+    loop {
+        let message = match tokio::time::timeout(READ_STALL, letters.next()).await {
+            Ok(Some(message)) => message.context("reading a dead letter")?,
+            Ok(None) => break,
             Err(_) => bail!(
                 "no dead letter arrived for {READ_STALL:?} with {} partitions unread",
-                remaining.len()
+                letters.unfinished()
             ),
         };
-        let partition = message.partition();
-        let Some(&end) = remaining.get(&partition) else {
-            continue;
-        };
-        if message.offset() >= end {
-            continue;
+        if let Err(error) = run.record(&message, codec, options).await {
+            run.commit(&reader).await?;
+            return Err(error);
         }
-        if message.offset() + 1 >= end {
-            remaining.remove(&partition);
+        if run.moved_since_commit >= COMMIT_EVERY {
+            run.commit(&reader).await?;
         }
-        summary.scanned += 1;
-        let outcome = handle(&message, codec, options, &mut moved_origins).await;
-        let class = header_text(&message, dlq::ERROR_CLASS).unwrap_or_else(|| "unknown".into());
-        let counts = summary.by_error_class.entry(class).or_default();
-        counts.scanned += 1;
-        match outcome {
-            Outcome::Move(record) => {
-                if !options.dry_run {
-                    let result = put_back(&producer, &message, &record, produce_timeout).await;
-                    if let Err(error) = result {
-                        if may_commit {
-                            commit(&consumer, &dead_letter_topic, &done_up_to)?;
-                        }
-                        return Err(error);
-                    }
-                    moved_since_commit += 1;
-                }
-                counts.moved += 1;
-                summary.moved += 1;
-                summary.records.push(record.to_json(&message));
-            }
-            Outcome::OtherImage => summary.skipped_by_filter += 1,
-            Outcome::Duplicate => summary.skipped_duplicates += 1,
-            Outcome::NoOrigin => summary.skipped_without_origin += 1,
-        }
-        done_up_to.insert(partition, message.offset() + 1);
-        if may_commit && moved_since_commit >= COMMIT_EVERY {
-            commit(&consumer, &dead_letter_topic, &done_up_to)?;
-            moved_since_commit = 0;
-        }
-        if options.progress_every > 0 && summary.scanned % options.progress_every == 0 {
+        if options.progress_every > 0 && run.summary.scanned % options.progress_every == 0 {
+            let verb = if options.dry_run {
+                "would move"
+            } else {
+                "moved"
+            };
+            let (scanned, moved) = (run.summary.scanned, run.summary.moved);
             writeln!(
                 progress,
-                "redrive: {}/{total} scanned, {} {}",
-                summary.scanned,
-                summary.moved,
-                if options.dry_run {
-                    "would move"
-                } else {
-                    "moved"
-                }
+                "redrive: {scanned}/{total} scanned, {moved} {verb}"
             )?;
         }
     }
-    if may_commit {
-        commit(&consumer, &dead_letter_topic, &done_up_to)?;
-        summary.committed = true;
-    }
-    Ok(summary)
+    run.commit(&reader).await?;
+    run.summary.committed = run.may_commit;
+    Ok(run.summary)
 }
 
-/// Where the run starts and ends on each partition of the dead-letter topic.
-fn plan(consumer: &StreamConsumer, topic: &str) -> anyhow::Result<Vec<PartitionScan>> {
-    let partitions = crate::events::partitions_of(consumer, topic)?;
-    let mut wanted = TopicPartitionList::new();
-    for &partition in &partitions {
-        wanted.add_partition(topic, partition);
-    }
-    let committed = consumer
-        .committed_offsets(wanted, METADATA_TIMEOUT)
-        .context("reading the redrive group's committed offsets")?;
-    let mut scans = Vec::new();
-    for partition in partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-            .with_context(|| format!("reading watermarks of {topic}/{partition}"))?;
-        let resume = committed
-            .find_partition(topic, partition)
-            .and_then(|p| match p.offset() {
-                Offset::Offset(n) => Some(n),
-                _ => None,
-            });
-        let start = resume.unwrap_or(low).clamp(low, high);
-        scans.push(PartitionScan {
-            partition,
-            start,
-            end: high,
-        });
-    }
-    Ok(scans)
+/// A run's state between records.
+struct Run {
+    producer: FutureProducer,
+    produce_timeout: Duration,
+    /// Whether this run records what it moved (not for `--dry-run` or `--image`).
+    may_commit: bool,
+    /// The next offset to commit per partition: everything before it is done.
+    done_up_to: BTreeMap<i32, i64>,
+    moved_origins: HashSet<(String, String, String)>,
+    moved_since_commit: u64,
+    summary: Summary,
 }
 
-fn commit(
-    consumer: &StreamConsumer,
-    topic: &str,
-    done_up_to: &BTreeMap<i32, i64>,
-) -> anyhow::Result<()> {
-    if done_up_to.is_empty() {
-        return Ok(());
+impl Run {
+    /// Handles one dead letter: counts it, and puts it back unless filtered out, a duplicate,
+    /// or a dry run.
+    async fn record(
+        &mut self,
+        message: &OwnedMessage,
+        codec: &EventCodec,
+        options: &Options,
+    ) -> anyhow::Result<()> {
+        self.summary.scanned += 1;
+        let outcome = handle(message, codec, options, &mut self.moved_origins).await;
+        let class = header(message, dlq::ERROR_CLASS).unwrap_or_else(|| "unknown".into());
+        let counts = self.summary.by_error_class.entry(class).or_default();
+        counts.scanned += 1;
+        match outcome {
+            Outcome::Move(origin) => {
+                if !options.dry_run {
+                    put_back(&self.producer, message, &origin, self.produce_timeout).await?;
+                    self.moved_since_commit += 1;
+                }
+                counts.moved += 1;
+                self.summary.moved += 1;
+                self.summary.records.push(origin.to_json(message));
+            }
+            Outcome::OtherImage => self.summary.skipped_by_filter += 1,
+            Outcome::Duplicate => self.summary.skipped_duplicates += 1,
+            Outcome::NoOrigin => self.summary.skipped_without_origin += 1,
+        }
+        self.done_up_to
+            .insert(message.partition(), message.offset() + 1);
+        Ok(())
     }
-    let mut offsets = TopicPartitionList::new();
-    for (&partition, &next) in done_up_to {
-        offsets.add_partition_offset(topic, partition, Offset::Offset(next))?;
+
+    /// Commits what is done, if this run may.
+    async fn commit(&mut self, reader: &LogReader) -> anyhow::Result<()> {
+        if self.may_commit {
+            reader
+                .commit(&self.done_up_to)
+                .await
+                .context("committing the redrive position")?;
+            self.moved_since_commit = 0;
+        }
+        Ok(())
     }
-    tokio::task::block_in_place(|| consumer.commit(&offsets, CommitMode::Sync))
-        .context("committing the redrive position")
 }
 
 enum Outcome {
@@ -337,7 +287,7 @@ struct Origin {
 }
 
 impl Origin {
-    fn to_json(&self, message: &BorrowedMessage<'_>) -> Value {
+    fn to_json(&self, message: &OwnedMessage) -> Value {
         json!({
             "dlq_topic": message.topic(),
             "dlq_partition": message.partition(),
@@ -346,26 +296,26 @@ impl Origin {
             "original_partition": self.partition,
             "original_offset": self.offset,
             "key": message.key().map(|k| String::from_utf8_lossy(k).into_owned()),
-            "error_class": header_text(message, dlq::ERROR_CLASS),
-            "error_message": header_text(message, dlq::ERROR_MESSAGE),
-            "consumer_group": header_text(message, dlq::CONSUMER_GROUP),
+            "error_class": header(message, dlq::ERROR_CLASS),
+            "error_message": header(message, dlq::ERROR_MESSAGE),
+            "consumer_group": header(message, dlq::CONSUMER_GROUP),
         })
     }
 }
 
 async fn handle(
-    message: &BorrowedMessage<'_>,
+    message: &OwnedMessage,
     codec: &EventCodec,
     options: &Options,
     moved_origins: &mut HashSet<(String, String, String)>,
 ) -> Outcome {
-    let Some(topic) = header_text(message, dlq::ORIGINAL_TOPIC) else {
+    let Some(topic) = header(message, dlq::ORIGINAL_TOPIC) else {
         return Outcome::NoOrigin;
     };
     let origin = Origin {
         topic,
-        partition: header_text(message, dlq::ORIGINAL_PARTITION),
-        offset: header_text(message, dlq::ORIGINAL_OFFSET),
+        partition: header(message, dlq::ORIGINAL_PARTITION),
+        offset: header(message, dlq::ORIGINAL_OFFSET),
     };
     if let Some(image) = options.image {
         if !is_about(message, codec, image).await {
@@ -383,7 +333,7 @@ async fn handle(
 
 /// Events are keyed by image id; a record keyed otherwise still counts when its value decodes
 /// to an event of the image.
-async fn is_about(message: &BorrowedMessage<'_>, codec: &EventCodec, image: Uuid) -> bool {
+async fn is_about(message: &OwnedMessage, codec: &EventCodec, image: Uuid) -> bool {
     if message.key() == Some(image.to_string().as_bytes()) {
         return true;
     }
@@ -397,7 +347,7 @@ async fn is_about(message: &BorrowedMessage<'_>, codec: &EventCodec, image: Uuid
 /// its original topic and waits for the acknowledgement.
 async fn put_back(
     producer: &FutureProducer,
-    message: &BorrowedMessage<'_>,
+    message: &OwnedMessage,
     origin: &Origin,
     timeout: Duration,
 ) -> anyhow::Result<()> {
@@ -431,16 +381,6 @@ async fn put_back(
                 origin.topic
             )
         })
-}
-
-fn header_text(message: &BorrowedMessage<'_>, key: &str) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
 }
 
 #[cfg(test)]

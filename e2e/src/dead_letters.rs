@@ -1,38 +1,41 @@
 //! Reading what the consumers dead-lettered: the topic from its start, and the `dlq-*` headers.
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use std::time::Instant;
+
+use imgpipe_infra::log_reader::{LogReader, Scan, StartAt};
+use rdkafka::message::OwnedMessage;
+
+pub use imgpipe_infra::log_reader::header;
 
 use crate::Pipeline;
 
-/// A header's value as text, if the record has it.
-pub fn header(message: &impl Message, key: &str) -> Option<String> {
-    message.headers().and_then(|headers| {
-        headers
-            .iter()
-            .find(|h| h.key == key)
-            .and_then(|h| h.value)
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    })
-}
+/// The pipeline's dead letters, from the topic's first record on, as they arrive (a reader that
+/// joins no group: nothing is committed).
+pub struct DeadLetters(Scan);
 
-/// A consumer assigned the pipeline's dead-letter topic from its first record (it joins no
-/// group: nothing is committed); `poll` it.
-pub fn reader(pipeline: &Pipeline) -> BaseConsumer {
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("dlq-reader")
-        .set("group.id", "dlq-reader")
-        .set("enable.auto.commit", "false")
-        .create()
+impl DeadLetters {
+    pub async fn open(pipeline: &Pipeline) -> Self {
+        let reader = LogReader::new(
+            &pipeline.kafka,
+            "dlq-reader",
+            "dlq-reader",
+            &pipeline.kafka.topics().dead_letter,
+        )
         .expect("a dead-letter reader");
-    let mut assignment = TopicPartitionList::new();
-    assignment
-        .add_partition_offset(&pipeline.kafka.topics().dead_letter, 0, Offset::Beginning)
-        .expect("the dead-letter topic's partition");
-    consumer
-        .assign(&assignment)
-        .expect("assigning the dead-letter topic");
-    consumer
+        let ends = reader.ends().await.expect("the dead-letter topic");
+        Self(
+            reader
+                .follow(&StartAt::Beginning, &ends)
+                .expect("assigning the dead-letter topic"),
+        )
+    }
+
+    /// The next dead letter, or `None` when none arrives before `deadline`.
+    pub async fn next_before(&mut self, deadline: Instant) -> Option<OwnedMessage> {
+        let deadline = tokio::time::Instant::from_std(deadline);
+        match tokio::time::timeout_at(deadline, self.0.next()).await {
+            Ok(Some(message)) => Some(message.expect("reading the dead-letter topic")),
+            Ok(None) | Err(_) => None,
+        }
+    }
 }

@@ -15,12 +15,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use imgpipe_infra::log_reader::{LogReader, PartitionEnds, StartAt};
 use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
 use imgpipe_ingest::auth::ApiKeys;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -410,26 +411,25 @@ impl Pipeline {
         }
     }
 
+    /// The events topic's partitions and what each holds now.
+    pub async fn log_ends(&self) -> anyhow::Result<PartitionEnds> {
+        let reader = LogReader::new(
+            &self.kafka,
+            "e2e-log-end",
+            "e2e-log-end",
+            &self.kafka.topics().events,
+        )?;
+        Ok(reader.ends().await?)
+    }
+
     /// The events topic's end (high watermark), by partition: where the log ends now.
     pub async fn log_end(&self) -> anyhow::Result<BTreeMap<i32, i64>> {
-        let consumer: BaseConsumer = self.kafka.client_config("e2e-log-end").create()?;
-        let topic = self.kafka.topics().events;
-        tokio::task::spawn_blocking(move || {
-            let timeout = Duration::from_secs(10);
-            let metadata = consumer.fetch_metadata(Some(&topic), timeout)?;
-            let mut ends = BTreeMap::new();
-            for partition in metadata
-                .topics()
-                .iter()
-                .filter(|t| t.name() == topic)
-                .flat_map(|t| t.partitions())
-            {
-                let (_, high) = consumer.fetch_watermarks(&topic, partition.id(), timeout)?;
-                ends.insert(partition.id(), high);
-            }
-            Ok(ends)
-        })
-        .await?
+        Ok(self
+            .log_ends()
+            .await?
+            .iter()
+            .map(|(partition, span)| (partition, span.high))
+            .collect())
     }
 
     /// The projector's positions in the events topic (`projection_positions`): the next
@@ -492,4 +492,22 @@ fn spawn_processor(
     tokio::spawn(async move {
         processor.run(stop).await.expect("processor runs");
     })
+}
+
+/// Every record of `topic`, from its start up to where it ends now.
+pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<OwnedMessage>> {
+    let reader = LogReader::new(kafka, "e2e-topic-reader", "e2e-topic-reader", topic)?;
+    let ends = reader.ends().await?;
+    let mut scan = reader.scan(&StartAt::Beginning, &ends)?;
+    let mut records = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(60), scan.next()).await {
+            Ok(Some(record)) => records.push(record?),
+            Ok(None) => return Ok(records),
+            Err(_) => bail!(
+                "reading {topic} stalled with {} partitions unread",
+                scan.unfinished()
+            ),
+        }
+    }
 }

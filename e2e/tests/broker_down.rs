@@ -9,11 +9,10 @@ use std::time::{Duration, Instant};
 
 use imgpipe_e2e::private_server::PrivateServer;
 use imgpipe_e2e::Pipeline;
+use imgpipe_infra::log_reader::header;
 use imgpipe_infra::{kafka, topics, FromEnv, KafkaConfig};
 use imgpipe_schemas::Event;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Headers;
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -74,75 +73,22 @@ async fn readyz_status(pipeline: &Pipeline) -> u16 {
         .as_u16()
 }
 
-/// Every record of the events topic from offset 0 up to its current end, decoded, with the
+/// Every record of the events topic from its start up to its current end, decoded, with the
 /// correlation id its header carries.
-fn read_events_topic(kafka: &KafkaConfig) -> Vec<(Option<String>, Event)> {
-    let topic = kafka.topics().events;
-    let consumer: BaseConsumer = kafka
-        .client_config("broker-down-reader")
-        .set(
-            "group.id",
-            format!("{}broker-down-reader", kafka.topic_prefix),
-        )
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    let partitions = metadata.topics()[0].partitions().len() as i32;
-    assert!(partitions > 0, "{topic} has no partitions");
-
-    let mut ends = Vec::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, partition, Duration::from_secs(10))
-            .unwrap();
-        if high > low {
-            assignment
-                .add_partition_offset(&topic, partition, Offset::Offset(low))
-                .unwrap();
-            ends.push((partition, high));
-        }
-    }
-    let mut records = Vec::new();
-    if ends.is_empty() {
-        return records;
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() {
-        assert!(
-            Instant::now() < deadline,
-            "reading {topic} did not reach {ends:?}"
-        );
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        let correlation_id = message.headers().and_then(|headers| {
-            headers
-                .iter()
-                .find(|h| h.key == imgpipe_schemas::headers::CORRELATION_ID)
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-        let event = imgpipe_schemas::decode(message.payload().unwrap_or_default())
-            .unwrap_or_else(|e| panic!("undecodable record at {}: {e}", message.offset()));
-        records.push((correlation_id, event));
-        ends.retain(|&(partition, high)| {
-            !(partition == message.partition() && message.offset() + 1 >= high)
-        });
-    }
-    records
-}
-
 async fn read_events(pipeline: &Pipeline) -> Vec<(Option<String>, Event)> {
-    let kafka = pipeline.kafka.clone();
-    tokio::task::spawn_blocking(move || read_events_topic(&kafka))
+    imgpipe_e2e::read_topic(&pipeline.kafka, &pipeline.kafka.topics().events)
         .await
         .unwrap()
+        .iter()
+        .map(|record| {
+            let event = imgpipe_schemas::decode(record.payload().unwrap_or_default())
+                .unwrap_or_else(|e| panic!("undecodable record at {}: {e}", record.offset()));
+            (
+                header(record, imgpipe_schemas::headers::CORRELATION_ID),
+                event,
+            )
+        })
+        .collect()
 }
 
 /// Delivery is at-least-once: a consumer whose offset commit died with the broker handles an

@@ -159,12 +159,10 @@ async fn metric_sum(http: &reqwest::Client, ops: &str, name: &str) -> Option<f64
 
 /// Neither consumer is stalled, and both report no lag.
 async fn consumers_caught_up(http: &reqwest::Client, stack: &PrivateStack) -> bool {
-    for (ops, lag) in [
-        (&stack.processor_ops, "imgpipe_processor_consumer_lag"),
-        (&stack.projector_ops, "imgpipe_projector_consumer_lag"),
-    ] {
+    for ops in [&stack.processor_ops, &stack.projector_ops] {
         let stalled = metric_sum(http, ops, "imgpipe_consumer_stalled").await;
-        if stalled != Some(0.0) || metric_sum(http, ops, lag).await != Some(0.0) {
+        if stalled != Some(0.0) || metric_sum(http, ops, "imgpipe_consumer_lag").await != Some(0.0)
+        {
             return false;
         }
     }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use imgpipe_e2e::dead_letters::{self, header};
+use imgpipe_e2e::dead_letters::{header, DeadLetters};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use rdkafka::message::{Header, OwnedHeaders};
@@ -136,14 +136,13 @@ async fn poison_is_dead_lettered_and_the_partition_keeps_moving(poison: Vec<u8>)
     assert_eq!(image["status"], "ready", "{image}");
 
     // Both consumer groups dead-lettered the poison record, with its origin and the reason.
-    let consumer = dead_letters::reader(&pipeline);
+    let mut letters = DeadLetters::open(&pipeline).await;
     let mut groups = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while groups.len() < 2 && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+    while groups.len() < 2 {
+        let Some(message) = letters.next_before(deadline).await else {
+            break;
         };
-        let message = message.unwrap();
         assert_eq!(message.key(), Some(poison_key.as_bytes()));
         assert_eq!(message.payload(), Some(&poison[..]));
         assert_eq!(

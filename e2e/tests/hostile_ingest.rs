@@ -378,32 +378,13 @@ async fn reads_and_deletes_have_their_own_per_client_limits() {
 /// The image's events on the log itself (not the read model), read up to where the log ends
 /// now.
 async fn logged_event_types(pipeline: &Pipeline, image: uuid::Uuid) -> Vec<String> {
-    let kafka = pipeline.kafka.clone();
-    let topic = kafka.topics().events;
-    let codec = imgpipe_infra::registry::EventCodec::connect(&Default::default(), &topic)
+    imgpipe_e2e::read_topic(&pipeline.kafka, &pipeline.kafka.topics().events)
         .await
-        .unwrap();
-    let lines = tokio::task::spawn_blocking(move || {
-        let tail = imgpipe_admin::events::Tail {
-            topics: vec![topic],
-            start: imgpipe_admin::events::Start::Beginning,
-            image: Some(image),
-            follow: false,
-        };
-        let mut out = Vec::new();
-        imgpipe_admin::events::tail(&kafka, &codec, &tail, &mut out).unwrap();
-        out
-    })
-    .await
-    .unwrap();
-    String::from_utf8(lines)
         .unwrap()
-        .lines()
-        .map(|line| {
-            let record: Value = serde_json::from_str(line).unwrap();
-            let event = record.get("value").unwrap_or(&record);
-            event["event_type"].as_str().unwrap_or(line).to_string()
-        })
+        .iter()
+        .filter_map(|record| imgpipe_schemas::decode(rdkafka::Message::payload(record)?).ok())
+        .filter(|event| event.image_id == image)
+        .map(|event| event.event_type().as_str().to_string())
         .collect()
 }
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use imgpipe_e2e::dead_letters::{self, header};
+use imgpipe_e2e::dead_letters::{header, DeadLetters};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_infra::kafka::EventProducer;
@@ -15,20 +15,19 @@ use rdkafka::Message;
 use uuid::Uuid;
 
 /// The processor's dead letters of the given images, by image: (error class, message).
-fn processor_dead_letters(
+async fn processor_dead_letters(
     pipeline: &Pipeline,
     images: &[Uuid],
     timeout: Duration,
 ) -> BTreeMap<Uuid, (String, String)> {
-    let consumer = dead_letters::reader(pipeline);
+    let mut letters = DeadLetters::open(pipeline).await;
     let processor_group = pipeline.kafka.group_id("imgpipe-processor");
     let mut found = BTreeMap::new();
     let deadline = Instant::now() + timeout;
-    while found.len() < images.len() && Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+    while found.len() < images.len() {
+        let Some(message) = letters.next_before(deadline).await else {
+            break;
         };
-        let message = message.unwrap();
         let Some(image) = message
             .key()
             .and_then(|key| std::str::from_utf8(key).ok())
@@ -112,7 +111,8 @@ async fn forged_records_naming_another_images_objects_touch_none_of_them() {
         &pipeline,
         &[forged_delete.image_id, forged_reprocess.image_id],
         Duration::from_secs(60),
-    );
+    )
+    .await;
     for key in victim_variants.iter().chain([&victim_original]) {
         assert!(
             pipeline.store.exists(key).await.unwrap(),

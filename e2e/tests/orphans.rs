@@ -15,8 +15,7 @@ use imgpipe_projector::orphans::{
     SweepOptions,
 };
 use imgpipe_schemas::{Event, Payload};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -114,51 +113,13 @@ async fn wait_for_recorded(pipeline: &Pipeline, image_id: Uuid, event_type: &str
 }
 
 /// Every event on the events topic, from the start up to its current end.
-fn events_on_topic(kafka: &KafkaConfig) -> Vec<Event> {
-    let topic = kafka.topics().events;
-    let consumer: BaseConsumer = kafka
-        .client_config("orphans-reader")
-        .set("group.id", format!("{}orphans-reader", kafka.topic_prefix))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    let mut ends = Vec::new();
-    let mut assignment = TopicPartitionList::new();
-    for partition in metadata.topics()[0].partitions() {
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))
-            .unwrap();
-        if high > low {
-            assignment
-                .add_partition_offset(&topic, partition.id(), Offset::Offset(low))
-                .unwrap();
-            ends.push((partition.id(), high));
-        }
-    }
-    let mut events = Vec::new();
-    if ends.is_empty() {
-        return events;
-    }
-    consumer.assign(&assignment).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !ends.is_empty() {
-        assert!(Instant::now() < deadline, "reading {topic} stalled");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        events.push(imgpipe_schemas::decode(message.payload().unwrap_or_default()).unwrap());
-        if let Some(i) = ends
-            .iter()
-            .position(|&(p, high)| p == message.partition() && message.offset() + 1 >= high)
-        {
-            ends.remove(i);
-        }
-    }
-    events
+async fn events_on_topic(kafka: &KafkaConfig) -> Vec<Event> {
+    imgpipe_e2e::read_topic(kafka, &kafka.topics().events)
+        .await
+        .unwrap()
+        .iter()
+        .map(|record| imgpipe_schemas::decode(record.payload().unwrap_or_default()).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -213,6 +174,7 @@ async fn an_original_without_its_event_is_removed_with_an_audit_event_after_the_
     assert!(pipeline.store.exists(&ready_original).await.unwrap());
 
     let removed: Vec<(Uuid, imgpipe_schemas::OrphanRemoved)> = events_on_topic(&pipeline.kafka)
+        .await
         .into_iter()
         .filter_map(|event| match event.payload {
             Payload::OrphanRemoved(removed) => Some((event.image_id, removed)),

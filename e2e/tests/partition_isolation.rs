@@ -11,13 +11,12 @@
 
 use std::time::{Duration, Instant};
 
-use imgpipe_e2e::dead_letters::{self, header};
+use imgpipe_e2e::dead_letters::{header, DeadLetters};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_processor::config::ProcessorSettings;
 use imgpipe_processor::metrics as names;
 use imgpipe_schemas::{Event, ImageUploaded, Producer};
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use uuid::Uuid;
@@ -128,17 +127,8 @@ async fn unblock(pipeline: &Pipeline, image_id: Uuid) {
         .unwrap();
 }
 
-fn partitions(pipeline: &Pipeline) -> i32 {
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("partition-count")
-        .create()
-        .unwrap();
-    let topic = pipeline.kafka.topics().events;
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    metadata.topics()[0].partitions().len() as i32
+async fn partitions(pipeline: &Pipeline) -> i32 {
+    pipeline.log_ends().await.unwrap().iter().count() as i32
 }
 
 /// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
@@ -188,7 +178,7 @@ async fn wait_until_known(pipeline: &Pipeline, image_id: Uuid) {
 async fn an_image_in_retry_holds_up_only_its_own_partition() {
     let pipeline = start(|_| {}).await;
     let producer: FutureProducer = pipeline.kafka.client_config("uploader").create().unwrap();
-    let partition_count = partitions(&pipeline);
+    let partition_count = partitions(&pipeline).await;
     assert!(
         partition_count >= 2,
         "the test needs two partitions or more"
@@ -251,14 +241,11 @@ async fn an_image_out_of_attempts_is_dead_lettered_and_its_partition_moves_on() 
     // Dead-lettered, so neither processed nor failed: `imgpipe redrive` brings it back.
     assert_eq!(status(&pipeline, stuck).await, "uploaded");
 
-    let consumer = dead_letters::reader(&pipeline);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let letter = loop {
-        assert!(Instant::now() < deadline, "no dead letter within 60 s");
-        if let Some(message) = consumer.poll(Duration::from_millis(500)) {
-            break message.unwrap().detach();
-        }
-    };
+    let letter = DeadLetters::open(&pipeline)
+        .await
+        .next_before(Instant::now() + Duration::from_secs(60))
+        .await
+        .expect("a dead letter within 60 s");
     assert_eq!(letter.key(), Some(stuck.to_string().as_bytes()));
     assert_eq!(header(&letter, dlq::ATTEMPTS).unwrap(), "3");
     assert_eq!(header(&letter, dlq::ERROR_CLASS).unwrap(), "storage");

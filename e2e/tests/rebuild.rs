@@ -347,7 +347,7 @@ async fn a_rebuild_while_serving_gives_identical_tables_and_never_an_error() {
         "imgpipe_projector_events_applied_total{event_type=\"ImageUploaded\"}",
         "imgpipe_projector_events_applied_total{event_type=\"ObjectsDeleted\"}",
         "imgpipe_projector_batch_duration_seconds_bucket",
-        "imgpipe_projector_consumer_lag{partition=",
+        "imgpipe_consumer_lag{group=\"imgpipe-projector\",partition=",
     ] {
         assert!(
             metrics.contains(expected),

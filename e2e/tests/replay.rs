@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use imgpipe_admin::replay::{self, ReprocessOptions, Selection, Summary};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::registry::RegistryConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
@@ -117,26 +116,8 @@ async fn table(pipeline: &Pipeline, query: &str) -> Value {
 }
 
 /// The events topic's high watermark on every partition.
-fn log_end(pipeline: &Pipeline) -> Vec<i64> {
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("e2e-watermarks")
-        .create()
-        .unwrap();
-    let topic = pipeline.kafka.topics().events;
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|p| {
-            consumer
-                .fetch_watermarks(&topic, p.id(), Duration::from_secs(10))
-                .unwrap()
-                .1
-        })
-        .collect()
+async fn log_end(pipeline: &Pipeline) -> Vec<i64> {
+    pipeline.log_end().await.unwrap().into_values().collect()
 }
 
 /// The image's timeline once it has `len` events.
@@ -177,7 +158,7 @@ async fn snapshot(pipeline: &Pipeline) -> Snapshot {
         table(pipeline, "SELECT * FROM images").await,
         table(pipeline, "SELECT * FROM variants").await,
         table(pipeline, "SELECT * FROM image_events").await,
-        log_end(pipeline),
+        log_end(pipeline).await,
     )
 }
 
@@ -208,7 +189,7 @@ async fn reprocessing_one_image_appends_a_request_and_a_result_and_keeps_its_obj
     let dry = reprocess(&pipeline, &forced).await;
     assert_eq!(dry.to_json()["images"][0]["action"], "would-request");
     assert_eq!(
-        log_end(&pipeline).iter().sum::<i64>(),
+        log_end(&pipeline).await.iter().sum::<i64>(),
         4,
         "a dry run appends nothing"
     );

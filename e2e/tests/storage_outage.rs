@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 
 use imgpipe_e2e::private_server::PrivateServer;
 use imgpipe_e2e::Pipeline;
+use imgpipe_infra::consume::health::metric_names as lag_metric;
+use imgpipe_infra::log_reader::LogReader;
 use imgpipe_processor::metrics as names;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 
 /// The processor's `/metrics` page.
 async fn metrics_text(pipeline: &Pipeline) -> String {
@@ -34,10 +35,10 @@ async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
         .map_or(0.0, |value| value.trim().parse().unwrap())
 }
 
-/// The processor's `imgpipe_processor_consumer_lag` gauges, one per partition measured so far.
+/// The processor group's `imgpipe_consumer_lag` gauges, one per partition measured so far.
 async fn lag_per_partition(pipeline: &Pipeline) -> Vec<f64> {
     let text = metrics_text(pipeline).await;
-    let prefix = format!("{}{{", names::CONSUMER_LAG);
+    let prefix = format!("{}{{group=\"imgpipe-processor\"", lag_metric::LAG);
     text.lines()
         .filter(|line| line.starts_with(&prefix))
         .filter_map(|line| line.rsplit_once(' ')?.1.parse().ok())
@@ -45,27 +46,14 @@ async fn lag_per_partition(pipeline: &Pipeline) -> Vec<f64> {
 }
 
 /// Records on the dead-letter topic, over all its partitions.
-fn dead_letters(pipeline: &Pipeline) -> i64 {
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("dlq-counter")
-        .set("group.id", "dlq-counter")
-        .create()
-        .unwrap();
+async fn dead_letters(pipeline: &Pipeline) -> i64 {
     let topic = pipeline.kafka.topics().dead_letter;
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    metadata.topics()[0]
-        .partitions()
-        .iter()
-        .map(|partition| {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, partition.id(), Duration::from_secs(10))
-                .unwrap();
-            high - low
-        })
-        .sum()
+    LogReader::new(&pipeline.kafka, "dlq-counter", "dlq-counter", &topic)
+        .unwrap()
+        .ends()
+        .await
+        .unwrap()
+        .records()
 }
 
 async fn assert_no_image_failed(pipeline: &Pipeline, ids: &[String]) {
@@ -123,7 +111,7 @@ async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert_eq!(dead_letters(&pipeline), 0, "nothing is dead-lettered");
+    assert_eq!(dead_letters(&pipeline).await, 0, "nothing is dead-lettered");
     assert_no_image_failed(&pipeline, &ids).await;
 
     s3.restart();
@@ -136,7 +124,7 @@ async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it()
         assert_eq!(image["status"], "ready", "{image}");
     }
     assert_no_image_failed(&pipeline, &ids).await;
-    assert_eq!(dead_letters(&pipeline), 0, "nothing is dead-lettered");
+    assert_eq!(dead_letters(&pipeline).await, 0, "nothing is dead-lettered");
     let closed = format!("{}{{to=\"closed\"}}", names::STORAGE_BREAKER_TRANSITIONS);
     assert!(metric(&pipeline, &closed).await >= 1.0);
     assert_eq!(metric(&pipeline, names::STORAGE_BREAKER_STATE).await, 0.0);

@@ -42,6 +42,7 @@
 
 mod dead_letter;
 pub mod health;
+pub mod lag;
 mod partition;
 
 use std::collections::{HashMap, HashSet, VecDeque};

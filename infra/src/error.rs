@@ -19,6 +19,10 @@ pub enum InfraError {
     Registry(String),
     #[error("topic definitions: {0}")]
     Topics(String),
+    #[error("topic {0} does not exist")]
+    NoSuchTopic(String),
+    #[error("a blocking Kafka query did not finish")]
+    Task(#[source] tokio::task::JoinError),
 }
 
 impl InfraError {

@@ -8,6 +8,7 @@ pub mod consume;
 pub mod db;
 mod error;
 pub mod kafka;
+pub mod log_reader;
 pub mod ops;
 pub mod registry;
 pub mod storage;

@@ -37,9 +37,6 @@ pub const STORAGE_BREAKER_TRANSITIONS: &str = "imgpipe_processor_storage_breaker
 /// Records refused (dead-lettered) for naming an object that is not their image's own: forged
 /// or corrupt records; any is worth a look.
 pub const FOREIGN_OBJECT_RECORDS: &str = "imgpipe_processor_foreign_object_records_total";
-/// Records of the events topic the group has not committed yet, by `partition`: the high
-/// watermark minus the committed offset, measured every few seconds.
-pub const CONSUMER_LAG: &str = "imgpipe_processor_consumer_lag";
 
 /// A step of handling an image, timed under [`STAGE_SECONDS`].
 #[derive(Debug, Clone, Copy)]
@@ -159,12 +156,6 @@ impl ProcessorMetrics {
     pub(crate) fn consumer_health(&self, health: &HealthSnapshot) {
         metrics::with_local_recorder(&*self.recorder, || health.record(crate::startup::GROUP));
     }
-
-    pub(crate) fn consumer_lag(&self, partition: i32, lag: i64) {
-        metrics::with_local_recorder(&*self.recorder, || {
-            metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
-        });
-    }
 }
 
 pub(crate) struct InFlight(Gauge);
@@ -219,7 +210,9 @@ mod tests {
         metrics.stage(Stage::Render, Duration::from_millis(30));
         let guard = metrics.in_flight();
         metrics.breaker_transition(BreakerState::Open);
-        metrics.consumer_lag(3, 7);
+        let health = imgpipe_infra::consume::ConsumerHealth::new(Duration::from_secs(30));
+        health.record_lag([(3, 7)]);
+        metrics.consumer_health(&health.snapshot());
         metrics.foreign_object();
         let text = metrics.handle().render();
         for expected in [
@@ -229,7 +222,7 @@ mod tests {
             "imgpipe_processor_images_in_flight 1",
             "imgpipe_processor_storage_breaker_state 2",
             "imgpipe_processor_storage_breaker_transitions_total{to=\"open\"} 1",
-            "imgpipe_processor_consumer_lag{partition=\"3\"} 7",
+            "imgpipe_consumer_lag{group=\"imgpipe-processor\",partition=\"3\"} 7",
             "imgpipe_processor_foreign_object_records_total 1",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");

@@ -4,14 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgpipe_infra::breaker::CircuitBreaker;
+use imgpipe_infra::consume::lag::{self, CommittedOffsets};
 use imgpipe_infra::consume::{self, ConsumerHealth, Consumption, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::log_reader::LogReader;
 use imgpipe_infra::ops::{self, Readiness};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::error::KafkaResult;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +22,6 @@ use crate::metrics::{self, ProcessorMetrics};
 use crate::{Config, ProcessorError};
 
 pub(crate) const GROUP: &str = "imgpipe-processor";
-/// How often the group's lag is measured.
-const LAG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// A built processor: subscribed, its ops endpoint bound, not yet consuming.
 pub struct Processor {
@@ -33,10 +31,9 @@ pub struct Processor {
     handler: VariantHandler,
     retry: RetryPolicy,
     ops_listener: TcpListener,
-    /// Measures the group's lag. A client of its own that never subscribes, so it never joins
-    /// the group and cannot disturb the consuming one.
-    lag_probe: Arc<BaseConsumer>,
-    events_topic: String,
+    /// Reads the group's committed offsets and the log's ends for the lag. A client of its own
+    /// that never subscribes, so it never joins the group and cannot disturb the consuming one.
+    lag_reader: LogReader,
     kafka: imgpipe_infra::KafkaConfig,
     health: ConsumerHealth,
 }
@@ -90,15 +87,12 @@ impl Processor {
                 max_delay: Duration::from_secs(10),
             },
             ops_listener: TcpListener::bind(&settings.ops_addr).await?,
-            lag_probe: Arc::new(
-                config
-                    .kafka
-                    .consumer_config("imgpipe-processor-lag", GROUP)
-                    .set("enable.auto.commit", "false")
-                    .create()
-                    .map_err(imgpipe_infra::InfraError::from)?,
-            ),
-            events_topic: config.kafka.topics().events,
+            lag_reader: LogReader::new(
+                &config.kafka,
+                "imgpipe-processor-lag",
+                GROUP,
+                &config.kafka.topics().events,
+            )?,
             kafka: config.kafka.clone(),
             health: ConsumerHealth::new(config.kafka.stall_after()),
         })
@@ -138,11 +132,14 @@ impl Processor {
                 }
             }
         });
-        tokio::spawn(report_lag(
-            self.lag_probe,
-            self.events_topic,
-            self.handler.metrics.clone(),
+        tokio::spawn(lag::report_lag(
+            self.lag_reader.clone(),
+            CommittedOffsets(self.lag_reader),
             self.health.clone(),
+            {
+                let metrics = self.handler.metrics.clone();
+                move |health| metrics.consumer_health(health)
+            },
             shutdown.clone(),
         ));
         let events = self.handler.events.clone();
@@ -171,65 +168,6 @@ impl Processor {
         tracing::info!("processor stopped");
         Ok(())
     }
-}
-
-/// Every [`LAG_INTERVAL`], sets the lag gauge of each partition of the events topic, tells the
-/// consumer's health, and exports the health.
-async fn report_lag(
-    probe: Arc<BaseConsumer>,
-    topic: String,
-    metrics: ProcessorMetrics,
-    health: ConsumerHealth,
-    shutdown: CancellationToken,
-) {
-    let mut ticks = tokio::time::interval(LAG_INTERVAL);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = ticks.tick() => {}
-        }
-        // librdkafka's metadata and offset queries block.
-        let measured = tokio::task::spawn_blocking({
-            let (probe, topic) = (Arc::clone(&probe), topic.clone());
-            move || measure_lag(&probe, &topic)
-        })
-        .await;
-        match measured {
-            Ok(Ok(lags)) => {
-                for &(partition, lag) in &lags {
-                    metrics.consumer_lag(partition, lag);
-                }
-                health.record_lag(lags);
-            }
-            Ok(Err(error)) => tracing::debug!(error = %error, "could not measure consumer lag"),
-            Err(error) => tracing::warn!(error = %error, "consumer lag task failed"),
-        }
-        metrics.consumer_health(&health.snapshot());
-    }
-}
-
-/// The group's lag per partition: high watermark minus committed offset (a partition the group
-/// never committed counts from the log's start).
-fn measure_lag(probe: &BaseConsumer, topic: &str) -> KafkaResult<Vec<(i32, i64)>> {
-    let timeout = Duration::from_secs(5);
-    let metadata = probe.fetch_metadata(Some(topic), timeout)?;
-    let mut partitions = TopicPartitionList::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        partitions.add_partition(topic, partition.id());
-    }
-    let committed = probe.committed_offsets(partitions, timeout)?;
-    committed
-        .elements()
-        .iter()
-        .map(|element| {
-            let (low, high) = probe.fetch_watermarks(topic, element.partition(), timeout)?;
-            let done = match element.offset() {
-                Offset::Offset(offset) => offset,
-                _ => low,
-            };
-            Ok((element.partition(), (high - done).max(0)))
-        })
-        .collect()
 }
 
 struct Dependencies {

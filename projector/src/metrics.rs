@@ -26,9 +26,6 @@ pub const RECORDS_DEAD_LETTERED: &str = "imgpipe_projector_records_dead_lettered
 pub const BATCH_RECORDS: &str = "imgpipe_projector_batch_records";
 /// Seconds from a batch's first record received to its transaction committed.
 pub const BATCH_SECONDS: &str = "imgpipe_projector_batch_duration_seconds";
-/// Records of the events topic not applied yet, by `partition`: the high watermark minus the
-/// position stored in Postgres, measured every few seconds.
-pub const CONSUMER_LAG: &str = "imgpipe_projector_consumer_lag";
 /// Batches rolled back because the stored position was not the one expected (another
 /// instance moved it, or a rebuild was swapped in); the projector then seeks to the stored one.
 pub const POSITION_CONFLICTS: &str = "imgpipe_projector_position_conflicts_total";
@@ -100,12 +97,6 @@ impl ProjectorMetrics {
     pub(crate) fn conflict(&self) {
         self.conflicts.increment(1);
     }
-
-    pub(crate) fn lag(&self, partition: i32, lag: i64) {
-        metrics::with_local_recorder(&*self.recorder, || {
-            metrics::gauge!(CONSUMER_LAG, "partition" => partition.to_string()).set(lag as f64);
-        });
-    }
 }
 
 /// `GET /metrics` in the Prometheus text format, for the ops router.
@@ -136,7 +127,10 @@ mod tests {
         report.rejected.insert("undecodable-record", 1);
         metrics.batch(&report, Duration::from_millis(3));
         metrics.conflict();
-        metrics.lag(2, 5);
+        let health =
+            imgpipe_infra::consume::ConsumerHealth::new(std::time::Duration::from_secs(30));
+        health.record_lag([(2, 5)]);
+        metrics.consumer_health(&health.snapshot());
         let text = metrics.handle().render();
         for expected in [
             "imgpipe_projector_events_applied_total{event_type=\"ImageUploaded\"} 2",
@@ -145,7 +139,7 @@ mod tests {
             "imgpipe_projector_batch_records_bucket{le=\"5\"} 1",
             "imgpipe_projector_batch_duration_seconds_bucket{le=\"0.005\"} 1",
             "imgpipe_projector_position_conflicts_total 1",
-            "imgpipe_projector_consumer_lag{partition=\"2\"} 5",
+            "imgpipe_consumer_lag{group=\"imgpipe-projector\",partition=\"2\"} 5",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }

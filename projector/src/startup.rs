@@ -3,11 +3,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgpipe_infra::consume::{ConsumerHealth, DeadLetterProducer};
+use imgpipe_infra::consume::{lag, ConsumerHealth, DeadLetterProducer};
+use imgpipe_infra::log_reader::LogReader;
 use imgpipe_infra::ops::{self, Readiness};
 use imgpipe_infra::registry::EventCodec;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::Consumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,16 +20,14 @@ use crate::positions::{self, SharedPositions};
 use crate::{db, Config, ProjectorError};
 
 pub(crate) const GROUP: &str = "imgpipe-projector";
-/// How often the consumer lag is measured.
-const LAG_INTERVAL: Duration = Duration::from_secs(5);
 
 /// A built projector: its ops endpoint bound, not yet consuming.
 pub struct Projector {
     consumer: Arc<LiveConsumer>,
     /// The live consumer's settings, to join again with a new client after a stall.
     consumer_config: ClientConfig,
-    /// Measures the watermarks for the lag; a client of its own that never joins the group.
-    lag_probe: Arc<BaseConsumer>,
+    /// Reads the log's ends for the lag; a client of its own that never joins the group.
+    lag_reader: LogReader,
     health: ConsumerHealth,
     positions: SharedPositions,
     applier: Applier,
@@ -45,16 +44,17 @@ impl Projector {
         // Eager rebalancing: the callback assigns the whole assignment at stored positions.
         consumer_config.set("partition.assignment.strategy", "range,roundrobin");
         let consumer = create_consumer(&consumer_config, &positions)?;
-        let lag_probe: BaseConsumer = config
-            .kafka
-            .client_config("imgpipe-projector-lag")
-            .create()
-            .map_err(imgpipe_infra::InfraError::from)?;
+        let lag_reader = LogReader::new(
+            &config.kafka,
+            "imgpipe-projector-lag",
+            GROUP,
+            &config.kafka.topics().events,
+        )?;
         let dead_letters = DeadLetterProducer::new(&config.kafka, "imgpipe-projector", GROUP)?;
         Ok(Self {
             consumer: Arc::new(consumer),
             consumer_config,
-            lag_probe: Arc::new(lag_probe),
+            lag_reader,
             health: ConsumerHealth::new(config.kafka.stall_after()),
             positions,
             applier: Applier {
@@ -109,12 +109,17 @@ impl Projector {
             .map(|s| tokio::spawn(s.run(shutdown.clone())));
 
         let stop_lag = shutdown.child_token();
-        let lag = tokio::spawn(report_lag(
-            Arc::clone(&self.lag_probe),
-            pool.clone(),
-            self.applier.topic.clone(),
-            self.metrics.clone(),
+        let lag = tokio::spawn(lag::report_lag(
+            self.lag_reader,
+            StoredPositions {
+                pool: pool.clone(),
+                topic: self.applier.topic.clone(),
+            },
             self.health.clone(),
+            {
+                let metrics = self.metrics.clone();
+                move |health| metrics.consumer_health(health)
+            },
             stop_lag.clone(),
         ));
         let mut next = Some(self.consumer);
@@ -222,53 +227,19 @@ async fn load_positions(
     }
 }
 
-/// Every [`LAG_INTERVAL`], sets each partition's lag: its high watermark minus the position
-/// stored in Postgres (the same for every instance: what the projection has not applied).
-async fn report_lag(
-    probe: Arc<BaseConsumer>,
+/// The positions the projector stored with its read models (the same for every instance:
+/// what the projection has not applied is its lag).
+struct StoredPositions {
     pool: PgPool,
     topic: String,
-    metrics: ProjectorMetrics,
-    health: ConsumerHealth,
-    shutdown: CancellationToken,
-) {
-    let mut tick = tokio::time::interval(LAG_INTERVAL);
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = tick.tick() => {}
-        }
-        metrics.consumer_health(&health.snapshot());
-        let stored = match positions::load(&pool, &topic).await {
-            Ok(stored) => stored,
-            Err(error) => {
-                tracing::debug!(error = %error, "could not read positions for the lag");
-                continue;
-            }
-        };
-        let watermarks = tokio::task::spawn_blocking({
-            let probe = Arc::clone(&probe);
-            let topic = topic.clone();
-            move || crate::watermarks(probe.client(), &topic)
-        })
-        .await;
-        match watermarks {
-            Ok(Ok(watermarks)) => {
-                let lags: Vec<(i32, i64)> = watermarks
-                    .into_iter()
-                    .map(|(partition, (low, high))| {
-                        let position = stored.get(&partition).copied().unwrap_or(0).max(low);
-                        (partition, (high - position).max(0))
-                    })
-                    .collect();
-                for &(partition, lag) in &lags {
-                    metrics.lag(partition, lag);
-                }
-                health.record_lag(lags);
-            }
-            Ok(Err(error)) => tracing::debug!(error = %error, "could not measure consumer lag"),
-            Err(error) => tracing::warn!(error = %error, "consumer lag task failed"),
-        }
+}
+
+impl lag::Positions for StoredPositions {
+    async fn load(
+        &self,
+    ) -> Result<std::collections::BTreeMap<i32, i64>, Box<dyn std::error::Error + Send + Sync>>
+    {
+        Ok(positions::load(&self.pool, &self.topic).await?)
     }
 }
 

@@ -6,21 +6,20 @@
 //! (records are keyed by image id), so reading each partition in order sees each image's
 //! events in the order they happened.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use imgpipe_infra::log_reader::{LogReader, StartAt};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
 use imgpipe_schemas::{Event, Payload};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 /// How long to wait for the next record of a bounded scan before giving up on the broker.
 const READ_STALL: Duration = Duration::from_secs(30);
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The last result the log holds for an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,68 +132,27 @@ pub async fn scan(
     show_progress: bool,
 ) -> anyhow::Result<LogState> {
     let topic = config.topics().events;
-    let consumer: StreamConsumer = config
-        .client_config("imgpipe-replay")
-        // Assigned, never subscribed: the group id only satisfies librdkafka; nothing is
-        // committed.
-        .set("group.id", config.group_id("imgpipe-replay-reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("creating the events consumer")?;
-    let bounds = tokio::task::block_in_place(|| -> anyhow::Result<Vec<(i32, i64, i64)>> {
-        crate::events::partitions_of(&consumer, &topic)?
-            .into_iter()
-            .map(|partition| {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, partition, METADATA_TIMEOUT)
-                    .with_context(|| format!("reading watermarks of {topic}/{partition}"))?;
-                Ok((partition, low, high))
-            })
-            .collect()
-    })?;
-    let total: i64 = bounds.iter().map(|(_, low, high)| high - low).sum();
-    let bar = crate::progress::bar(total.max(0) as u64, "scan", show_progress);
+    let reader = LogReader::new(config, "imgpipe-replay", "imgpipe-replay-reader", &topic)?;
+    let ends = reader.ends().await?;
+    let bar = crate::progress::bar(ends.records().max(0) as u64, "scan", show_progress);
     let mut state = LogState::default();
-    let mut remaining: BTreeMap<i32, i64> = BTreeMap::new();
-    let mut assignment = TopicPartitionList::new();
-    for &(partition, low, high) in &bounds {
-        if low < high {
-            remaining.insert(partition, high);
-            assignment.add_partition_offset(&topic, partition, Offset::Offset(low))?;
-        }
-    }
-    if remaining.is_empty() {
-        bar.finish_and_clear();
-        return Ok(state);
-    }
-    consumer.assign(&assignment)?;
-    while !remaining.is_empty() {
-        let message = match tokio::time::timeout(READ_STALL, consumer.recv()).await {
-            Ok(message) => message.context("reading the events topic")?,
+    let mut records = reader.scan(&StartAt::Beginning, &ends)?;
+    loop {
+        let message = match tokio::time::timeout(READ_STALL, records.next()).await {
+            Ok(Some(message)) => message.context("reading the events topic")?,
+            Ok(None) => break,
             Err(_) => bail!(
                 "no record arrived for {READ_STALL:?} with {} partitions of {topic} unread",
-                remaining.len()
+                records.unfinished()
             ),
         };
-        let partition = message.partition();
-        let Some(&end) = remaining.get(&partition) else {
-            continue;
-        };
-        if message.offset() >= end {
-            continue;
-        }
-        if message.offset() + 1 >= end {
-            remaining.remove(&partition);
-        }
         state.records += 1;
         bar.inc(1);
         match codec.decode(message.payload().unwrap_or_default()).await? {
             Ok(event) => state.apply(
                 &event,
                 RecordAt {
-                    partition,
+                    partition: message.partition(),
                     offset: message.offset(),
                     timestamp_ms: message.timestamp().to_millis(),
                 },

@@ -28,11 +28,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::log_reader::{LogReader, Scan, StartAt};
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use imgpipe_infra::KafkaConfig;
 use imgpipe_schemas::{Event, Payload, Producer, ReprocessRequested};
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -41,7 +41,6 @@ use self::log::{ImageState, Outcome};
 
 /// Requests in flight to the broker at once.
 const APPEND_CONCURRENCY: usize = 32;
-const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Which images a reprocess is about.
 #[derive(Debug, Clone, PartialEq)]
@@ -203,7 +202,11 @@ pub async fn reprocess(
     )?;
     // Where the results will be: everything after the log's end before the first append.
     let follow_from = match options.wait {
-        Some(_) => Some(high_watermarks(config, &topic)?),
+        Some(_) => {
+            let reader = LogReader::new(config, "imgpipe-replay", "imgpipe-replay-reader", &topic)?;
+            let ends = reader.ends().await?;
+            Some((reader, ends))
+        }
         None => None,
     };
     let requests: Vec<(usize, Event)> = summary
@@ -248,17 +251,9 @@ pub async fn reprocess(
             summary.correlation_id
         )));
     }
-    if let (Some(timeout), Some(from)) = (options.wait, follow_from) {
-        wait_for_results(
-            config,
-            registry,
-            &topic,
-            from,
-            timeout,
-            &mut summary,
-            options,
-        )
-        .await?;
+    if let (Some(timeout), Some((reader, ends))) = (options.wait, follow_from) {
+        let results = reader.follow(&StartAt::End, &ends)?;
+        wait_for_results(results, registry, timeout, &mut summary, options).await?;
     }
     Ok(summary)
 }
@@ -278,32 +273,11 @@ fn request_for(image: &ImageState, correlation_id: &str, options: &ReprocessOpti
     )
 }
 
-fn high_watermarks(config: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<(i32, i64)>> {
-    let consumer: StreamConsumer = config
-        .client_config("imgpipe-replay")
-        .set("group.id", config.group_id("imgpipe-replay-reader"))
-        .create()
-        .context("creating the events consumer")?;
-    tokio::task::block_in_place(|| {
-        crate::events::partitions_of(&consumer, topic)?
-            .into_iter()
-            .map(|partition| {
-                let (_, high) = consumer
-                    .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
-                    .with_context(|| format!("reading watermarks of {topic}/{partition}"))?;
-                Ok((partition, high))
-            })
-            .collect()
-    })
-}
-
-/// Follows the log from `from` until every request of the run has its result (the processor
-/// names the request as the result's causation), or `timeout` passes.
+/// Follows the log (from its end before the first request) until every request of the run has
+/// its result (the processor names the request as the result's causation), or `timeout` passes.
 async fn wait_for_results(
-    config: &KafkaConfig,
+    mut results: Scan,
     registry: &RegistryConfig,
-    topic: &str,
-    from: Vec<(i32, i64)>,
     timeout: Duration,
     summary: &mut Summary,
     options: &ReprocessOptions,
@@ -315,25 +289,13 @@ async fn wait_for_results(
         .enumerate()
         .filter_map(|(index, line)| line.request.map(|id| (id, index)))
         .collect();
-    let consumer: StreamConsumer = config
-        .client_config("imgpipe-replay")
-        .set("group.id", config.group_id("imgpipe-replay-reader"))
-        .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
-        .create()
-        .context("creating the events consumer")?;
-    let mut assignment = TopicPartitionList::new();
-    for (partition, offset) in from {
-        assignment.add_partition_offset(topic, partition, Offset::Offset(offset))?;
-    }
-    consumer.assign(&assignment)?;
     let codec = EventCodec::reader(registry);
     let bar = crate::progress::bar(open.len() as u64, "results", options.show_progress);
     let deadline = Instant::now() + timeout;
     let mut seen = HashSet::new();
     while !open.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(message) = tokio::time::timeout(left, consumer.recv()).await else {
+        let Ok(Some(message)) = tokio::time::timeout(left, results.next()).await else {
             break;
         };
         let message = message.context("reading the events topic")?;

@@ -63,6 +63,8 @@ pub mod metric_names {
     pub const STALLED: &str = "imgpipe_consumer_stalled";
     /// Times the member left its group to rejoin with a new client.
     pub const REJOINS: &str = "imgpipe_consumer_rejoins_total";
+    /// The group's records not yet consumed, per `partition` of the consumed topic.
+    pub const LAG: &str = "imgpipe_consumer_lag";
 }
 
 /// What the metrics and the health endpoints show.
@@ -74,6 +76,8 @@ pub struct HealthSnapshot {
     pub seconds_since_progress: f64,
     pub stalled: Option<(StallReason, Duration)>,
     pub rejoins: u64,
+    /// The group's lag per partition, as last measured (however long ago).
+    pub partition_lag: BTreeMap<i32, i64>,
 }
 
 impl HealthSnapshot {
@@ -89,6 +93,10 @@ impl HealthSnapshot {
             0.0
         });
         metrics::counter!(REJOINS, "group" => group).absolute(self.rejoins);
+        for (partition, lag) in &self.partition_lag {
+            metrics::gauge!(LAG, "group" => group, "partition" => partition.to_string())
+                .set(*lag as f64);
+        }
     }
 }
 
@@ -234,6 +242,11 @@ impl ConsumerHealth {
                 seconds_since_progress: now.duration_since(s.last_progress).as_secs_f64(),
                 stalled,
                 rejoins: s.rejoins,
+                partition_lag: s
+                    .lag
+                    .as_ref()
+                    .map(|(_, lag)| lag.clone())
+                    .unwrap_or_default(),
             }
         })
     }

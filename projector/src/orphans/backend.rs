@@ -3,15 +3,14 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::log_reader::LogReader;
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use imgpipe_infra::storage::{ObjectInfo, ObjectPage, ObjectStore};
-use imgpipe_infra::{DatabaseConfig, InfraError, KafkaConfig, S3Config};
+use imgpipe_infra::{DatabaseConfig, KafkaConfig, S3Config};
 use imgpipe_schemas::Event;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -88,8 +87,8 @@ pub struct StoreBackend {
     store: ObjectStore,
     events: EventProducer,
     events_topic: String,
-    /// Reads the log's watermarks. It never subscribes, so it never joins a group.
-    lag_probe: Arc<BaseConsumer>,
+    /// Reads the log's ends. It never subscribes, so it never joins a group.
+    log: LogReader,
 }
 
 impl StoreBackend {
@@ -100,16 +99,18 @@ impl StoreBackend {
         codec: EventCodec,
         client_id: &str,
     ) -> Result<Self, ProjectorError> {
-        let lag_probe: BaseConsumer = kafka
-            .consumer_config(&format!("{client_id}-lag"), crate::startup::GROUP)
-            .create()
-            .map_err(InfraError::from)?;
+        let log = LogReader::new(
+            kafka,
+            &format!("{client_id}-lag"),
+            crate::startup::GROUP,
+            &kafka.topics().events,
+        )?;
         Ok(Self {
             pool,
             store,
             events: EventProducer::new(kafka, client_id, codec)?,
             events_topic: kafka.topics().events,
-            lag_probe: Arc::new(lag_probe),
+            log,
         })
     }
 
@@ -271,46 +272,21 @@ impl Backend for StoreBackend {
     }
 
     async fn read_model_lag(&self, wait: Duration) -> Result<u64, ProjectorError> {
-        let probe = Arc::clone(&self.lag_probe);
-        let topic = self.events_topic.clone();
-        let ends = tokio::task::spawn_blocking(move || log_ends(&probe, &topic))
-            .await
-            .map_err(|error| ProjectorError::Io(std::io::Error::other(error)))??;
+        // Events appended later cannot concern objects older than the grace period (an upload's
+        // event is appended within the produce timeout of its original being stored), so
+        // reaching the ends of now is enough.
+        let ends = self.log.ends().await?;
         // The projector's positions commit with its read models (projection_positions), so
         // they say exactly what the read model has applied; Kafka's committed offsets would
         // only trail them.
         let deadline = Instant::now() + wait;
         loop {
             let applied = crate::positions::load(&self.pool, &self.events_topic).await?;
-            let lag: i64 = ends
-                .iter()
-                .map(|&(partition, low, high)| {
-                    // No position yet: nothing applied past the log's start.
-                    (high - applied.get(&partition).copied().unwrap_or(low)).max(0)
-                })
-                .sum();
+            let lag: i64 = ends.lag(&applied).iter().map(|(_, lag)| lag).sum();
             if lag == 0 || Instant::now() >= deadline {
                 return Ok(u64::try_from(lag).unwrap_or(0));
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
-}
-
-/// Every partition's (id, low, high) watermarks now. Events appended later cannot concern
-/// objects older than the grace period (an upload's event is appended within the produce
-/// timeout of its original being stored), so reaching these ends is enough.
-fn log_ends(probe: &BaseConsumer, topic: &str) -> Result<Vec<(i32, i64, i64)>, ProjectorError> {
-    let timeout = Duration::from_secs(5);
-    let metadata = probe
-        .fetch_metadata(Some(topic), timeout)
-        .map_err(InfraError::from)?;
-    let mut ends = Vec::new();
-    for partition in metadata.topics().iter().flat_map(|t| t.partitions()) {
-        let (low, high) = probe
-            .fetch_watermarks(topic, partition.id(), timeout)
-            .map_err(InfraError::from)?;
-        ends.push((partition.id(), low, high));
-    }
-    Ok(ends)
 }

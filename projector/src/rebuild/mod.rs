@@ -10,14 +10,12 @@
 mod swap;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use imgpipe_infra::log_reader::{LogReader, Scan, StartAt};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::DatabaseConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 use sqlx::PgPool;
 
@@ -195,7 +193,7 @@ pub async fn run(
         tracing::warn!("the swap did not catch up in time; replaying more and trying again");
         progress.phase(Phase::Replaying);
     };
-    let report = replay.close().await;
+    let report = replay.close();
     next_pool.close().await;
 
     let after_schema = if swapped {
@@ -254,7 +252,8 @@ pub async fn run(
 /// The replay into `<schema>_next`: its own consumer, assigned every partition from the
 /// beginning, and its own positions.
 pub(crate) struct Replay {
-    consumer: Arc<StreamConsumer>,
+    log: LogReader,
+    records: Scan,
     applier: Applier,
     batch_max: usize,
     /// The positions in `<schema>_next`, as written.
@@ -276,38 +275,20 @@ impl Replay {
         pool: PgPool,
         topic: String,
     ) -> Result<Self, ProjectorError> {
-        let consumer: StreamConsumer = config
-            .kafka
-            .client_config("imgpipe-rebuild")
-            // Never joins or commits: librdkafka only wants a group id to create a consumer.
-            .set("group.id", config.kafka.group_id("imgpipe-rebuild"))
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("enable.partition.eof", "false")
-            .create()?;
-        let consumer = Arc::new(consumer);
+        let log = LogReader::new(&config.kafka, "imgpipe-rebuild", "imgpipe-rebuild", &topic)?;
         let mut attempts = 0;
-        let marks = loop {
+        let ends = loop {
             attempts += 1;
-            match watermarks(&consumer, &topic).await {
-                Ok(marks) if !marks.is_empty() => break marks,
-                Ok(_) if attempts >= 5 => {
-                    return Err(ProjectorError::Rebuild(format!(
-                        "topic {topic} has no partitions"
-                    )))
-                }
-                Err(error) if attempts >= 5 => return Err(error),
-                _ => tokio::time::sleep(Duration::from_secs(1)).await,
+            match log.ends().await {
+                Ok(ends) => break ends,
+                Err(error) if attempts >= 5 => return Err(error.into()),
+                Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
             }
         };
-        let mut assignment = TopicPartitionList::new();
-        for &partition in marks.keys() {
-            assignment.add_partition_offset(&topic, partition, Offset::Beginning)?;
-        }
-        consumer.assign(&assignment)?;
+        let records = log.follow(&StartAt::Beginning, &ends)?;
         Ok(Self {
-            consumer,
+            log,
+            records,
             applier: Applier {
                 pool,
                 codec: EventCodec::reader(&config.registry),
@@ -316,7 +297,7 @@ impl Replay {
             },
             batch_max: options.batch_max.max(1),
             positions: PositionMap::new(),
-            low_watermarks: marks.iter().map(|(&p, &(low, _))| (p, low)).collect(),
+            low_watermarks: ends.iter().map(|(p, span)| (p, span.low)).collect(),
             total: BatchReport::default(),
             partitions: BTreeMap::new(),
         })
@@ -345,11 +326,8 @@ impl Replay {
                 reported = Instant::now();
                 // Only for the progress bar: a broker slow to answer costs a frame, not the
                 // rebuild.
-                match watermarks(&self.consumer, &self.applier.topic).await {
-                    Ok(marks) => {
-                        let total: i64 = marks.values().map(|(low, high)| high - low).sum();
-                        progress.records(self.done(), total.max(0) as u64);
-                    }
+                match self.log.ends().await {
+                    Ok(ends) => progress.records(self.done(), ends.records().max(0) as u64),
                     Err(error) => tracing::debug!(error = %error, "no watermarks for the progress"),
                 }
             }
@@ -393,23 +371,23 @@ impl Replay {
         Ok(true)
     }
 
-    async fn receive(&self, idle: Duration) -> Vec<OwnedMessage> {
+    async fn receive(&mut self, idle: Duration) -> Vec<OwnedMessage> {
         let mut records = Vec::new();
         let mut deadline = tokio::time::Instant::now() + idle;
         while records.len() < self.batch_max {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(message)) => {
+            match tokio::time::timeout_at(deadline, self.records.next()).await {
+                Ok(Some(Ok(message))) => {
                     if records.is_empty() {
                         // Once records flow, a short linger fills the batch.
                         deadline = tokio::time::Instant::now() + Duration::from_millis(50);
                     }
-                    records.push(message.detach());
+                    records.push(message);
                 }
-                Ok(Err(error)) => {
+                Ok(Some(Err(error))) => {
                     tracing::warn!(error = %error, "kafka receive failed");
                     break;
                 }
-                Err(_) => break,
+                Ok(None) | Err(_) => break,
             }
         }
         records
@@ -434,11 +412,7 @@ impl Replay {
             .max(0) as u64
     }
 
-    async fn close(self) -> ReplayReport {
-        let consumer = self.consumer;
-        if let Err(error) = tokio::task::spawn_blocking(move || drop(consumer)).await {
-            tracing::warn!(error = %error, "closing the rebuild consumer failed");
-        }
+    fn close(self) -> ReplayReport {
         ReplayReport {
             total: self.total,
             partitions: self.partitions,
@@ -449,16 +423,4 @@ impl Replay {
 fn record_partition(record: &OwnedMessage) -> i32 {
     use rdkafka::Message;
     record.partition()
-}
-
-async fn watermarks(
-    consumer: &Arc<StreamConsumer>,
-    topic: &str,
-) -> Result<BTreeMap<i32, (i64, i64)>, ProjectorError> {
-    let consumer = Arc::clone(consumer);
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || crate::watermarks(consumer.client(), &topic))
-        .await
-        .map_err(|error| ProjectorError::Rebuild(format!("watermarks task: {error}")))?
-        .map_err(ProjectorError::from)
 }
