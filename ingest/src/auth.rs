@@ -12,14 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
-use axum::http::header::AUTHORIZATION;
-use axum::http::request::Parts;
 use axum::http::Method;
 use sha2::{Digest, Sha256};
-
-use crate::routes::AppState;
-use crate::IngestError;
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -254,44 +248,6 @@ fn number<T: FromStr>(name: &str, value: &str) -> Result<T, String> {
             }
         )
     })
-}
-
-/// The authenticated client making the request. A key without the scope for the request's
-/// method is refused here, so no handler has to remember to check.
-#[derive(Debug, Clone)]
-pub struct Client(pub Arc<str>);
-
-impl FromRequestParts<AppState> for Client {
-    type Rejection = IngestError;
-
-    async fn from_request_parts(
-        parts: &mut Parts,
-        state: &AppState,
-    ) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(AUTHORIZATION)
-            .ok_or(IngestError::MissingApiKey)?;
-        let key = header
-            .to_str()
-            .ok()
-            .and_then(|value| value.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map(|(_, key)| key.trim())
-            .filter(|key| !key.is_empty())
-            .ok_or(IngestError::MissingApiKey)?;
-        let grant = state
-            .api_keys
-            .grant_for(key)
-            .ok_or(IngestError::InvalidApiKey)?;
-        if !grant.scope.allows(&parts.method) {
-            return Err(IngestError::InsufficientScope);
-        }
-        state
-            .rate_limits
-            .check_request(&grant.client, &parts.method)?;
-        Ok(Client(grant.client.clone()))
-    }
 }
 
 #[cfg(test)]

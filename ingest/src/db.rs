@@ -1,48 +1,39 @@
-//! Queries against the projector's read models.
+//! Queries against the projector's read models, and ingest's own tables. The rows are what
+//! the tables hold; what the API answers is made of them in `routes`.
 
-use serde::Serialize;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use imgpipe_schemas::state::Status;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct ImageRow {
-    #[serde(skip)]
     pub owner: String,
-    #[serde(skip)]
     pub original_key: String,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     pub format: String,
     pub bytes: i64,
     pub sha256: String,
     pub width: i32,
     pub height: i32,
     pub spec_version: Option<i32>,
-    /// `#rrggbb`; null until processed, and for images processed before schema v2.
     pub dominant_color: Option<String>,
     pub blurhash: Option<String>,
-    /// The original is an animation (GIF or WebP of more than one frame) and the variants show
-    /// its first frame; false until processed, and for images processed before schema v3.
     pub animated: bool,
-    /// The upload form's `metadata`; `{}` when it had none.
-    #[schema(value_type = std::collections::BTreeMap<String, String>)]
-    pub metadata: sqlx::types::Json<std::collections::BTreeMap<String, String>>,
-    #[serde(skip)]
+    pub metadata: sqlx::types::Json<BTreeMap<String, String>>,
     pub failure_code: Option<String>,
-    #[serde(skip)]
     pub failure_reason: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
     pub uploaded_at: OffsetDateTime,
-    #[serde(with = "time::serde::rfc3339")]
     pub updated_at: OffsetDateTime,
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct VariantRow {
     pub name: String,
-    /// The object key in the bucket.
     #[sqlx(rename = "object_key")]
     pub key: String,
     pub format: String,
@@ -84,7 +75,7 @@ pub struct AcceptedUpload<'a> {
     pub sha256: &'a str,
     pub width: i32,
     pub height: i32,
-    pub metadata: &'a std::collections::BTreeMap<String, String>,
+    pub metadata: &'a BTreeMap<String, String>,
     pub accepted_at: OffsetDateTime,
 }
 
@@ -146,15 +137,13 @@ pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[derive(Debug, sqlx::FromRow)]
 pub struct TimelineRow {
     pub event_id: Uuid,
-    /// `ImageUploaded`, `ImageProcessed`, `ImageFailed`, `ImageDeleted`, ...
     pub event_type: String,
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
-    #[serde(with = "time::serde::rfc3339")]
     pub occurred_at: OffsetDateTime,
     pub correlation_id: String,
     pub causation_id: Option<Uuid>,
@@ -214,19 +203,17 @@ pub async fn events_until(
     .await
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
-pub struct ListedImage {
-    #[serde(rename = "id")]
+#[derive(Debug, sqlx::FromRow)]
+pub struct ListedImageRow {
     pub image_id: Uuid,
-    pub status: String,
+    #[sqlx(try_from = "String")]
+    pub status: Status,
     pub format: String,
     pub width: i32,
     pub height: i32,
     pub bytes: i64,
-    /// A gallery's placeholder before the thumbnail loads; null until processed.
     pub dominant_color: Option<String>,
     pub blurhash: Option<String>,
-    #[serde(with = "time::serde::rfc3339")]
     pub uploaded_at: OffsetDateTime,
 }
 
@@ -235,10 +222,10 @@ pub struct ListedImage {
 pub async fn list(
     pool: &PgPool,
     owner: &str,
-    status: Option<&str>,
+    status: Option<Status>,
     after: Option<(OffsetDateTime, Uuid)>,
     limit: i64,
-) -> Result<Vec<ListedImage>, sqlx::Error> {
+) -> Result<Vec<ListedImageRow>, sqlx::Error> {
     let (after_at, after_id) = after.unzip();
     sqlx::query_as(
         "SELECT image_id, status, format, width, height, bytes, dominant_color, blurhash,
@@ -251,7 +238,7 @@ pub async fn list(
          LIMIT $5",
     )
     .bind(owner)
-    .bind(status)
+    .bind(status.map(Status::as_str))
     .bind(after_at)
     .bind(after_id)
     .bind(limit)
@@ -384,12 +371,16 @@ pub async fn release_idempotency_key(
     .map(|_| ())
 }
 
-/// How many of a client's images are in each status.
-pub async fn counts_by_status(
-    pool: &PgPool,
-    owner: &str,
-) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT status, count(*) FROM images WHERE owner = $1 GROUP BY status")
+#[derive(Debug, sqlx::FromRow)]
+pub struct StatusCount {
+    #[sqlx(try_from = "String")]
+    pub status: Status,
+    pub count: i64,
+}
+
+/// How many of a client's images are in each status (those it has any in).
+pub async fn counts_by_status(pool: &PgPool, owner: &str) -> Result<Vec<StatusCount>, sqlx::Error> {
+    sqlx::query_as("SELECT status, count(*) AS count FROM images WHERE owner = $1 GROUP BY status")
         .bind(owner)
         .fetch_all(pool)
         .await

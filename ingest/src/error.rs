@@ -202,6 +202,11 @@ impl IngestError {
     }
 }
 
+/// A query that failed: 503 `database-unavailable`.
+pub(crate) fn database_unavailable(error: sqlx::Error) -> IngestError {
+    IngestError::DatabaseUnavailable(error.to_string())
+}
+
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();

@@ -13,6 +13,7 @@ pub mod routes;
 mod server;
 pub mod sniff;
 pub mod startup;
+pub mod state;
 mod upload_slots;
 
 pub use config::Config;

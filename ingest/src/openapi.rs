@@ -11,15 +11,15 @@ use std::sync::Arc;
 
 use axum::response::IntoResponse;
 use axum::routing::{get, MethodRouter};
-use axum::Json;
+use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{OpenApi as Document, RefOr};
 use utoipa::{Modify, OpenApi, PartialSchema, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
 
-use crate::error::ErrorBody;
-use crate::IngestError;
+use crate::error::{ErrorBody, IngestError};
 
 /// The name the security scheme has in the document (also spelled out in `security(...)` below,
 /// which takes only a literal).
@@ -49,15 +49,24 @@ pub fn document() -> Document {
     assemble(crate::routes::v1().into_openapi())
 }
 
+/// The routes of `documented`, and `GET /v1/openapi.json` answering the whole document: theirs
+/// and what this module documents.
+pub(crate) fn with_document<S: Clone + Send + Sync + 'static>(
+    documented: OpenApiRouter<S>,
+) -> Router<S> {
+    let (routes, paths) = documented.split_for_parts();
+    routes.route("/v1/openapi.json", serve(assemble(paths)))
+}
+
 /// Adds to the paths the `/v1` router documented what this module documents.
-pub(crate) fn assemble(routed: Document) -> Document {
+fn assemble(routed: Document) -> Document {
     let mut document = ApiDoc::openapi();
     document.merge(routed);
     document
 }
 
 /// `GET /v1/openapi.json`, answering `document`.
-pub(crate) fn serve<S: Clone + Send + Sync + 'static>(document: Document) -> MethodRouter<S> {
+fn serve<S: Clone + Send + Sync + 'static>(document: Document) -> MethodRouter<S> {
     let document = Arc::new(document);
     get(move || {
         let document = Arc::clone(&document);

@@ -13,8 +13,8 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 
 use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
+use crate::error::IngestError;
 use crate::upload_slots::UploadSlots;
-use crate::IngestError;
 
 /// Bytes are metered in KiB cells, so a u32 quota reaches terabytes per minute.
 const CELL: u64 = 1024;

@@ -6,7 +6,7 @@ use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use imagesize::ImageType;
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sniffed {

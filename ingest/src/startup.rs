@@ -9,9 +9,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
+use crate::config::Config;
 use crate::rate_limit::RateLimits;
-use crate::routes::{self, AppState};
-use crate::Config;
+use crate::routes;
+use crate::state::AppState;
 
 /// How long in-flight requests may run on after shutdown begins: longer than a healthy upload
 /// takes, shorter than the 60 s body timeout a stalled client could otherwise hold out.
@@ -91,9 +92,10 @@ impl Application {
                 shutdown.clone(),
             ))
         });
+        let api = crate::openapi::with_document(routes::v1());
         let serving = crate::server::serve(
             self.listener,
-            routes::router(self.state),
+            routes::router(api, self.state),
             header_read_timeout,
             shutdown.clone(),
         );

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 pub struct UploadSlots {
     total: Arc<Semaphore>,

@@ -1,4 +1,5 @@
-/// Why bytes could not be turned into an [`crate::Event`] or back.
+/// Why bytes could not be turned into an [`crate::Event`] or back, or a name into one of the
+/// contract's words.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
     #[error("record is {0} bytes, shorter than the 10-byte single-object header")]
@@ -15,4 +16,6 @@ pub enum SchemaError {
     TrailingBytes(usize),
     #[error("record decoded but does not match the event model: {0}")]
     Malformed(String),
+    #[error("{0:?} is not an image status")]
+    UnknownStatus(String),
 }

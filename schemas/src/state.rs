@@ -9,13 +9,18 @@
 //! are gone; `OrphanRemoved` changes nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::str::FromStr;
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+use crate::error::SchemaError;
 use crate::events::{Payload, Variant};
 
-/// Where an image is in its life. The read model's `images.status` holds [`Status::as_str`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Where an image is in its life. The read model's `images.status` holds [`Status::as_str`],
+/// and so does JSON (serde).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Uploaded,
     Processing,
@@ -25,6 +30,15 @@ pub enum Status {
 }
 
 impl Status {
+    /// In the order of an image's life.
+    pub const ALL: [Status; 5] = [
+        Status::Uploaded,
+        Status::Processing,
+        Status::Ready,
+        Status::Failed,
+        Status::Deleted,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Status::Uploaded => "uploaded",
@@ -33,6 +47,27 @@ impl Status {
             Status::Failed => "failed",
             Status::Deleted => "deleted",
         }
+    }
+}
+
+impl FromStr for Status {
+    type Err = SchemaError;
+
+    /// The status [`Status::as_str`] names.
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        Status::ALL
+            .into_iter()
+            .find(|status| status.as_str() == name)
+            .ok_or_else(|| SchemaError::UnknownStatus(name.to_string()))
+    }
+}
+
+/// For a decoder that hands over an owned string (sqlx's `#[sqlx(try_from = "String")]`).
+impl TryFrom<String> for Status {
+    type Error = SchemaError;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        name.parse()
     }
 }
 
@@ -439,5 +474,25 @@ mod tests {
         assert_eq!(state.status, Status::Ready);
         assert_eq!(state.variants, vec![variant("thumb", 1, 256)]);
         assert_eq!(state.updated_at, at(1));
+    }
+
+    #[test]
+    fn a_status_reads_back_from_its_name_in_text_and_in_json() {
+        for status in Status::ALL {
+            assert_eq!(status.as_str().parse::<Status>().unwrap(), status);
+            assert_eq!(
+                Status::try_from(status.as_str().to_string()).unwrap(),
+                status
+            );
+            let json = serde_json::to_value(status).unwrap();
+            assert_eq!(json, status.as_str());
+            assert_eq!(serde_json::from_value::<Status>(json).unwrap(), status);
+        }
+        for unknown in ["", "Ready", "deleting", " ready"] {
+            assert!(
+                matches!(unknown.parse::<Status>(), Err(SchemaError::UnknownStatus(name)) if name == unknown),
+                "{unknown:?}"
+            );
+        }
     }
 }

@@ -7,10 +7,10 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::images::{database_unavailable, Failure, ImageStatus, Variant};
-use super::AppState;
-use crate::db::{self, ImageRow, StoredEvent, VariantRow};
-use crate::IngestError;
+use super::view::ImageStatus;
+use crate::db::{self, StoredEvent};
+use crate::error::{database_unavailable, IngestError};
+use crate::state::AppState;
 
 /// The `as_of` parameter. A `+` of an offset that the client did not percent-encode arrives as
 /// a space (form decoding); the only space an RFC 3339 time may hold is that one, so it is
@@ -44,7 +44,7 @@ pub(super) async fn image_at(
     let events = decode(image_id, stored).ok_or_else(|| IngestError::AsOfUnavailable(at()))?;
     let folded = ImageState::fold(events.iter().map(|(t, p)| (*t, p)))
         .ok_or_else(|| IngestError::NotYetUploaded(at()))?;
-    Ok(response(image_id, folded, as_of))
+    Ok(ImageStatus::as_of(image_id, folded, as_of))
 }
 
 /// The payloads, or `None` when one is missing (a row projected before payloads were kept)
@@ -70,56 +70,6 @@ fn decode(image_id: Uuid, stored: Vec<StoredEvent>) -> Option<Vec<(OffsetDateTim
             }
         })
         .collect()
-}
-
-fn response(image_id: Uuid, folded: ImageState, as_of: OffsetDateTime) -> ImageStatus {
-    let mut variants: Vec<Variant> = folded
-        .variants
-        .into_iter()
-        .map(|v| Variant {
-            stored: VariantRow {
-                name: v.name,
-                key: v.key,
-                format: v.format,
-                width: v.width,
-                height: v.height,
-                bytes: v.bytes,
-                sha256: v.sha256,
-            },
-            url: None,
-        })
-        .collect();
-    // The order the current GET lists them in.
-    variants
-        .sort_by(|a, b| (a.stored.width, &a.stored.name).cmp(&(b.stored.width, &b.stored.name)));
-    let mut image = ImageRow {
-        owner: folded.owner,
-        original_key: folded.original_key,
-        status: folded.status.as_str().to_string(),
-        format: folded.format,
-        bytes: folded.bytes,
-        sha256: folded.sha256,
-        width: folded.width,
-        height: folded.height,
-        spec_version: folded.spec_version,
-        dominant_color: folded.dominant_color,
-        blurhash: folded.blurhash,
-        animated: folded.animated,
-        metadata: sqlx::types::Json(folded.metadata),
-        failure_code: folded.failure_code,
-        failure_reason: folded.failure_reason,
-        uploaded_at: folded.uploaded_at,
-        updated_at: folded.updated_at,
-    };
-    let failure = Failure::take_from(&mut image);
-    ImageStatus {
-        id: image_id,
-        image,
-        failure,
-        variants,
-        urls_expire_at: None,
-        as_of: Some(as_of),
-    }
 }
 
 #[cfg(test)]
@@ -170,7 +120,7 @@ mod tests {
         let id = Uuid::now_v7();
         let events = decode(id, vec![uploaded]).unwrap();
         assert_eq!(events.len(), 1);
-        let image = response(
+        let image = ImageStatus::as_of(
             id,
             ImageState::fold(events.iter().map(|(t, p)| (*t, p))).unwrap(),
             at,

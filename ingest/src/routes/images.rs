@@ -1,5 +1,4 @@
-//! One image: `GET /v1/images/{id}` and `DELETE /v1/images/{id}`, and what the other routes
-//! share about images.
+//! One image: `GET /v1/images/{id}` and `DELETE /v1/images/{id}`.
 
 use std::time::Duration;
 
@@ -7,7 +6,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use imgpipe_schemas::{Event, ImageDeleted, Producer};
+use imgpipe_schemas::state::Status;
+use imgpipe_schemas::ImageDeleted;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
@@ -15,76 +15,17 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{ApiQuery, ImageIdPath};
-use super::{as_of, AppState, REQUEST_ID};
-use crate::auth::Client;
-use crate::db::{self, ImageRow, VariantRow};
-use crate::error::ErrorBody;
-use crate::IngestError;
+use super::as_of;
+use super::envelope;
+use super::extract::{ApiQuery, Client, ImageIdPath};
+use super::ownership::owned_image;
+use super::view::{ImageStatus, Variant};
+use crate::db::{self, ImageRow};
+use crate::error::{database_unavailable, ErrorBody, IngestError};
+use crate::state::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(status, delete))
-}
-
-pub(super) fn producer() -> Producer {
-    Producer {
-        service: "imgpipe-ingest".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct ImageStatus {
-    pub(super) id: Uuid,
-    #[serde(flatten)]
-    pub(super) image: ImageRow,
-    /// Why processing failed; null unless the status is `failed`.
-    pub(super) failure: Option<Failure>,
-    pub(super) variants: Vec<Variant>,
-    /// When the variants' `url`s stop working (RFC 3339); fetch the image again for new ones.
-    /// Absent with `as_of`, whose variants have no `url`.
-    #[serde(
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub(super) urls_expire_at: Option<OffsetDateTime>,
-    /// The `as_of` time asked for (RFC 3339): the image is as it was then. Absent without it.
-    #[serde(
-        with = "time::serde::rfc3339::option",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub(super) as_of: Option<OffsetDateTime>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct Variant {
-    #[serde(flatten)]
-    pub(super) stored: VariantRow,
-    /// A presigned GET URL for the WebP: no Authorization header, valid until `urls_expire_at`.
-    /// Absent with `as_of`: a past variant may no longer exist.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub(super) url: Option<String>,
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub(super) struct Failure {
-    /// `undecodable`, `unsupported-format`, `image-too-large`, `original-missing`,
-    /// `encode-failed`.
-    pub(super) code: String,
-    pub(super) reason: String,
-}
-
-impl Failure {
-    /// The failure the row holds, taken out of it.
-    pub(super) fn take_from(image: &mut ImageRow) -> Option<Failure> {
-        match (image.failure_code.take(), image.failure_reason.take()) {
-            (Some(code), reason) => Some(Failure {
-                code,
-                reason: reason.unwrap_or_default(),
-            }),
-            _ => None,
-        }
-    }
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -128,7 +69,7 @@ async fn status(
 ) -> Result<Json<ImageStatus>, IngestError> {
     // Checked before the image is looked up, so a bad time is 400 whether or not the id exists.
     let as_of = query.as_of.as_deref().map(as_of::parse).transpose()?;
-    let (image_id, mut image) = owned_image(&state, &client, id).await?;
+    let (image_id, image) = owned_image(&state, &client, id).await?;
     if let Some(as_of) = as_of {
         return as_of::image_at(&state, image_id, as_of).await.map(Json);
     }
@@ -147,40 +88,14 @@ async fn status(
             .presigned_get(&stored.key, ttl)
             .await
             .map_err(|e| IngestError::StorageUnavailable(e.to_string()))?;
-        variants.push(Variant {
-            stored,
-            url: Some(url),
-        });
+        variants.push(Variant::current(stored, url));
     }
-    let failure = Failure::take_from(&mut image);
-    Ok(Json(ImageStatus {
-        id: image_id,
+    Ok(Json(ImageStatus::current(
+        image_id,
         image,
-        failure,
         variants,
-        urls_expire_at: Some(urls_expire_at),
-        as_of: None,
-    }))
-}
-
-/// The image must exist and belong to the client; another client's image is the same 404 as a
-/// missing one.
-pub(super) async fn owned_image(
-    state: &AppState,
-    client: &str,
-    id: String,
-) -> Result<(Uuid, ImageRow), IngestError> {
-    let image_id = Uuid::parse_str(&id).map_err(|_| IngestError::InvalidImageId(id))?;
-    let image = db::image(&state.pool, image_id)
-        .await
-        .map_err(database_unavailable)?
-        .filter(|image| image.owner == client)
-        .ok_or(IngestError::ImageNotFound)?;
-    Ok((image_id, image))
-}
-
-pub(super) fn database_unavailable(error: sqlx::Error) -> IngestError {
-    IngestError::DatabaseUnavailable(error.to_string())
+        urls_expire_at,
+    )))
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -221,7 +136,7 @@ async fn delete(
     ImageIdPath(id): ImageIdPath,
 ) -> Result<Response, IngestError> {
     let (image_id, image) = owned_image(&state, &client, id).await?;
-    if image.status == "deleted" {
+    if image.status == Status::Deleted {
         return Ok(deleting(image_id, "deleted"));
     }
     if !claim_deletion(&state, &client, image_id).await? {
@@ -313,11 +228,9 @@ async fn append_deletion(
         .into_iter()
         .map(|variant| variant.key)
         .collect();
-    let event = Event::new(
+    let event = envelope::event(
+        headers,
         image_id,
-        correlation_id(headers, image_id),
-        None,
-        producer(),
         ImageDeleted {
             requested_by: client.to_string(),
             original_key: image.original_key,
@@ -330,12 +243,4 @@ async fn append_deletion(
         .await
         .map_err(|e| IngestError::EventLogUnavailable(e.to_string()))?;
     Ok(())
-}
-
-/// The request id (the client's `X-Request-Id` or the one generated for it).
-pub(super) fn correlation_id(headers: &HeaderMap, fallback: Uuid) -> String {
-    headers
-        .get(&REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .map_or_else(|| fallback.to_string(), str::to_string)
 }

@@ -1,46 +1,33 @@
 //! The HTTP surface: `/v1` for apps, `/healthz` and `/readyz` for operators.
 
 mod as_of;
+mod envelope;
 mod extract;
 mod images;
+mod ownership;
+mod page;
 mod queries;
 mod readiness;
+mod request_id;
 mod upload;
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderName, Request};
+use axum::http::Request;
 use axum::response::IntoResponse;
 use axum::Router;
-use imgpipe_infra::kafka::EventProducer;
-use imgpipe_infra::storage::ObjectStore;
-use sqlx::PgPool;
-use tower_http::request_id::{
-    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
-};
+use tower_http::request_id::{PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 use tower_http::trace::TraceLayer;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::auth::ApiKeys;
-use crate::config::IngestSettings;
+use self::request_id::{TimeOrderedRequestId, REQUEST_ID};
+use crate::error::IngestError;
 use crate::rate_limit::RateLimits;
-use crate::IngestError;
-
-pub(crate) static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// What every handler can reach.
-#[derive(Clone)]
-pub struct AppState {
-    pub store: ObjectStore,
-    pub events: EventProducer,
-    pub pool: PgPool,
-    pub api_keys: Arc<ApiKeys>,
-    pub settings: Arc<IngestSettings>,
-    pub rate_limits: Arc<RateLimits>,
-}
+use crate::state::AppState;
 
 /// The `/v1` routes, with the documentation of those that carry it.
 pub(crate) fn v1() -> OpenApiRouter<AppState> {
@@ -59,15 +46,14 @@ pub fn ops_router(state: &AppState) -> Router {
         .route("/metrics", axum::routing::get(crate::metrics::render))
 }
 
-pub fn router(state: AppState) -> Router {
+/// The public listener's router: `api` (the [`v1`] routes, with `GET /v1/openapi.json` as
+/// `crate::openapi::with_document` adds it), the operators' routes, and what every request
+/// passes through.
+pub fn router(api: Router<AppState>, state: AppState) -> Router {
     let readiness = Arc::new(readiness::Dependencies::from(&state));
     let limits = Arc::clone(&state.rate_limits);
-    let (v1, documented) = v1().split_for_parts();
-    let document = crate::openapi::assemble(documented);
     let metrics_here = state.settings.ops_addr.is_none();
-    let mut public = Router::new()
-        .merge(v1)
-        .route("/v1/openapi.json", crate::openapi::serve(document))
+    let mut public = api
         .with_state(state)
         .merge(imgpipe_infra::ops::router(readiness, None));
     if metrics_here {
@@ -86,11 +72,7 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-                let request_id = request
-                    .headers()
-                    .get(&REQUEST_ID)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default();
+                let request_id = request_id::of(request.headers()).unwrap_or_default();
                 tracing::info_span!(
                     "request",
                     method = %request.method(),
@@ -103,7 +85,7 @@ pub fn router(state: AppState) -> Router {
             REQUEST_ID.clone(),
             TimeOrderedRequestId,
         ))
-        .layer(axum::middleware::map_request(drop_unfit_request_id))
+        .layer(axum::middleware::map_request(request_id::drop_unfit))
 }
 
 /// Counts an API request against its address's budget before anything else is done for it
@@ -122,39 +104,4 @@ async fn limit_per_address(
         }
     }
     next.run(request).await
-}
-
-/// The longest `X-Request-Id` taken from a client; it is logged and put in events.
-const MAX_REQUEST_ID_CHARS: usize = 128;
-
-/// Drops a client's `X-Request-Id` that is not 1 to [`MAX_REQUEST_ID_CHARS`] visible ASCII
-/// characters, so that one is generated instead: what goes into logs and events is bounded
-/// and printable.
-async fn drop_unfit_request_id<B>(mut request: Request<B>) -> Request<B> {
-    let fit = |value: &axum::http::HeaderValue| {
-        let bytes = value.as_bytes();
-        !bytes.is_empty()
-            && bytes.len() <= MAX_REQUEST_ID_CHARS
-            && bytes.iter().all(u8::is_ascii_graphic)
-    };
-    let headers = request.headers();
-    let values = headers.get_all(&REQUEST_ID);
-    if values.iter().count() > 1 || values.iter().any(|value| !fit(value)) {
-        request.headers_mut().remove(&REQUEST_ID);
-    }
-    request
-}
-
-/// Generates a UUIDv7 request id when the client sent none.
-#[derive(Clone, Copy)]
-struct TimeOrderedRequestId;
-
-impl MakeRequestId for TimeOrderedRequestId {
-    fn make_request_id<B>(&mut self, _request: &Request<B>) -> Option<RequestId> {
-        uuid::Uuid::now_v7()
-            .to_string()
-            .parse()
-            .ok()
-            .map(RequestId::new)
-    }
 }

@@ -1,20 +1,25 @@
 //! Read-only queries over a client's images: the listing, one image's timeline, and stats.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::Json;
+use imgpipe_schemas::state::Status;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use time::OffsetDateTime;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{IntoParams, PartialSchema, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use super::extract::{ApiQuery, ImageIdPath};
-use super::images::{database_unavailable, owned_image};
-use super::AppState;
-use crate::auth::Client;
-use crate::db::{self, ListedImage, TimelineRow};
-use crate::error::ErrorBody;
-use crate::IngestError;
+use super::extract::{ApiQuery, Client, ImageIdPath};
+use super::ownership::owned_image;
+use super::page::{Cursor, PageSize};
+use crate::db::{self, ListedImageRow, TimelineRow};
+use crate::error::{database_unavailable, ErrorBody, IngestError};
+use crate::state::AppState;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -26,14 +31,47 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 #[derive(Debug, Serialize, ToSchema)]
 struct Timeline {
     id: Uuid,
-    events: Vec<TimelineRow>,
+    events: Vec<TimelineEvent>,
     /// Pass as `cursor` for the next page; absent on the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
 }
 
-const DEFAULT_EVENTS_PAGE: i64 = 100;
-const MAX_EVENTS_PAGE: i64 = 500;
+// The document calls it `TimelineRow`, the name it had when the database row was served as is.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = TimelineRow)]
+struct TimelineEvent {
+    event_id: Uuid,
+    /// `ImageUploaded`, `ImageProcessed`, `ImageFailed`, `ImageDeleted`, ...
+    event_type: String,
+    topic: String,
+    partition: i32,
+    offset: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    occurred_at: OffsetDateTime,
+    correlation_id: String,
+    causation_id: Option<Uuid>,
+}
+
+impl From<TimelineRow> for TimelineEvent {
+    fn from(row: TimelineRow) -> Self {
+        Self {
+            event_id: row.event_id,
+            event_type: row.event_type,
+            topic: row.topic,
+            partition: row.partition,
+            offset: row.offset,
+            occurred_at: row.occurred_at,
+            correlation_id: row.correlation_id,
+            causation_id: row.causation_id,
+        }
+    }
+}
+
+const EVENTS_PAGE: PageSize = PageSize {
+    default: 100,
+    max: 500,
+};
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -42,11 +80,7 @@ struct TimelineQuery {
     #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
-    #[param(
-        pattern = r"^-?[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-        min_length = 38,
-        max_length = 54
-    )]
+    #[param(value_type = Option<Cursor>, inline)]
     cursor: Option<String>,
 }
 
@@ -74,82 +108,53 @@ async fn timeline(
     ImageIdPath(id): ImageIdPath,
     ApiQuery(query): ApiQuery<TimelineQuery>,
 ) -> Result<Json<Timeline>, IngestError> {
-    let limit = query.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
-    if !(1..=MAX_EVENTS_PAGE).contains(&limit) {
-        return Err(IngestError::InvalidQuery(format!(
-            "limit must be 1..={MAX_EVENTS_PAGE}"
-        )));
-    }
-    let after = query.cursor.as_deref().map(cursor::decode).transpose()?;
+    let page = EVENTS_PAGE.request(query.limit, query.cursor.as_deref())?;
     let (image_id, _) = owned_image(&state, &client, id).await?;
-    // One extra row says whether there is a next page.
-    let mut events = db::timeline(&state.pool, image_id, after, limit + 1)
+    let rows = db::timeline(&state.pool, image_id, page.after(), page.fetch())
         .await
         .map_err(database_unavailable)?;
-    let next_cursor = if events.len() as i64 > limit {
-        events.truncate(limit as usize);
-        events
-            .last()
-            .map(|last| cursor::encode(last.occurred_at, last.event_id))
-    } else {
-        None
-    };
+    let (rows, next_cursor) = page.page(rows, |row| Cursor {
+        at: row.occurred_at,
+        id: row.event_id,
+    });
     Ok(Json(Timeline {
         id: image_id,
-        events,
+        events: rows.into_iter().map(TimelineEvent::from).collect(),
         next_cursor,
     }))
 }
 
-const DEFAULT_PAGE: i64 = 50;
-const MAX_PAGE: i64 = 200;
+const IMAGES_PAGE: PageSize = PageSize {
+    default: 50,
+    max: 200,
+};
 
-/// An image's status, as the listing filters on it.
-#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
-#[serde(rename_all = "lowercase")]
-enum ImageStatusName {
-    Uploaded,
-    Processing,
-    Ready,
-    Failed,
-    Deleted,
-}
+/// [`Status`] as the document states it: one of its names.
+struct StatusName;
 
-impl ImageStatusName {
-    const ALL: [Self; 5] = [
-        Self::Uploaded,
-        Self::Processing,
-        Self::Ready,
-        Self::Failed,
-        Self::Deleted,
-    ];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Uploaded => "uploaded",
-            Self::Processing => "processing",
-            Self::Ready => "ready",
-            Self::Failed => "failed",
-            Self::Deleted => "deleted",
-        }
+impl PartialSchema for StatusName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .description(Some("An image's status, as the listing filters on it."))
+            .schema_type(Type::String)
+            .enum_values(Some(Status::ALL.map(Status::as_str)))
+            .into()
     }
 }
+
+impl ToSchema for StatusName {}
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 struct ListQuery {
     /// Only images in this status.
-    #[param(inline)]
-    status: Option<ImageStatusName>,
+    #[param(value_type = Option<StatusName>, inline)]
+    status: Option<Status>,
     /// Images per page, 1 to 200; default 50.
     #[param(minimum = 1, maximum = 200)]
     limit: Option<i64>,
     /// The previous page's `next_cursor`.
-    #[param(
-        pattern = r"^-?[0-9]{1,16}_[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
-        min_length = 38,
-        max_length = 54
-    )]
+    #[param(value_type = Option<Cursor>, inline)]
     cursor: Option<String>,
 }
 
@@ -159,6 +164,38 @@ struct Page {
     /// Pass as `cursor` for the next page; absent on the last one.
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+struct ListedImage {
+    id: Uuid,
+    #[schema(value_type = String)]
+    status: Status,
+    format: String,
+    width: i32,
+    height: i32,
+    bytes: i64,
+    /// A gallery's placeholder before the thumbnail loads; null until processed.
+    dominant_color: Option<String>,
+    blurhash: Option<String>,
+    #[serde(with = "time::serde::rfc3339")]
+    uploaded_at: OffsetDateTime,
+}
+
+impl From<ListedImageRow> for ListedImage {
+    fn from(row: ListedImageRow) -> Self {
+        Self {
+            id: row.image_id,
+            status: row.status,
+            format: row.format,
+            width: row.width,
+            height: row.height,
+            bytes: row.bytes,
+            dominant_color: row.dominant_color,
+            blurhash: row.blurhash,
+            uploaded_at: row.uploaded_at,
+        }
+    }
 }
 
 /// The client's images, newest first, keyset paginated with an opaque cursor.
@@ -182,104 +219,30 @@ async fn list(
     Client(client): Client,
     ApiQuery(query): ApiQuery<ListQuery>,
 ) -> Result<Json<Page>, IngestError> {
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
-    if !(1..=MAX_PAGE).contains(&limit) {
-        return Err(IngestError::InvalidQuery(format!(
-            "limit must be 1..={MAX_PAGE}"
-        )));
-    }
-    let after = query.cursor.as_deref().map(cursor::decode).transpose()?;
-    // One extra row says whether there is a next page.
-    let mut images = db::list(
+    let page = IMAGES_PAGE.request(query.limit, query.cursor.as_deref())?;
+    let rows = db::list(
         &state.pool,
         &client,
-        query.status.map(ImageStatusName::as_str),
-        after,
-        limit + 1,
+        query.status,
+        page.after(),
+        page.fetch(),
     )
     .await
     .map_err(database_unavailable)?;
-    let next_cursor = if images.len() as i64 > limit {
-        images.truncate(limit as usize);
-        images
-            .last()
-            .map(|last| cursor::encode(last.uploaded_at, last.image_id))
-    } else {
-        None
-    };
+    let (rows, next_cursor) = page.page(rows, |row| Cursor {
+        at: row.uploaded_at,
+        id: row.image_id,
+    });
     Ok(Json(Page {
-        images,
+        images: rows.into_iter().map(ListedImage::from).collect(),
         next_cursor,
     }))
-}
-
-/// The page cursor: the sort key (a time in microseconds and an id) of the last row shown,
-/// `<micros>_<uuid>`; the listing's and the timeline's. Read strictly: what the document's
-/// pattern admits, and nothing else.
-mod cursor {
-    use time::OffsetDateTime;
-    use uuid::Uuid;
-
-    use crate::IngestError;
-
-    /// The most digits of the microseconds (year 2286 and before).
-    const MAX_DIGITS: usize = 16;
-
-    pub(super) fn encode(at: OffsetDateTime, id: Uuid) -> String {
-        format!("{}_{id}", at.unix_timestamp_nanos() / 1_000)
-    }
-
-    pub(super) fn decode(text: &str) -> Result<(OffsetDateTime, Uuid), IngestError> {
-        let invalid = || IngestError::InvalidQuery("cursor is not one this API gave out".into());
-        let (micros, id_text) = text.split_once('_').ok_or_else(invalid)?;
-        let digits = micros.strip_prefix('-').unwrap_or(micros);
-        if digits.is_empty()
-            || digits.len() > MAX_DIGITS
-            || !digits.bytes().all(|b| b.is_ascii_digit())
-        {
-            return Err(invalid());
-        }
-        let micros: i128 = micros.parse().map_err(|_| invalid())?;
-        let at =
-            OffsetDateTime::from_unix_timestamp_nanos(micros * 1_000).map_err(|_| invalid())?;
-        let id = Uuid::try_parse(id_text).map_err(|_| invalid())?;
-        // Only the lowercase hyphenated form the pattern states (`try_parse` takes others).
-        if id.hyphenated().to_string() != id_text {
-            return Err(invalid());
-        }
-        Ok((at, id))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn round_trips_and_rejects_forgeries() {
-            let at = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_000).unwrap();
-            let id = Uuid::now_v7();
-            assert_eq!(decode(&encode(at, id)).unwrap(), (at, id));
-            for bad in [
-                String::new(),
-                "!!!".into(),
-                "12:nope".into(),
-                format!("_{id}"),
-                format!("+12_{id}"),
-                format!("12_{}", id.simple()),
-                format!("12_{}", id.to_string().to_uppercase()),
-                format!("12_{id}\n"),
-                format!("12345678901234567_{id}"),
-            ] {
-                assert!(decode(&bad).is_err(), "{bad}");
-            }
-        }
-    }
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 struct Stats {
     /// Images per status (every status present, zero when none).
-    counts: std::collections::BTreeMap<&'static str, i64>,
+    counts: BTreeMap<&'static str, i64>,
     /// Seconds from upload to result; absent until an image has a result.
     #[serde(skip_serializing_if = "Option::is_none")]
     processing_seconds: Option<Percentiles>,
@@ -310,21 +273,15 @@ async fn stats(
     State(state): State<AppState>,
     Client(client): Client,
 ) -> Result<Json<Stats>, IngestError> {
-    let mut counts: std::collections::BTreeMap<&'static str, i64> = ImageStatusName::ALL
+    let mut counts: BTreeMap<&'static str, i64> = Status::ALL
         .iter()
         .map(|status| (status.as_str(), 0))
         .collect();
-    for (status, count) in db::counts_by_status(&state.pool, &client)
+    for row in db::counts_by_status(&state.pool, &client)
         .await
         .map_err(database_unavailable)?
     {
-        if let Some(slot) = ImageStatusName::ALL
-            .iter()
-            .map(|s| s.as_str())
-            .find(|s| *s == status)
-        {
-            counts.insert(slot, count);
-        }
+        counts.insert(row.status.as_str(), row.count);
     }
     let processing_seconds = db::processing_seconds(&state.pool, &client)
         .await
@@ -334,4 +291,52 @@ async fn stats(
         counts,
         processing_seconds,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(seconds: i64) -> OffsetDateTime {
+        let nanos = 1_795_000_000_000_000_000 + seconds * 1_000_123_000;
+        OffsetDateTime::from_unix_timestamp_nanos(i128::from(nanos)).unwrap()
+    }
+
+    fn id() -> Uuid {
+        Uuid::from_u128(0x0190_0000_0000_7000_8000_0000_0000_0001)
+    }
+
+    /// The bodies are what they were when the rows were served as they are.
+    #[test]
+    fn listed_images_and_timeline_events_keep_their_rows_fields() {
+        let listed = ListedImage::from(ListedImageRow {
+            image_id: id(),
+            status: Status::Ready,
+            format: "png".into(),
+            width: 1,
+            height: 2,
+            bytes: 3,
+            dominant_color: None,
+            blurhash: Some("LKO2".into()),
+            uploaded_at: at(1),
+        });
+        assert_eq!(
+            serde_json::to_string(&listed).unwrap(),
+            r##"{"id":"01900000-0000-7000-8000-000000000001","status":"ready","format":"png","width":1,"height":2,"bytes":3,"dominant_color":null,"blurhash":"LKO2","uploaded_at":"2026-11-18T11:06:41.000123Z"}"##
+        );
+        let event = TimelineEvent::from(TimelineRow {
+            event_id: id(),
+            event_type: "ImageUploaded".into(),
+            topic: "imgpipe.events".into(),
+            partition: 2,
+            offset: 77,
+            occurred_at: at(2),
+            correlation_id: "req-1".into(),
+            causation_id: None,
+        });
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r##"{"event_id":"01900000-0000-7000-8000-000000000001","event_type":"ImageUploaded","topic":"imgpipe.events","partition":2,"offset":77,"occurred_at":"2026-11-18T11:06:42.000246Z","correlation_id":"req-1","causation_id":null}"##
+        );
+    }
 }

@@ -6,8 +6,8 @@ use imgpipe_infra::ops::Readiness;
 use imgpipe_infra::storage::ObjectStore;
 use sqlx::PgPool;
 
-use super::AppState;
 use crate::db;
+use crate::state::AppState;
 
 /// Ready when the broker, the bucket and the database all answer.
 pub(super) struct Dependencies {

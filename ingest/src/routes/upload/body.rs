@@ -14,9 +14,9 @@ use futures::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::routes::AppState;
+use crate::error::IngestError;
 use crate::sniff::{self, Sniffed, Sniffer};
-use crate::IngestError;
+use crate::state::AppState;
 
 /// A refused body is read to its end (so the client gets the answer, see `drain`) up to this
 /// many times the size limit; a client sending more is cut off.

@@ -14,8 +14,8 @@ use utoipa::openapi::RefOr;
 
 use super::body::{body_error, discard, drain, receive, Received, DRAIN_LIMIT_FACTOR};
 use super::framing::Framing;
-use crate::routes::AppState;
-use crate::IngestError;
+use crate::error::IngestError;
+use crate::state::AppState;
 
 /// Room for the multipart boundaries and the metadata field on top of the file's own limit.
 pub(super) const MULTIPART_OVERHEAD: u64 = 64 * 1024;

@@ -10,7 +10,7 @@
 use bytes::Bytes;
 use memchr::memmem;
 
-use crate::IngestError;
+use crate::error::IngestError;
 
 /// The most bytes a preamble, or one part's headers, may take: a `Content-Disposition` and a
 /// `Content-Type` fit in a few hundred.

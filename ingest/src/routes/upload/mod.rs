@@ -5,12 +5,15 @@ mod body;
 mod form;
 mod framing;
 
+use std::sync::Arc;
+
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use futures::TryStreamExt;
-use imgpipe_schemas::{Event, ImageUploaded};
+use imgpipe_schemas::state::Status;
+use imgpipe_schemas::ImageUploaded;
 use serde::Serialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -22,12 +25,12 @@ use self::body::{
     DRAIN_LIMIT_FACTOR,
 };
 use self::form::{is_multipart, receive_form, Metadata, MULTIPART_OVERHEAD};
-use super::images::{correlation_id, database_unavailable, producer};
-use super::AppState;
-use crate::auth::Client;
+use super::envelope;
+use super::extract::Client;
 use crate::db;
-use crate::error::ErrorBody;
-use crate::IngestError;
+use crate::error::{database_unavailable, ErrorBody, IngestError};
+use crate::state::AppState;
+use crate::upload_slots::UploadSlot;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     // The upload counts its own bytes against the configured limit (413) as they stream; axum's
@@ -43,8 +46,8 @@ pub(super) fn router() -> OpenApiRouter<AppState> {
 struct Accepted {
     id: Uuid,
     /// Always `uploaded`: processing has not started yet.
-    #[schema(example = "uploaded")]
-    status: &'static str,
+    #[schema(value_type = String, example = "uploaded")]
+    status: Status,
     /// From the magic bytes: `jpeg`, `png`, `webp`, `gif` or `tiff`.
     format: &'static str,
     /// From the header, before EXIF orientation.
@@ -145,95 +148,164 @@ async fn upload(
     client: Result<Client, IngestError>,
     request: Request,
 ) -> Result<Response, IngestError> {
-    let limit = state.settings.max_upload_bytes;
     let request = with_deadline(request, state.settings.upload_deadline_secs);
     let headers = request.headers().clone();
-    let multipart = is_multipart(&headers);
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    let admitted = client.and_then(|Client(client)| {
-        let slot = state.rate_limits.uploads_in_progress.take(&client)?;
-        state.rate_limits.check_upload(&client)?;
-        let idempotency_key = idempotency_key(&headers)?;
-        let allowed = if multipart {
-            limit + MULTIPART_OVERHEAD
-        } else {
-            limit
-        };
-        if declared.is_some_and(|length| length > allowed) {
-            return Err(IngestError::PayloadTooLarge { limit });
-        }
-        // With the length known, a client over its byte budget is refused before it sends.
-        if let (Some(length), false) = (declared, multipart) {
-            state.rate_limits.check_bytes(&client, length)?;
-        }
-        Ok((client, idempotency_key, slot))
-    });
-    let (client, idempotency_key, _slot) = match admitted {
+    let declared = Declared::of(&headers);
+    let admitted = match client.and_then(|client| admit(&state, client, &headers, declared)) {
         Ok(admitted) => admitted,
-        Err(error) => {
-            if declared.is_none_or(|length| length <= DRAIN_LIMIT_FACTOR * limit) {
-                let body = request.into_body().into_data_stream().map_err(body_error);
-                drain(std::pin::pin!(body), limit).await;
-            }
-            return Err(error);
-        }
+        Err(error) => return Err(refuse(&state, request, declared, error).await),
     };
-
-    let (original, metadata) = if multipart {
-        let form = receive_form(&state, request).await?;
-        charge_bytes(&state, &client, &form.0).await?;
-        form
-    } else {
-        let body = request.into_body().into_data_stream().map_err(body_error);
-        let mut body = std::pin::pin!(body);
-        let original = match receive(&state, body.as_mut()).await {
-            Ok(original) => original,
-            Err(error) => {
-                drain(body, limit).await;
-                return Err(error);
-            }
-        };
-        if declared.is_none() {
-            charge_bytes(&state, &client, &original).await?;
-        }
-        (original, None)
-    };
-
-    let image_id = match &idempotency_key {
+    let client = &admitted.client;
+    let (original, metadata) = receive_upload(&state, client, request, declared).await?;
+    let image_id = match &admitted.idempotency_key {
         None => original.image_id,
-        Some(key) => match claim(&state, &client, key, &original).await? {
+        Some(key) => match claim(&state, client, key, &original).await? {
             Claim::Fresh(image_id) => image_id,
             Claim::Replay(response) => return Ok(replay(response)),
         },
     };
-    let result = store_and_announce(&state, &client, &headers, image_id, &original, metadata).await;
-    if let Some(key) = &idempotency_key {
-        match &result {
-            Ok(response) => {
-                if let Err(error) =
-                    db::complete_idempotency_key(&state.pool, &client, key, response).await
-                {
-                    // The upload stands; a retry with this key redoes it under the same image
-                    // id, which downstream handles as a redelivery.
-                    tracing::warn!(error = %error, "could not record the idempotent response");
-                }
-            }
-            Err(_) => {
-                if let Err(error) = db::release_idempotency_key(&state.pool, &client, key).await {
-                    tracing::warn!(error = %error, "could not release the idempotency key");
-                }
-            }
-        }
+    let result = store_and_announce(&state, client, &headers, image_id, &original, metadata).await;
+    if let Some(key) = &admitted.idempotency_key {
+        settle_idempotency_key(&state, client, key, &result).await;
     }
-    let response = result?;
-    let mut response = (StatusCode::ACCEPTED, Json(response)).into_response();
+    let mut response = (StatusCode::ACCEPTED, Json(result?)).into_response();
     if let Ok(value) = HeaderValue::from_str(&format!("/v1/images/{image_id}")) {
         response.headers_mut().insert(header::LOCATION, value);
     }
     Ok(response)
+}
+
+/// What the request's headers say of its body.
+#[derive(Debug, Clone, Copy)]
+struct Declared {
+    multipart: bool,
+    /// `Content-Length`, when sent.
+    length: Option<u64>,
+}
+
+impl Declared {
+    fn of(headers: &HeaderMap) -> Self {
+        Self {
+            multipart: is_multipart(headers),
+            length: headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok()),
+        }
+    }
+}
+
+/// An upload let in, before its body is read.
+struct Admitted {
+    client: Arc<str>,
+    idempotency_key: Option<String>,
+    /// Held until the handler ends.
+    _slot: UploadSlot,
+}
+
+/// Lets the upload in, or refuses it before its body is read: the client's uploads in
+/// progress, its upload budget, its Idempotency-Key, and the declared length against the size
+/// limit and (a raw body's) the byte budget.
+fn admit(
+    state: &AppState,
+    Client(client): Client,
+    headers: &HeaderMap,
+    declared: Declared,
+) -> Result<Admitted, IngestError> {
+    let limit = state.settings.max_upload_bytes;
+    let slot = state.rate_limits.uploads_in_progress.take(&client)?;
+    state.rate_limits.check_upload(&client)?;
+    let idempotency_key = idempotency_key(headers)?;
+    let allowed = if declared.multipart {
+        limit + MULTIPART_OVERHEAD
+    } else {
+        limit
+    };
+    if declared.length.is_some_and(|length| length > allowed) {
+        return Err(IngestError::PayloadTooLarge { limit });
+    }
+    // With the length known, a client over its byte budget is refused before it sends.
+    if let (Some(length), false) = (declared.length, declared.multipart) {
+        state.rate_limits.check_bytes(&client, length)?;
+    }
+    Ok(Admitted {
+        client,
+        idempotency_key,
+        _slot: slot,
+    })
+}
+
+/// Reads what is left of a refused body (see `drain`), unless its declared length is past
+/// what would be drained anyway, and gives back why it was refused.
+async fn refuse(
+    state: &AppState,
+    request: Request,
+    declared: Declared,
+    error: IngestError,
+) -> IngestError {
+    let limit = state.settings.max_upload_bytes;
+    if declared
+        .length
+        .is_none_or(|length| length <= DRAIN_LIMIT_FACTOR * limit)
+    {
+        let body = request.into_body().into_data_stream().map_err(body_error);
+        drain(std::pin::pin!(body), limit).await;
+    }
+    error
+}
+
+/// Streams the original into object storage, from the form's `file` or the raw body, and
+/// charges a body of undeclared length against the client's byte budget once it is in.
+async fn receive_upload(
+    state: &AppState,
+    client: &str,
+    request: Request,
+    declared: Declared,
+) -> Result<(Received, Option<Metadata>), IngestError> {
+    if declared.multipart {
+        let form = receive_form(state, request).await?;
+        charge_bytes(state, client, &form.0).await?;
+        return Ok(form);
+    }
+    let body = request.into_body().into_data_stream().map_err(body_error);
+    let mut body = std::pin::pin!(body);
+    let original = match receive(state, body.as_mut()).await {
+        Ok(original) => original,
+        Err(error) => {
+            drain(body, state.settings.max_upload_bytes).await;
+            return Err(error);
+        }
+    };
+    if declared.length.is_none() {
+        charge_bytes(state, client, &original).await?;
+    }
+    Ok((original, None))
+}
+
+/// Records the upload's answer under its Idempotency-Key, or frees the key for a retry when
+/// the upload failed.
+async fn settle_idempotency_key(
+    state: &AppState,
+    client: &str,
+    key: &str,
+    result: &Result<serde_json::Value, IngestError>,
+) {
+    match result {
+        Ok(response) => {
+            if let Err(error) =
+                db::complete_idempotency_key(&state.pool, client, key, response).await
+            {
+                // The upload stands; a retry with this key redoes it under the same image
+                // id, which downstream handles as a redelivery.
+                tracing::warn!(error = %error, "could not record the idempotent response");
+            }
+        }
+        Err(_) => {
+            if let Err(error) = db::release_idempotency_key(&state.pool, client, key).await {
+                tracing::warn!(error = %error, "could not release the idempotency key");
+            }
+        }
+    }
 }
 
 /// Counts a body of unknown length against the client's byte budget once it has arrived;
@@ -260,26 +332,16 @@ async fn store_and_announce(
     original: &Received,
     metadata: Option<Metadata>,
 ) -> Result<serde_json::Value, IngestError> {
-    let original_key = state.store.original_key(image_id);
-    if original_key != original.key {
-        state
-            .store
-            .copy(&original.key, &original_key)
-            .await
-            .map_err(storage_unavailable)?;
-        discard(state, &original.key).await;
-    }
+    let original_key = move_to_image_id(state, original, image_id).await?;
     let Received {
         sniffed,
         bytes,
         sha256,
         ..
     } = original;
-    let event = Event::new(
+    let event = envelope::event(
+        headers,
         image_id,
-        correlation_id(headers, image_id),
-        None,
-        producer(),
         ImageUploaded {
             owner: client.to_string(),
             original_key: original_key.clone(),
@@ -321,15 +383,42 @@ async fn store_and_announce(
         // The upload stands; until the projector applies it, a GET or DELETE answers 404.
         tracing::warn!(error = %error, image_id = %image_id, "could not record the accepted upload");
     }
+    accepted_body(image_id, original, metadata)
+}
 
+/// The key of the original under `image_id`, where it is moved first if it was staged under
+/// another id (an earlier attempt with the same Idempotency-Key reserved that one).
+async fn move_to_image_id(
+    state: &AppState,
+    original: &Received,
+    image_id: Uuid,
+) -> Result<String, IngestError> {
+    let original_key = state.store.original_key(image_id);
+    if original_key != original.key {
+        state
+            .store
+            .copy(&original.key, &original_key)
+            .await
+            .map_err(storage_unavailable)?;
+        discard(state, &original.key).await;
+    }
+    Ok(original_key)
+}
+
+/// The 202 body, as JSON: what is kept under an Idempotency-Key and replayed.
+fn accepted_body(
+    image_id: Uuid,
+    original: &Received,
+    metadata: Option<Metadata>,
+) -> Result<serde_json::Value, IngestError> {
     let body = Accepted {
         id: image_id,
-        status: "uploaded",
-        format: sniffed.format,
-        width: sniffed.width,
-        height: sniffed.height,
-        bytes: *bytes,
-        sha256: sha256.clone(),
+        status: Status::Uploaded,
+        format: original.sniffed.format,
+        width: original.sniffed.width,
+        height: original.sniffed.height,
+        bytes: original.bytes,
+        sha256: original.sha256.clone(),
         metadata,
         links: Links {
             this: format!("/v1/images/{image_id}"),

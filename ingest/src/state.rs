@@ -1,0 +1,36 @@
+//! The application state, and the parts of it an extractor takes through `FromRef` without
+//! naming the whole.
+
+use std::sync::Arc;
+
+use axum::extract::FromRef;
+use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::storage::ObjectStore;
+use sqlx::PgPool;
+
+use crate::auth::ApiKeys;
+use crate::config::IngestSettings;
+use crate::rate_limit::RateLimits;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: ObjectStore,
+    pub events: EventProducer,
+    pub pool: PgPool,
+    pub api_keys: Arc<ApiKeys>,
+    pub settings: Arc<IngestSettings>,
+    pub rate_limits: Arc<RateLimits>,
+}
+
+impl FromRef<AppState> for Arc<ApiKeys> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.api_keys)
+    }
+}
+
+impl FromRef<AppState> for Arc<RateLimits> {
+    fn from_ref(state: &AppState) -> Self {
+        Arc::clone(&state.rate_limits)
+    }
+}
