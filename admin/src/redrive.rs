@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use imgpipe_infra::consume::dead_letter_headers as dlq;
-use imgpipe_infra::registry::EventCodec;
-use imgpipe_infra::KafkaConfig;
+use imgpipe_infra::registry::{EventCodec, RegistryConfig};
+use imgpipe_infra::{FromEnv, KafkaConfig};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -24,6 +24,9 @@ use rdkafka::util::Timeout;
 use rdkafka::{Message, Offset, TopicPartitionList};
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+use crate::error::AdminError;
+use crate::progress::LineSpinner;
 
 /// The consumer group (after the deployment's prefix) whose committed offsets on the
 /// dead-letter topic mark what has been redriven.
@@ -139,6 +142,42 @@ impl Summary {
         )?;
         Ok(())
     }
+}
+
+/// `imgpipe redrive` with the deployment's configuration: progress lines to `progress`, the
+/// summary on stdout (one JSON object with `json`).
+pub async fn run(
+    options: &Options,
+    json: bool,
+    progress: &mut dyn Write,
+) -> Result<Summary, AdminError> {
+    let config = KafkaConfig::from_env()?;
+    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
+    let summary = redrive(&config, &codec, options, progress).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", summary.to_json())?;
+    } else {
+        summary.write_table(&mut out)?;
+    }
+    Ok(summary)
+}
+
+/// `imgpipe replay redrive`: [`run`] with its progress as a spinner on stderr.
+pub async fn run_with_spinner(
+    image: Option<Uuid>,
+    dry_run: bool,
+    json: bool,
+) -> Result<Summary, AdminError> {
+    let options = Options {
+        image,
+        dry_run,
+        progress_every: 1,
+    };
+    let mut spinner = LineSpinner::new(true);
+    let summary = run(&options, json, &mut spinner).await?;
+    spinner.finish();
+    Ok(summary)
 }
 
 /// One dead-letter partition to read: from where the group left off up to where it ended
