@@ -2,11 +2,10 @@
 
 use std::io::{BufRead, Write};
 
-use anyhow::Context;
 use futures::StreamExt;
 use imgpipe_infra::log_reader::{LogReader, StartAt};
-use imgpipe_infra::registry::EventCodec;
-use imgpipe_infra::KafkaConfig;
+use imgpipe_infra::registry::{EventCodec, RegistryConfig};
+use imgpipe_infra::{FromEnv, KafkaConfig};
 use imgpipe_schemas::Event;
 use rdkafka::message::{Headers, OwnedMessage};
 use rdkafka::Message;
@@ -14,6 +13,8 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
+
+use crate::error::AdminError;
 
 /// Where reading starts on every partition.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +29,7 @@ pub enum Start {
 }
 
 impl std::str::FromStr for Start {
-    type Err = String;
+    type Err = AdminError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
@@ -40,8 +41,8 @@ impl std::str::FromStr for Start {
                 }
                 OffsetDateTime::parse(text, &Rfc3339)
                     .map(Start::Time)
-                    .map_err(|_| {
-                        format!("{text:?}: expected beginning, end, an offset or an RFC 3339 time")
+                    .map_err(|_| AdminError::Start {
+                        text: text.to_string(),
                     })
             }
         }
@@ -76,6 +77,96 @@ impl Start {
     }
 }
 
+/// The topic `--topic` names: `events`, `dlq` (the dead-letter topic), or a full topic name.
+pub fn topic_named(config: &KafkaConfig, name: &str) -> String {
+    let topics = config.topics();
+    match name {
+        "events" => topics.events,
+        "dlq" => topics.dead_letter,
+        other => other.to_string(),
+    }
+}
+
+/// `imgpipe events tail`: the records of `topic` on stdout, with the deployment's
+/// configuration.
+pub async fn run_tail(
+    topic: &str,
+    start: Start,
+    image: Option<Uuid>,
+    follow: bool,
+) -> Result<u64, AdminError> {
+    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
+    let config = KafkaConfig::from_env()?;
+    let wanted = Tail {
+        topics: vec![topic_named(&config, topic)],
+        start,
+        image,
+        follow,
+    };
+    tail(&config, &codec, &wanted, &mut std::io::stdout().lock()).await
+}
+
+/// `imgpipe events history`: [`history`] on stdout, with the deployment's configuration.
+pub async fn run_history(image: Uuid) -> Result<(), AdminError> {
+    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
+    let config = KafkaConfig::from_env()?;
+    for line in history(config, codec, image).await? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `imgpipe events decode`: [`decode_lines`] from stdin to stdout.
+pub async fn run_decode() -> Result<u64, AdminError> {
+    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
+    tokio::task::spawn_blocking(move || {
+        let stdin = std::io::stdin();
+        decode_lines(&mut stdin.lock(), &codec, &mut std::io::stdout().lock())
+    })
+    .await?
+}
+
+/// Every record of one image on the events and dead-letter topics, oldest first, as
+/// `imgpipe events history` prints them.
+pub async fn history(
+    config: KafkaConfig,
+    codec: EventCodec,
+    image: Uuid,
+) -> Result<Vec<Value>, AdminError> {
+    let topics = config.topics();
+    let wanted = Tail {
+        topics: vec![topics.events, topics.dead_letter],
+        start: Start::Beginning,
+        image: Some(image),
+        follow: false,
+    };
+    Ok(oldest_first(read(config, codec, wanted).await?))
+}
+
+/// What [`tail`] writes for `wanted` (which must not follow), one value per record.
+pub async fn read(
+    config: KafkaConfig,
+    codec: EventCodec,
+    wanted: Tail,
+) -> Result<Vec<Value>, AdminError> {
+    let mut buffer = Vec::new();
+    tail(&config, &codec, &wanted, &mut buffer).await?;
+    let lines = buffer
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .map(serde_json::from_slice)
+        .collect::<Result<_, _>>()?;
+    Ok(lines)
+}
+
+/// Records of several topics, oldest first. Each topic alone is already in log order, and the
+/// sort keeps records of equal timestamps in the order they came; one without a timestamp
+/// goes last.
+fn oldest_first(mut lines: Vec<Value>) -> Vec<Value> {
+    lines.sort_by_key(|line| line["timestamp"].as_i64().unwrap_or(i64::MAX));
+    lines
+}
+
 /// Reads the topics and writes matching records to `out` as JSON lines. Without `follow`, it
 /// stops once every partition is read up to where it ended when reading began.
 pub async fn tail(
@@ -83,7 +174,7 @@ pub async fn tail(
     codec: &EventCodec,
     tail: &Tail,
     out: &mut dyn Write,
-) -> anyhow::Result<u64> {
+) -> Result<u64, AdminError> {
     let start = tail.start.start_at();
     let mut scans = Vec::new();
     for topic in &tail.topics {
@@ -99,7 +190,7 @@ pub async fn tail(
     let mut records = futures::stream::select_all(scans);
     let mut written = 0;
     while let Some(message) = records.next().await {
-        let message = message.context("reading a record")?;
+        let message = message?;
         if !tail.start.admits(message.timestamp().to_millis()) {
             continue;
         }
@@ -169,7 +260,7 @@ pub fn decode_lines(
     input: &mut dyn BufRead,
     codec: &EventCodec,
     out: &mut dyn Write,
-) -> anyhow::Result<u64> {
+) -> Result<u64, AdminError> {
     use base64::Engine;
     let mut written = 0;
     for line in input.lines() {
@@ -244,5 +335,35 @@ mod tests {
         assert_eq!(lines[0]["correlation_id"], "req-7");
         assert_eq!(lines[0]["payload"]["reason_code"], "undecodable");
         assert!(lines[1]["error"].as_str().unwrap().contains("base64"));
+    }
+
+    #[test]
+    fn history_merges_topics_by_time_keeping_each_topics_order() {
+        fn line(topic: &str, offset: i64, timestamp: Option<i64>) -> Value {
+            json!({ "topic": topic, "offset": offset, "timestamp": timestamp })
+        }
+        let merged = oldest_first(vec![
+            line("events", 0, Some(10)),
+            line("events", 1, Some(30)),
+            line("events", 2, Some(30)),
+            line("dlq", 0, None),
+            line("dlq", 1, Some(20)),
+            line("dlq", 2, Some(30)),
+        ]);
+        let order: Vec<(&str, i64)> = merged
+            .iter()
+            .map(|l| (l["topic"].as_str().unwrap(), l["offset"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                ("events", 0),
+                ("dlq", 1),
+                ("events", 1),
+                ("events", 2),
+                ("dlq", 2),
+                ("dlq", 0)
+            ]
+        );
     }
 }

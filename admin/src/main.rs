@@ -1,15 +1,11 @@
 //! `imgpipe`: the operator's command line. It reads the same `IMGPIPE_*` variables as the
 //! services.
 
-use anyhow::Context;
 use clap::{ArgGroup, Parser, Subcommand};
-use imgpipe_admin::{events, orphans, progress, rebuild, redrive, replay};
-use imgpipe_infra::registry::{EventCodec, RegistryConfig};
-use imgpipe_infra::storage::ObjectStore;
+use imgpipe_admin::{events, keys, orphans, rebuild, redrive, replay, setup};
 use imgpipe_infra::telemetry::LogConfig;
-use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
-use imgpipe_ingest::auth::{ApiKeys, ClientLimits, Scope};
-use rand::RngCore;
+use imgpipe_ingest::auth::{ClientLimits, Scope};
+use imgpipe_projector::orphans::SweepOptions;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -251,29 +247,22 @@ async fn main() -> anyhow::Result<()> {
     };
     imgpipe_infra::telemetry::init(&log);
     match cli.command {
-        Command::Setup { skip_topics } => {
-            if !skip_topics {
-                let kafka_config = KafkaConfig::from_env()?;
-                let specs = topics::bundled()?;
-                kafka::ensure_topics(&kafka_config, &specs)
-                    .await
-                    .context("creating topics")?;
-                println!(
-                    "topics: {}",
-                    specs
-                        .iter()
-                        .map(|s| kafka_config.topic(&s.name))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+        Command::Setup { skip_topics } => setup::setup(skip_topics).await?,
+        Command::Migrate => setup::migrate().await?,
+        Command::Events { command } => match command {
+            EventsCommand::Tail {
+                topic,
+                from,
+                image,
+                follow,
+            } => {
+                events::run_tail(&topic, from, image, follow).await?;
             }
-            let store = ObjectStore::connect(&S3Config::from_env()?).await;
-            store.ensure_bucket().await.context("creating the bucket")?;
-            println!("bucket: {}", store.bucket());
-            migrate().await?;
-        }
-        Command::Migrate => migrate().await?,
-        Command::Events { command } => run_events(command).await?,
+            EventsCommand::Decode => {
+                events::run_decode().await?;
+            }
+            EventsCommand::History { image } => events::run_history(image).await?,
+        },
         Command::Redrive {
             image,
             dry_run,
@@ -285,7 +274,7 @@ async fn main() -> anyhow::Result<()> {
                 dry_run,
                 progress_every,
             };
-            run_redrive(&options, json, &mut std::io::stderr()).await?;
+            redrive::run(&options, json, &mut std::io::stderr()).await?;
         }
         Command::Orphans {
             grace,
@@ -295,23 +284,15 @@ async fn main() -> anyhow::Result<()> {
             page_size,
             lag_wait,
         } => {
-            orphans::check_delete_grace(grace, delete, force)?;
-            let backend = imgpipe_projector::orphans::StoreBackend::connect(
-                &KafkaConfig::from_env()?,
-                &S3Config::from_env()?,
-                &DatabaseConfig::from_env()?,
-                &RegistryConfig::from_env()?,
-                "imgpipe-admin-orphans",
-            )
-            .await?;
-            let mut options =
-                imgpipe_projector::orphans::SweepOptions::new(grace, delete, "imgpipe-admin");
+            let mut options = SweepOptions::new(grace, delete, "imgpipe-admin");
             options.page_size = page_size;
             options.lag_wait = lag_wait;
-            orphans::run(&backend, &options, json).await?;
+            orphans::run(&options, force, json).await?;
         }
         Command::Replay { command } => run_replay(command).await?,
-        Command::Rebuild { dry_run, json } => run_rebuild(dry_run, json).await?,
+        Command::Rebuild { dry_run, json } => {
+            rebuild::run(dry_run, json).await?;
+        }
         Command::ApiKey {
             client,
             plain,
@@ -328,82 +309,13 @@ async fn main() -> anyhow::Result<()> {
                 uploads_per_minute,
                 bytes_per_minute,
             };
-            let (key, entry) = mint_api_key(&client, scope, limits)?;
-            if plain {
-                println!("{key} {entry}");
-            } else {
-                println!("API key for {client} (shown once): {key}");
-                println!("add to IMGPIPE_INGEST_API_KEYS: {entry}");
-                if limits != ClientLimits::default() {
-                    println!(
-                        "the limits hold for every key of {client}: its other entries must state \
-                         the same limits or none"
-                    );
-                }
-            }
+            keys::run(&client, scope, limits, plain, &mut std::io::stdout().lock())?;
         }
     }
     Ok(())
 }
 
-/// A new key and its IMGPIPE_INGEST_API_KEYS entry. A client id ingest would misread is
-/// refused here rather than at ingest's next start, and the entry is parsed back before it
-/// is shown.
-fn mint_api_key(
-    client: &str,
-    scope: Scope,
-    limits: ClientLimits,
-) -> anyhow::Result<(String, String)> {
-    if client.is_empty() || client.trim() != client || client.contains([',', ';', '=']) {
-        anyhow::bail!(
-            "{client:?} cannot be a client id: it must be non-empty, without , ; = or \
-             surrounding spaces"
-        );
-    }
-    let mut secret = [0u8; 24];
-    rand::rng().fill_bytes(&mut secret);
-    let key = format!("imgpipe_{}", hex::encode(secret));
-    let entry = ApiKeys::entry_with(client, &key, scope, limits);
-    let parsed = ApiKeys::parse(&entry).map_err(|why| anyhow::anyhow!(why))?;
-    anyhow::ensure!(
-        parsed.client_for(&key) == Some(client),
-        "the entry {entry:?} does not parse back to client {client:?}"
-    );
-    Ok((key, entry))
-}
-
-async fn run_redrive(
-    options: &redrive::Options,
-    json: bool,
-    progress: &mut dyn std::io::Write,
-) -> anyhow::Result<()> {
-    use std::io::Write;
-    let config = KafkaConfig::from_env()?;
-    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
-    let summary = redrive::redrive(&config, &codec, options, progress).await?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", summary.to_json())?;
-    } else {
-        summary.write_table(&mut out)?;
-    }
-    Ok(())
-}
-
-async fn run_rebuild(dry_run: bool, json: bool) -> anyhow::Result<()> {
-    let config = imgpipe_projector::Config::from_env()?;
-    let options = imgpipe_projector::rebuild::Options {
-        dry_run,
-        ..Default::default()
-    };
-    rebuild::run(&config, &options, json)
-        .await
-        .context("rebuilding the read models")?;
-    Ok(())
-}
-
 async fn run_replay(command: ReplayCommand) -> anyhow::Result<()> {
-    use std::io::Write;
     match command {
         ReplayCommand::Reprocess {
             image,
@@ -420,137 +332,35 @@ async fn run_replay(command: ReplayCommand) -> anyhow::Result<()> {
             wait_timeout,
             json,
         } => {
-            let selection = match (image, all) {
-                (Some(image), _) => replay::Selection::Image(image),
-                (None, true) => replay::Selection::All,
-                (None, false) => replay::Selection::Range { from, to },
-            };
             let spec_version = match spec_version {
                 Some(version) => version,
-                None => {
-                    imgpipe_processor::config::ProcessorSettings::from_env()?
-                        .spec()
-                        .context("the processor's variant spec (IMGPIPE_PROCESSOR_*)")?
-                        .version
-                }
+                None => replay::spec_version_from_env()?,
             };
             let options = replay::ReprocessOptions {
-                selection,
+                selection: replay::Selection::from_flags(image, all, from, to),
                 spec_version,
                 reason,
-                requested_by: requested_by
-                    .or_else(|| std::env::var("USER").ok())
-                    .unwrap_or_else(|| "operator".into()),
+                requested_by: requested_by.unwrap_or_else(replay::default_requester),
                 dry_run,
                 force,
                 include_failed,
                 wait: wait.then(|| std::time::Duration::from_secs(wait_timeout)),
                 show_progress: true,
             };
-            let summary = replay::reprocess(
-                &KafkaConfig::from_env()?,
-                &RegistryConfig::from_env()?,
-                &options,
-            )
-            .await?;
-            let mut out = std::io::stdout().lock();
-            if json {
-                writeln!(out, "{}", summary.to_json())?;
-            } else {
-                summary.write_table(&mut out)?;
-            }
+            replay::run(&options, json).await?;
         }
-        ReplayCommand::Rebuild { dry_run, json } => run_rebuild(dry_run, json).await?,
+        ReplayCommand::Rebuild { dry_run, json } => {
+            rebuild::run(dry_run, json).await?;
+        }
         ReplayCommand::Redrive {
             image,
             dry_run,
             json,
         } => {
-            let options = redrive::Options {
-                image,
-                dry_run,
-                progress_every: 1,
-            };
-            let mut spinner = progress::LineSpinner::new(true);
-            run_redrive(&options, json, &mut spinner).await?;
-            spinner.finish();
+            redrive::run_with_spinner(image, dry_run, json).await?;
         }
     }
     Ok(())
-}
-
-async fn migrate() -> anyhow::Result<()> {
-    let database = DatabaseConfig::from_env()?;
-    imgpipe_projector::db::migrate(&database)
-        .await
-        .context("applying migrations")?;
-    println!("database schema {}: migrated", database.schema);
-    Ok(())
-}
-
-/// History across topics, oldest first (each topic alone is already in log order).
-trait SortedByTime: Iterator<Item = serde_json::Value> + Sized {
-    fn sorted_by_time(self) -> std::vec::IntoIter<serde_json::Value> {
-        let mut lines: Vec<_> = self.collect();
-        lines.sort_by_key(|line| line["timestamp"].as_i64().unwrap_or(i64::MAX));
-        lines.into_iter()
-    }
-}
-
-impl<I: Iterator<Item = serde_json::Value>> SortedByTime for I {}
-
-async fn run_events(command: EventsCommand) -> anyhow::Result<()> {
-    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
-    if let EventsCommand::Decode = command {
-        return tokio::task::spawn_blocking(move || {
-            let stdin = std::io::stdin();
-            events::decode_lines(&mut stdin.lock(), &codec, &mut std::io::stdout().lock())
-                .map(|_| ())
-        })
-        .await?;
-    }
-    let config = KafkaConfig::from_env()?;
-    let topics = config.topics();
-    let tail = match command {
-        EventsCommand::Tail {
-            topic,
-            from,
-            image,
-            follow,
-        } => events::Tail {
-            topics: vec![match topic.as_str() {
-                "events" => topics.events,
-                "dlq" => topics.dead_letter,
-                other => other.to_string(),
-            }],
-            start: from,
-            image,
-            follow,
-        },
-        EventsCommand::History { image } => {
-            let tail = events::Tail {
-                topics: vec![topics.events, topics.dead_letter],
-                start: events::Start::Beginning,
-                image: Some(image),
-                follow: false,
-            };
-            let mut buffer = Vec::new();
-            events::tail(&config, &codec, &tail, &mut buffer).await?;
-            buffer
-                .split(|b| *b == b'\n')
-                .filter(|line| !line.is_empty())
-                .map(serde_json::from_slice::<serde_json::Value>)
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .sorted_by_time()
-                .for_each(|line| println!("{line}"));
-            return Ok(());
-        }
-        EventsCommand::Decode => unreachable!("handled above"),
-    };
-    events::tail(&config, &codec, &tail, &mut std::io::stdout().lock())
-        .await
-        .map(|_| ())
 }
 
 #[cfg(test)]
@@ -582,38 +392,5 @@ mod tests {
         assert!(parse(&["--image", "0193a0b4-0000-7000-8000-000000000000", "--all"]).is_err());
         assert!(parse(&["--from", "yesterday"]).is_err());
         assert!(Cli::try_parse_from(["imgpipe", "replay", "redrive", "--dry-run"]).is_ok());
-    }
-
-    #[test]
-    fn a_minted_entry_carries_its_options_and_authenticates_its_key() {
-        let limits = ClientLimits {
-            uploads_per_minute: Some(120),
-            bytes_per_minute: Some(500_000_000),
-        };
-        let (key, entry) = mint_api_key("reports", Scope::Read, limits).unwrap();
-        assert!(
-            entry.ends_with(";scope=read;uploads_per_minute=120;bytes_per_minute=500000000"),
-            "{entry}"
-        );
-        let keys = ApiKeys::parse(&entry).unwrap();
-        let grant = keys.grant_for(&key).unwrap();
-        assert_eq!((&*grant.client, grant.scope), ("reports", Scope::Read));
-        assert_eq!(
-            keys.client_limits().collect::<Vec<_>>(),
-            vec![("reports", limits)]
-        );
-
-        let (_, plain) = mint_api_key("app", Scope::ReadWrite, ClientLimits::default()).unwrap();
-        assert!(!plain.contains(';'), "defaults add no options: {plain}");
-    }
-
-    #[test]
-    fn a_client_id_ingest_would_misread_is_refused() {
-        for client in ["a,b", "a;b", "a=b", " a", ""] {
-            assert!(
-                mint_api_key(client, Scope::ReadWrite, ClientLimits::default()).is_err(),
-                "{client:?}"
-            );
-        }
     }
 }

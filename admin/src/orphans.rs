@@ -4,32 +4,36 @@
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use imgpipe_infra::registry::RegistryConfig;
+use imgpipe_infra::{DatabaseConfig, FromEnv, KafkaConfig, S3Config};
 use imgpipe_projector::orphans::{self, Finding, Kind, Observer, StoreBackend, Summary};
 use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 
+use crate::error::AdminError;
+
 /// `90`, `90s`, `15m`, `1h`, `2d`: a whole number of seconds, minutes, hours or days.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub fn parse_duration(text: &str) -> Result<Duration, AdminError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
+    let owned = || text.to_string();
     let number: u64 = number
         .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 90s, 15m, 1h or 2d"))?;
+        .map_err(|_| AdminError::Duration { text: owned() })?;
     let seconds = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+        _ => return Err(AdminError::DurationUnit { text: owned() }),
     };
     number
         .checked_mul(seconds)
         .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too long"))
+        .ok_or_else(|| AdminError::DurationTooLong { text: owned() })
 }
 
 /// The shortest grace `--delete` takes without `--force`. An upload stores its original before
@@ -39,30 +43,47 @@ pub const MIN_DELETE_GRACE: Duration = Duration::from_secs(10 * 60);
 
 /// Refuses `--delete` with a grace under [`MIN_DELETE_GRACE`] unless `force` says the
 /// operator knows no upload is in flight (a stopped ingest, a test bucket).
-pub fn check_delete_grace(grace: Duration, delete: bool, force: bool) -> anyhow::Result<()> {
+pub fn check_delete_grace(grace: Duration, delete: bool, force: bool) -> Result<(), AdminError> {
     if delete && !force && grace < MIN_DELETE_GRACE {
-        bail!(
-            "--delete with --grace {}s could remove the original of an upload still under way; \
-             use a grace of at least {}s, or add --force if no upload can be in flight",
-            grace.as_secs(),
-            MIN_DELETE_GRACE.as_secs()
-        );
+        return Err(AdminError::GraceTooShort {
+            grace,
+            minimum: MIN_DELETE_GRACE,
+        });
     }
     Ok(())
 }
 
-/// Runs one sweep with the deployment's configuration, printing as it goes.
+/// `imgpipe orphans`: refuses `--delete` with a short grace (see [`check_delete_grace`]), then
+/// sweeps with the deployment's configuration.
 pub async fn run(
+    options: &orphans::SweepOptions,
+    force: bool,
+    json: bool,
+) -> Result<Summary, AdminError> {
+    check_delete_grace(options.grace, options.delete, force)?;
+    let backend = StoreBackend::connect(
+        &KafkaConfig::from_env()?,
+        &S3Config::from_env()?,
+        &DatabaseConfig::from_env()?,
+        &RegistryConfig::from_env()?,
+        "imgpipe-admin-orphans",
+    )
+    .await?;
+    sweep(&backend, options, json).await
+}
+
+/// Runs one sweep, printing as it goes.
+pub async fn sweep(
     backend: &StoreBackend,
     options: &orphans::SweepOptions,
     json: bool,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, AdminError> {
     let mut printer = Printer::new(std::io::stdout().lock(), std::io::stderr(), json);
     let summary = orphans::sweep(backend, options, &mut printer)
         .await
-        .context("sweeping")?;
+        .map_err(AdminError::Sweeping)?;
     if let Some(error) = printer.failed.take() {
-        bail!("writing the findings: {error}");
+        return Err(AdminError::WritingFindings(error));
     }
     printer.summary(&summary, options)?;
     Ok(summary)

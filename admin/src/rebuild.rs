@@ -7,6 +7,8 @@ use std::time::Duration;
 use imgpipe_projector::rebuild::{self, Phase, Progress, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
+use crate::error::AdminError;
+
 /// Draws the rebuild's progress on stderr (hidden when stderr is not a terminal).
 struct Bar {
     bar: ProgressBar,
@@ -47,15 +49,19 @@ impl Progress for Bar {
     }
 }
 
-pub async fn run(
-    config: &imgpipe_projector::Config,
-    options: &rebuild::Options,
-    json: bool,
-) -> anyhow::Result<Summary> {
+/// `imgpipe rebuild` (and `imgpipe replay rebuild`), with the projector's configuration from
+/// the environment: the progress on stderr, the summary on stdout (one JSON object with
+/// `json`).
+pub async fn run(dry_run: bool, json: bool) -> Result<Summary, AdminError> {
+    let config = imgpipe_projector::Config::from_env()?;
+    let options = rebuild::Options {
+        dry_run,
+        ..Default::default()
+    };
     let mut bar = Bar::new();
-    let result = rebuild::run(config, options, &mut bar).await;
+    let result = rebuild::run(&config, &options, &mut bar).await;
     bar.finish();
-    let summary = result?;
+    let summary = result.map_err(AdminError::Rebuilding)?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string(&summary)?)?;

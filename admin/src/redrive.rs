@@ -13,17 +13,20 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_infra::log_reader::{header, LogReader, StartAt};
-use imgpipe_infra::registry::EventCodec;
-use imgpipe_infra::KafkaConfig;
+use imgpipe_infra::registry::{EventCodec, RegistryConfig};
+use imgpipe_infra::InfraError;
+use imgpipe_infra::{FromEnv, KafkaConfig};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::Message;
 use serde_json::{json, Value};
 use uuid::Uuid;
+
+use crate::error::AdminError;
+use crate::progress::LineSpinner;
 
 /// The consumer group (after the deployment's prefix) whose committed offsets on the
 /// dead-letter topic mark what has been redriven.
@@ -139,6 +142,42 @@ impl Summary {
     }
 }
 
+/// `imgpipe redrive` with the deployment's configuration: progress lines to `progress`, the
+/// summary on stdout (one JSON object with `json`).
+pub async fn run(
+    options: &Options,
+    json: bool,
+    progress: &mut dyn Write,
+) -> Result<Summary, AdminError> {
+    let config = KafkaConfig::from_env()?;
+    let codec = EventCodec::reader(&RegistryConfig::from_env()?);
+    let summary = redrive(&config, &codec, options, progress).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", summary.to_json())?;
+    } else {
+        summary.write_table(&mut out)?;
+    }
+    Ok(summary)
+}
+
+/// `imgpipe replay redrive`: [`run`] with its progress as a spinner on stderr.
+pub async fn run_with_spinner(
+    image: Option<Uuid>,
+    dry_run: bool,
+    json: bool,
+) -> Result<Summary, AdminError> {
+    let options = Options {
+        image,
+        dry_run,
+        progress_every: 1,
+    };
+    let mut spinner = LineSpinner::new(true);
+    let summary = run(&options, json, &mut spinner).await?;
+    spinner.finish();
+    Ok(summary)
+}
+
 /// Reads the dead-letter topic from the group's committed position to its end at start, and
 /// puts every matching record back on its original topic.
 pub async fn redrive(
@@ -146,20 +185,20 @@ pub async fn redrive(
     codec: &EventCodec,
     options: &Options,
     progress: &mut dyn Write,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, AdminError> {
     let dead_letter_topic = config.topics().dead_letter;
     let reader = LogReader::new(config, "imgpipe-redrive", GROUP, &dead_letter_topic)?;
     let ends = reader.ends().await?;
     let committed = reader
         .committed()
         .await
-        .context("reading the redrive group's committed offsets")?;
+        .map_err(AdminError::RedrivePosition)?;
     let total: i64 = ends.lag(&committed).iter().map(|(_, lag)| lag).sum();
     let mut run = Run {
         producer: config
             .idempotent_producer_config("imgpipe-redrive")
             .create()
-            .context("creating the producer")?,
+            .map_err(InfraError::from)?,
         produce_timeout: Duration::from_millis(config.produce_timeout_ms),
         may_commit: !options.dry_run && options.image.is_none(),
         done_up_to: BTreeMap::new(),
@@ -181,12 +220,15 @@ pub async fn redrive(
     let mut letters = reader.scan(&StartAt::Positions(committed), &ends)?;
     loop {
         let message = match tokio::time::timeout(READ_STALL, letters.next()).await {
-            Ok(Some(message)) => message.context("reading a dead letter")?,
+            Ok(Some(message)) => message?,
             Ok(None) => break,
-            Err(_) => bail!(
-                "no dead letter arrived for {READ_STALL:?} with {} partitions unread",
-                letters.unfinished()
-            ),
+            Err(_) => {
+                return Err(AdminError::ReadStalled {
+                    topic: dead_letter_topic,
+                    waited: READ_STALL,
+                    unread: letters.unfinished(),
+                })
+            }
         };
         if let Err(error) = run.record(&message, codec, options).await {
             run.commit(&reader).await?;
@@ -234,7 +276,7 @@ impl Run {
         message: &OwnedMessage,
         codec: &EventCodec,
         options: &Options,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), AdminError> {
         self.summary.scanned += 1;
         let outcome = handle(message, codec, options, &mut self.moved_origins).await;
         let class = header(message, dlq::ERROR_CLASS).unwrap_or_else(|| "unknown".into());
@@ -260,12 +302,12 @@ impl Run {
     }
 
     /// Commits what is done, if this run may.
-    async fn commit(&mut self, reader: &LogReader) -> anyhow::Result<()> {
+    async fn commit(&mut self, reader: &LogReader) -> Result<(), AdminError> {
         if self.may_commit {
             reader
                 .commit(&self.done_up_to)
                 .await
-                .context("committing the redrive position")?;
+                .map_err(AdminError::RedrivePosition)?;
             self.moved_since_commit = 0;
         }
         Ok(())
@@ -350,7 +392,7 @@ async fn put_back(
     message: &OwnedMessage,
     origin: &Origin,
     timeout: Duration,
-) -> anyhow::Result<()> {
+) -> Result<(), AdminError> {
     let mut headers = OwnedHeaders::new();
     if let Some(original) = message.headers() {
         for header in original.iter().filter(|h| !h.key.starts_with("dlq-")) {
@@ -371,15 +413,15 @@ async fn put_back(
         .send(record, Timeout::After(timeout))
         .await
         .map(|_| ())
-        .map_err(|(error, _)| error)
-        .with_context(|| {
-            format!(
-                "putting {}/{}@{} back on {}",
+        .map_err(|(source, _)| AdminError::PuttingBack {
+            record: format!(
+                "{}/{}@{}",
                 message.topic(),
                 message.partition(),
-                message.offset(),
-                origin.topic
-            )
+                message.offset()
+            ),
+            topic: origin.topic.clone(),
+            source: Box::new(source),
         })
 }
 

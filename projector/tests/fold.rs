@@ -1,6 +1,7 @@
-//! The pure fold behind `GET /v1/images/{id}?as_of=` (`imgpipe_schemas::state`) and the
-//! projector's `db::apply` make the same image of the same events, and the timeline keeps each
-//! event's payload so the fold can be run from the read model. Against the real Postgres.
+//! The pure fold behind `GET /v1/images/{id}?as_of=` (`imgpipe_schemas::state`), its
+//! whole-event form behind `imgpipe replay reprocess` (`ImageHistory`) and the projector's
+//! `db::apply` make the same image of the same events, and the timeline keeps each event's
+//! payload so the fold can be run from the read model. Against the real Postgres.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap};
@@ -8,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use imgpipe_infra::consume::RecordPosition;
 use imgpipe_infra::{DatabaseConfig, FromEnv};
 use imgpipe_projector::db;
-use imgpipe_schemas::state::ImageState;
+use imgpipe_schemas::state::{ImageHistory, ImageState};
 use imgpipe_schemas::{
     Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted,
     OrphanRemoved, Payload, Producer, ReprocessRequested, Variant,
@@ -224,10 +225,15 @@ async fn the_fold_and_the_projection_make_the_same_image_of_random_timelines() {
         uploads_seen += usize::from(uploads > 0);
 
         let mut folded = ImageState::fold(applied.iter().map(|e| (e.occurred_at, &e.payload)));
+        let types: Vec<&str> = applied.iter().map(|e| e.event_type().as_str()).collect();
+        assert_eq!(
+            ImageHistory::fold(&applied).map(|history| history.image),
+            folded,
+            "seed {seed}, image {image_id}: {types:?}"
+        );
         if let Some(state) = folded.as_mut() {
             state.variants.sort_by(|a, b| a.name.cmp(&b.name));
         }
-        let types: Vec<&str> = applied.iter().map(|e| e.event_type().as_str()).collect();
         assert_eq!(
             projected(&pool, image_id).await,
             folded,

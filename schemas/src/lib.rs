@@ -19,7 +19,7 @@ pub use events::{
     Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted,
     OrphanRemoved, Payload, Producer, ReprocessRequested, Variant,
 };
-pub use state::ImageState;
+pub use state::{ImageHistory, ImageState};
 
 /// Record header names every producer sets, so `rpk topic consume` shows what a record is.
 pub mod headers {

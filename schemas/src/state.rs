@@ -7,6 +7,12 @@
 //! before it changes nothing; `ImageDeleted` is final (nothing but another `ImageDeleted` and
 //! `ObjectsDeleted` touches a deleted image); `ObjectsDeleted` drops the variants whose objects
 //! are gone; `OrphanRemoved` changes nothing.
+//!
+//! [`ImageHistory`] folds whole events (ids and causation too) with the same rules, for what
+//! the payloads alone do not tell: which upload a reprocess request follows, and which
+//! requests still await their result.
+
+mod history;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::str::FromStr;
@@ -16,6 +22,8 @@ use time::OffsetDateTime;
 
 use crate::error::SchemaError;
 use crate::events::{Payload, Variant};
+
+pub use history::ImageHistory;
 
 /// Where an image is in its life. The read model's `images.status` holds [`Status::as_str`],
 /// and so does JSON (serde).
@@ -112,71 +120,79 @@ impl ImageState {
 
     /// Applies one event that occurred at `occurred_at`.
     pub fn apply(state: &mut Option<ImageState>, occurred_at: OffsetDateTime, payload: &Payload) {
-        let image = match (state.as_mut(), payload) {
-            (None, Payload::ImageUploaded(uploaded)) => {
-                *state = Some(ImageState {
-                    owner: uploaded.owner.clone(),
-                    original_key: uploaded.original_key.clone(),
-                    status: Status::Uploaded,
-                    format: uploaded.format.clone(),
-                    bytes: uploaded.bytes,
-                    sha256: uploaded.sha256.clone(),
-                    width: uploaded.width,
-                    height: uploaded.height,
-                    spec_version: None,
-                    dominant_color: None,
-                    blurhash: None,
-                    animated: false,
-                    metadata: uploaded
-                        .metadata
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    failure_code: None,
-                    failure_reason: None,
-                    uploaded_at: occurred_at,
-                    updated_at: occurred_at,
-                    variants: Vec::new(),
-                });
-                return;
-            }
-            (None, _) => return,
-            (Some(image), _) => image,
+        match state {
+            None => *state = ImageState::created_by(occurred_at, payload),
+            Some(image) => image.update(occurred_at, payload),
+        }
+    }
+
+    /// The image an event creates where there is none yet: only an `ImageUploaded` creates one.
+    pub fn created_by(occurred_at: OffsetDateTime, payload: &Payload) -> Option<ImageState> {
+        let Payload::ImageUploaded(uploaded) = payload else {
+            return None;
         };
-        let deleted = image.status == Status::Deleted;
+        Some(ImageState {
+            owner: uploaded.owner.clone(),
+            original_key: uploaded.original_key.clone(),
+            status: Status::Uploaded,
+            format: uploaded.format.clone(),
+            bytes: uploaded.bytes,
+            sha256: uploaded.sha256.clone(),
+            width: uploaded.width,
+            height: uploaded.height,
+            spec_version: None,
+            dominant_color: None,
+            blurhash: None,
+            animated: false,
+            metadata: uploaded
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            failure_code: None,
+            failure_reason: None,
+            uploaded_at: occurred_at,
+            updated_at: occurred_at,
+            variants: Vec::new(),
+        })
+    }
+
+    /// Applies one event, that occurred at `occurred_at`, to an image its upload created.
+    pub fn update(&mut self, occurred_at: OffsetDateTime, payload: &Payload) {
+        let deleted = self.status == Status::Deleted;
         match payload {
             // The image id is taken: a second upload event for it changes nothing.
             Payload::ImageUploaded(_) => {}
             Payload::ImageProcessed(processed) if !deleted => {
-                image.status = Status::Ready;
-                image.spec_version = Some(processed.spec_version);
-                image.width = processed.original_width;
-                image.height = processed.original_height;
-                image.dominant_color.clone_from(&processed.dominant_color);
-                image.blurhash.clone_from(&processed.blurhash);
-                image.animated = processed.animated;
-                image.failure_code = None;
-                image.failure_reason = None;
-                image.updated_at = occurred_at;
-                image.variants.clone_from(&processed.variants);
+                self.status = Status::Ready;
+                self.spec_version = Some(processed.spec_version);
+                self.width = processed.original_width;
+                self.height = processed.original_height;
+                self.dominant_color.clone_from(&processed.dominant_color);
+                self.blurhash.clone_from(&processed.blurhash);
+                self.animated = processed.animated;
+                self.failure_code = None;
+                self.failure_reason = None;
+                self.updated_at = occurred_at;
+                self.variants.clone_from(&processed.variants);
             }
             Payload::ImageFailed(failed) if !deleted => {
-                image.status = Status::Failed;
-                image.failure_code = Some(failed.reason_code.clone());
-                image.failure_reason = Some(failed.message.clone());
-                image.updated_at = occurred_at;
+                self.status = Status::Failed;
+                self.failure_code = Some(failed.reason_code.clone());
+                self.failure_reason = Some(failed.message.clone());
+                self.updated_at = occurred_at;
             }
             Payload::ReprocessRequested(_) if !deleted => {
-                image.status = Status::Processing;
-                image.updated_at = occurred_at;
+                self.status = Status::Processing;
+                self.updated_at = occurred_at;
             }
             // After a deletion a late result or request changes nothing.
             Payload::ImageProcessed(_)
             | Payload::ImageFailed(_)
             | Payload::ReprocessRequested(_) => {}
             Payload::ImageDeleted(_) => {
-                image.status = Status::Deleted;
-                image.updated_at = occurred_at;
+                self.status = Status::Deleted;
+                self.updated_at = occurred_at;
             }
             Payload::ObjectsDeleted(objects) => {
                 let gone: BTreeSet<&str> = objects
@@ -185,13 +201,32 @@ impl ImageState {
                     .chain(&objects.missing_keys)
                     .map(String::as_str)
                     .collect();
-                image
-                    .variants
+                self.variants
                     .retain(|variant| !gone.contains(variant.key.as_str()));
             }
             Payload::OrphanRemoved(_) => {}
         }
     }
+
+    /// The last result (`ImageProcessed` or `ImageFailed`) applied to the image, whatever came
+    /// after it. An `ImageProcessed` clears the failure an `ImageFailed` sets, so a failure
+    /// code means the last result failed.
+    pub fn last_result(&self) -> Option<Outcome> {
+        match (&self.failure_code, self.spec_version) {
+            (Some(reason_code), _) => Some(Outcome::Failed {
+                reason_code: reason_code.clone(),
+            }),
+            (None, Some(spec_version)) => Some(Outcome::Processed { spec_version }),
+            (None, None) => None,
+        }
+    }
+}
+
+/// What the processor made of an upload or a reprocess request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Processed { spec_version: i32 },
+    Failed { reason_code: String },
 }
 
 #[cfg(test)]
@@ -494,5 +529,55 @@ mod tests {
                 "{unknown:?}"
             );
         }
+    }
+
+    #[test]
+    fn the_last_result_is_the_last_one_applied() {
+        let last = |timeline: &[(OffsetDateTime, Payload)]| {
+            ImageState::fold(timeline.iter().map(|(t, p)| (*t, p)))
+                .unwrap()
+                .last_result()
+        };
+        let undecodable = || Outcome::Failed {
+            reason_code: "undecodable".into(),
+        };
+        assert_eq!(last(&[(at(0), uploaded()), (at(1), reprocess())]), None);
+        assert_eq!(
+            last(&[
+                (at(0), uploaded()),
+                (at(1), processed(1)),
+                (at(2), reprocess())
+            ]),
+            Some(Outcome::Processed { spec_version: 1 }),
+            "a request is not a result"
+        );
+        assert_eq!(
+            last(&[
+                (at(0), uploaded()),
+                (at(1), processed(1)),
+                (at(2), failed())
+            ]),
+            Some(undecodable()),
+            "a failure after a success is the last result"
+        );
+        assert_eq!(
+            last(&[
+                (at(0), uploaded()),
+                (at(1), failed()),
+                (at(2), reprocess()),
+                (at(3), processed(2))
+            ]),
+            Some(Outcome::Processed { spec_version: 2 })
+        );
+        assert_eq!(
+            last(&[
+                (at(0), uploaded()),
+                (at(1), processed(1)),
+                (at(2), deleted(vec![])),
+                (at(3), failed())
+            ]),
+            Some(Outcome::Processed { spec_version: 1 }),
+            "a result after the deletion is not applied"
+        );
     }
 }

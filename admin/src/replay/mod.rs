@@ -23,21 +23,22 @@ mod summary;
 pub use summary::{ImageLine, Summary};
 
 use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use futures::StreamExt;
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::log_reader::{LogReader, Scan, StartAt};
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
-use imgpipe_infra::KafkaConfig;
+use imgpipe_infra::{FromEnv, KafkaConfig};
 use imgpipe_schemas::{Event, Payload, Producer, ReprocessRequested};
 use rdkafka::Message;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use self::log::{ImageState, Outcome};
+use self::log::{LoggedImage, Outcome};
+use crate::error::AdminError;
 
 /// Requests in flight to the broker at once.
 const APPEND_CONCURRENCY: usize = 32;
@@ -55,7 +56,22 @@ pub enum Selection {
 }
 
 impl Selection {
-    fn includes(&self, image: &ImageState) -> bool {
+    /// The selection `--image`, `--all`, `--from` and `--to` make (clap lets `--image` and
+    /// `--all` come only alone).
+    pub fn from_flags(
+        image: Option<Uuid>,
+        all: bool,
+        from: Option<OffsetDateTime>,
+        to: Option<OffsetDateTime>,
+    ) -> Self {
+        match (image, all) {
+            (Some(image), _) => Selection::Image(image),
+            (None, true) => Selection::All,
+            (None, false) => Selection::Range { from, to },
+        }
+    }
+
+    fn includes(&self, image: &LoggedImage) -> bool {
         let millis = |at: &OffsetDateTime| (at.unix_timestamp_nanos() / 1_000_000) as i64;
         match self {
             Selection::Image(id) => image.image_id == *id,
@@ -84,9 +100,25 @@ impl Selection {
 }
 
 /// An RFC 3339 time, for `--from` and `--to`.
-pub fn parse_time(text: &str) -> Result<OffsetDateTime, String> {
-    OffsetDateTime::parse(text, &Rfc3339)
-        .map_err(|_| format!("{text:?} is not an RFC 3339 time (e.g. 2026-11-22T06:00:00Z)"))
+pub fn parse_time(text: &str) -> Result<OffsetDateTime, AdminError> {
+    OffsetDateTime::parse(text, &Rfc3339).map_err(|source| AdminError::Time {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// The spec version the processors run, read (with IMGPIPE_PROCESSOR_VARIANTS, which must be
+/// valid) as the processor reads it.
+pub fn spec_version_from_env() -> Result<i32, AdminError> {
+    let spec = imgpipe_processor::config::ProcessorSettings::from_env()?
+        .spec()
+        .map_err(AdminError::VariantSpec)?;
+    Ok(spec.version)
+}
+
+/// Who asks when `--requested-by` does not say: $USER, else "operator".
+pub fn default_requester() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "operator".into())
 }
 
 pub struct ReprocessOptions {
@@ -125,17 +157,17 @@ impl Skip {
 }
 
 /// What to do with one selected image.
-pub fn decide(image: &ImageState, options: &ReprocessOptions) -> Result<(), Skip> {
-    if image.deleted {
+pub fn decide(image: &LoggedImage, options: &ReprocessOptions) -> Result<(), Skip> {
+    if image.is_deleted() {
         return Err(Skip::Deleted);
     }
     if options.force {
         return Ok(());
     }
-    if !image.awaiting.is_empty() {
+    if !image.history.awaiting.is_empty() {
         return Err(Skip::Awaiting);
     }
-    match &image.latest {
+    match &image.latest() {
         Some(Outcome::Processed { spec_version }) if *spec_version == options.spec_version => {
             Err(Skip::UpToDate)
         }
@@ -151,21 +183,35 @@ fn producer() -> Producer {
     }
 }
 
+/// `imgpipe replay reprocess` with the deployment's configuration: progress on stderr, the
+/// summary on stdout (one JSON object with `json`).
+pub async fn run(options: &ReprocessOptions, json: bool) -> Result<Summary, AdminError> {
+    let config = KafkaConfig::from_env()?;
+    let summary = reprocess(&config, &RegistryConfig::from_env()?, options).await?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", summary.to_json())?;
+    } else {
+        summary.write_table(&mut out)?;
+    }
+    Ok(summary)
+}
+
 /// Scans the log, selects, and (unless a dry run) appends one `ReprocessRequested` per image
 /// that needs one.
 pub async fn reprocess(
     config: &KafkaConfig,
     registry: &RegistryConfig,
     options: &ReprocessOptions,
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, AdminError> {
     let topic = config.topics().events;
     let state = log::scan(config, &EventCodec::reader(registry), options.show_progress).await?;
     if let Selection::Image(id) = options.selection {
         if !state.images.contains_key(&id) {
-            bail!("image {id} has no ImageUploaded on {topic}");
+            return Err(AdminError::NotUploaded { image: id, topic });
         }
     }
-    let mut selected: Vec<&ImageState> = state
+    let mut selected: Vec<&LoggedImage> = state
         .images
         .values()
         .filter(|image| options.selection.includes(image))
@@ -246,10 +292,12 @@ pub async fn reprocess(
             .filter(|l| l.request.is_some())
             .count();
         // What was appended is awaiting its result: a rerun skips it and requests the rest.
-        return Err(anyhow::Error::new(error).context(format!(
-            "appended {appended} of {wanted} requests (correlation id {}); run again for the rest",
-            summary.correlation_id
-        )));
+        return Err(AdminError::ReprocessIncomplete {
+            appended,
+            wanted,
+            correlation_id: summary.correlation_id,
+            source: error,
+        });
     }
     if let (Some(timeout), Some((reader, ends))) = (options.wait, follow_from) {
         let results = reader.follow(&StartAt::End, &ends)?;
@@ -258,17 +306,17 @@ pub async fn reprocess(
     Ok(summary)
 }
 
-fn request_for(image: &ImageState, correlation_id: &str, options: &ReprocessOptions) -> Event {
+fn request_for(image: &LoggedImage, correlation_id: &str, options: &ReprocessOptions) -> Event {
     Event::new(
         image.image_id,
         correlation_id,
-        Some(image.upload_event_id),
+        Some(image.history.upload_event_id),
         producer(),
         ReprocessRequested {
             requested_by: options.requested_by.clone(),
             reason: options.reason.clone(),
-            original_key: image.original_key.clone(),
-            format: image.format.clone(),
+            original_key: image.history.image.original_key.clone(),
+            format: image.history.image.format.clone(),
         },
     )
 }
@@ -281,7 +329,7 @@ async fn wait_for_results(
     timeout: Duration,
     summary: &mut Summary,
     options: &ReprocessOptions,
-) -> anyhow::Result<()> {
+) -> Result<(), AdminError> {
     summary.waited = true;
     let mut open: HashMap<Uuid, usize> = summary
         .images
@@ -298,7 +346,7 @@ async fn wait_for_results(
         let Ok(Some(message)) = tokio::time::timeout(left, results.next()).await else {
             break;
         };
-        let message = message.context("reading the events topic")?;
+        let message = message?;
         let Ok(event) = codec.decode(message.payload().unwrap_or_default()).await? else {
             continue;
         };
@@ -331,27 +379,8 @@ async fn wait_for_results(
 
 #[cfg(test)]
 mod tests {
+    use super::log::testing::logged as image;
     use super::*;
-
-    fn image(latest: Option<Outcome>, awaiting: bool, deleted: bool, at_ms: i64) -> ImageState {
-        ImageState {
-            image_id: Uuid::now_v7(),
-            partition: 0,
-            upload_offset: 0,
-            upload_event_id: Uuid::now_v7(),
-            uploaded_at_ms: at_ms,
-            occurred_at: OffsetDateTime::UNIX_EPOCH,
-            original_key: "originals/x".into(),
-            format: "png".into(),
-            latest,
-            awaiting: if awaiting {
-                HashSet::from([Uuid::now_v7()])
-            } else {
-                HashSet::new()
-            },
-            deleted,
-        }
-    }
 
     fn options(force: bool, include_failed: bool) -> ReprocessOptions {
         ReprocessOptions {
@@ -422,5 +451,23 @@ mod tests {
         assert!(open_ended.includes(&at(i64::MAX)));
         assert!(parse_time("2026-11-22T06:00:00Z").is_ok());
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn the_flags_make_one_selection() {
+        let id = Uuid::now_v7();
+        let from = Some(OffsetDateTime::UNIX_EPOCH);
+        assert_eq!(
+            Selection::from_flags(Some(id), false, None, None),
+            Selection::Image(id)
+        );
+        assert_eq!(
+            Selection::from_flags(None, true, None, None),
+            Selection::All
+        );
+        assert_eq!(
+            Selection::from_flags(None, false, from, None),
+            Selection::Range { from, to: None }
+        );
     }
 }

@@ -7,13 +7,13 @@ use serde_json::{json, Value};
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
-use super::log::{ImageState, Outcome};
+use super::log::{LoggedImage, Outcome};
 use super::Skip;
 
 /// One selected image and what became of it.
 #[derive(Debug, Clone)]
 pub struct ImageLine {
-    pub image: ImageState,
+    pub image: LoggedImage,
     pub skipped: Option<Skip>,
     /// The `ReprocessRequested` appended for it.
     pub request: Option<Uuid>,
@@ -82,8 +82,14 @@ impl Summary {
                     "partition": line.image.partition,
                     "upload_offset": line.image.upload_offset,
                     "upload_timestamp_ms": line.image.uploaded_at_ms,
-                    "uploaded_at": line.image.occurred_at.format(&Rfc3339).unwrap_or_default(),
-                    "previous": outcome_json(line.image.latest.as_ref()),
+                    "uploaded_at": line
+                        .image
+                        .history
+                        .image
+                        .uploaded_at
+                        .format(&Rfc3339)
+                        .unwrap_or_default(),
+                    "previous": outcome_json(line.image.latest().as_ref()),
                     "action": match (line.skipped, self.dry_run) {
                         (Some(_), _) => "skipped",
                         (None, true) => "would-request",
@@ -176,27 +182,12 @@ fn outcome_json(outcome: Option<&Outcome>) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashSet;
-
-    use time::OffsetDateTime;
-
     use super::*;
+    use crate::replay::log::testing::logged;
     use crate::replay::Selection;
 
-    fn image(latest: Option<Outcome>, deleted: bool) -> ImageState {
-        ImageState {
-            image_id: Uuid::now_v7(),
-            partition: 0,
-            upload_offset: 0,
-            upload_event_id: Uuid::now_v7(),
-            uploaded_at_ms: 0,
-            occurred_at: OffsetDateTime::UNIX_EPOCH,
-            original_key: "originals/x".into(),
-            format: "png".into(),
-            latest,
-            awaiting: HashSet::new(),
-            deleted,
-        }
+    fn image(latest: Option<Outcome>, deleted: bool) -> LoggedImage {
+        logged(latest, false, deleted, 0)
     }
 
     #[test]
@@ -231,6 +222,10 @@ mod tests {
         assert_eq!(json["skipped"]["deleted"], 1);
         assert_eq!(json["results"]["processed"], 1);
         assert_eq!(json["images"][0]["action"], "requested");
+        assert_eq!(
+            json["images"][0]["previous"],
+            json!({ "status": "processed", "spec_version": 1 })
+        );
         let mut table = Vec::new();
         summary.write_table(&mut table).unwrap();
         let table = String::from_utf8(table).unwrap();

@@ -1,67 +1,59 @@
-//! `imgpipe redrive` against a live pipeline on the real stack: dead letters go back to the
-//! events topic byte for byte, once, and the pipeline then handles them like any event.
+//! `imgpipe redrive` against a live pipeline on the real stack, through the functions the
+//! command runs (`imgpipe_admin::redrive`, `imgpipe_admin::events`) with the pipeline's
+//! configuration: dead letters go back to the events topic byte for byte, once, and the
+//! pipeline then handles them like any event.
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use imgpipe_admin::events::{self, Start, Tail};
+use imgpipe_admin::redrive::{self, Summary};
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::consume::dead_letter_headers as dlq;
+use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use imgpipe_schemas::{Event, ImageUploaded, Producer};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
 use uuid::Uuid;
 
-/// The `imgpipe` built from this tree: `CARGO_BIN_EXE_imgpipe`, checked. Checkouts that share
-/// a target dir overwrite each other's copy there, so its dep-info (written with it, naming
-/// the sources by absolute path) must name this checkout, or the test stops and says so
-/// rather than fail on another build's behaviour.
-fn imgpipe_binary() -> PathBuf {
-    let binary = PathBuf::from(env!("CARGO_BIN_EXE_imgpipe"));
-    let checkout = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
+fn codec() -> EventCodec {
+    EventCodec::reader(&RegistryConfig::default())
+}
+
+/// `imgpipe redrive --progress-every 1 [--image <image>] [--dry-run]`.
+async fn redrive_run(pipeline: &Pipeline, image: Option<Uuid>, dry_run: bool) -> Summary {
+    let options = redrive::Options {
+        image,
+        dry_run,
+        progress_every: 1,
+    };
+    redrive::redrive(&pipeline.kafka, &codec(), &options, &mut std::io::stderr())
+        .await
         .unwrap()
-        .join("admin/src/main.rs");
-    let dep_info = std::fs::read_to_string(binary.with_extension("d")).unwrap_or_default();
-    assert!(
-        dep_info.contains(&*checkout.to_string_lossy()),
-        "{} is not built from {} (another checkout sharing the target dir rebuilt it): \
-         build and run again",
-        binary.display(),
-        checkout.display()
-    );
-    binary
 }
 
-fn imgpipe(pipeline: &Pipeline, args: &[&str]) -> String {
-    let output = Command::new(imgpipe_binary())
-        .args(args)
-        .env("IMGPIPE_KAFKA_TOPIC_PREFIX", &pipeline.kafka.topic_prefix)
-        .env("IMGPIPE_KAFKA_BROKERS", &pipeline.kafka.brokers)
-        .stdin(Stdio::null())
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "imgpipe {args:?} failed");
-    String::from_utf8(output.stdout).unwrap()
+/// The same with `--json`: the summary as the command prints it.
+async fn redrive(pipeline: &Pipeline, image: Option<Uuid>, dry_run: bool) -> Value {
+    redrive_run(pipeline, image, dry_run).await.to_json()
 }
 
-fn redrive(pipeline: &Pipeline, args: &[&str]) -> Value {
-    let mut all = vec!["redrive", "--json", "--progress-every", "1"];
-    all.extend_from_slice(args);
-    let stdout = tokio::task::block_in_place(|| imgpipe(pipeline, &all));
-    serde_json::from_str(stdout.trim()).unwrap()
+/// `imgpipe events tail --topic <topic> [--image <image>]`.
+async fn tail(pipeline: &Pipeline, topic: &str, image: Option<Uuid>) -> Vec<Value> {
+    let wanted = Tail {
+        topics: vec![events::topic_named(&pipeline.kafka, topic)],
+        start: Start::Beginning,
+        image,
+        follow: false,
+    };
+    events::read(pipeline.kafka.clone(), codec(), wanted)
+        .await
+        .unwrap()
 }
 
 /// The image's records on the events topic, as `imgpipe events tail` prints them.
-fn events_of(pipeline: &Pipeline, image: Uuid) -> Vec<Value> {
-    let image = image.to_string();
-    tokio::task::block_in_place(|| imgpipe(pipeline, &["events", "tail", "--image", &image]))
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
+async fn events_of(pipeline: &Pipeline, image: Uuid) -> Vec<Value> {
+    tail(pipeline, "events", Some(image)).await
 }
 
 /// An upload whose original is in the store, as ingest would have announced it.
@@ -156,7 +148,7 @@ async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
     let first_id = first.image_id.to_string();
 
     // A dry run lists what would move and moves nothing.
-    let dry = redrive(&pipeline, &["--dry-run"]);
+    let dry = redrive(&pipeline, None, true).await;
     assert_eq!(dry["dry_run"], true, "{dry}");
     assert_eq!(dry["scanned"], 3, "{dry}");
     assert_eq!(dry["moved"], 2, "{dry}");
@@ -167,19 +159,24 @@ async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
         "{dry}"
     );
     assert_eq!(dry["records"].as_array().unwrap().len(), 2, "{dry}");
-    let table = tokio::task::block_in_place(|| imgpipe(&pipeline, &["redrive", "--dry-run"]));
+    let mut table = Vec::new();
+    redrive_run(&pipeline, None, true)
+        .await
+        .write_table(&mut table)
+        .unwrap();
+    let table = String::from_utf8(table).unwrap();
     assert!(table.contains("would move"), "{table}");
     assert!(table.contains(&first_id), "{table}");
-    assert!(events_of(&pipeline, first.image_id).is_empty());
-    assert!(events_of(&pipeline, second.image_id).is_empty());
+    assert!(events_of(&pipeline, first.image_id).await.is_empty());
+    assert!(events_of(&pipeline, second.image_id).await.is_empty());
 
     // One image only: its record moves, the other stays, nothing is committed.
-    let only_first = redrive(&pipeline, &["--image", &first_id]);
+    let only_first = redrive(&pipeline, Some(first.image_id), false).await;
     assert_eq!(only_first["moved"], 1, "{only_first}");
     assert_eq!(only_first["skipped_by_filter"], 1, "{only_first}");
     assert_eq!(only_first["skipped_duplicates"], 1, "{only_first}");
     assert_eq!(only_first["committed"], false, "{only_first}");
-    let back = events_of(&pipeline, first.image_id);
+    let back = events_of(&pipeline, first.image_id).await;
     assert_eq!(back.len(), 1, "{back:?}");
     assert_eq!(back[0]["key"], first_id.as_str());
     assert_eq!(back[0]["value"]["event_id"], first.event_id.to_string());
@@ -190,7 +187,7 @@ async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
         headers.keys().all(|key| !key.starts_with("dlq-")),
         "{headers:?}"
     );
-    assert!(events_of(&pipeline, second.image_id).is_empty());
+    assert!(events_of(&pipeline, second.image_id).await.is_empty());
     // The redriven upload is processed like any other.
     let image = pipeline
         .wait_until_settled(&first_id, Duration::from_secs(120))
@@ -201,7 +198,7 @@ async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
 
     // Everything: the filtered run committed nothing, so the first image moves again
     // (harmless: handlers are idempotent) along with the second; now it is committed.
-    let all = redrive(&pipeline, &[]);
+    let all = redrive(&pipeline, None, false).await;
     assert_eq!(all["scanned"], 3, "{all}");
     assert_eq!(all["moved"], 2, "{all}");
     assert_eq!(all["committed"], true, "{all}");
@@ -212,15 +209,15 @@ async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
         .unwrap();
     assert_eq!(image["status"], "ready", "{image}");
     assert_eq!(
-        events_of(&pipeline, second.image_id).len(),
+        events_of(&pipeline, second.image_id).await.len(),
         2 /* uploaded, processed */
     );
 
     // Again: nothing is left to move.
-    let again = redrive(&pipeline, &[]);
+    let again = redrive(&pipeline, None, false).await;
     assert_eq!(again["scanned"], 0, "{again}");
     assert_eq!(again["moved"], 0, "{again}");
-    let nothing = redrive(&pipeline, &["--dry-run"]);
+    let nothing = redrive(&pipeline, None, true).await;
     assert_eq!(nothing["moved"], 0, "{nothing}");
 
     pipeline.stop().await.unwrap();
@@ -231,12 +228,7 @@ async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
 async fn dead_letters_when(pipeline: &Pipeline, count: usize) -> Vec<Value> {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let lines: Vec<Value> = tokio::task::block_in_place(|| {
-            imgpipe(pipeline, &["events", "tail", "--topic", "dlq"])
-        })
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+        let lines = tail(pipeline, "dlq", None).await;
         if lines.len() >= count {
             return lines;
         }
@@ -271,7 +263,7 @@ async fn a_poison_record_the_pipeline_dead_lettered_goes_back_once_per_run() {
     // Processor and projector each dead-letter it, with the consume loop's own headers.
     dead_letters_when(&pipeline, 2).await;
 
-    let dry = redrive(&pipeline, &["--dry-run"]);
+    let dry = redrive(&pipeline, None, true).await;
     assert_eq!(dry["scanned"], 2, "{dry}");
     assert_eq!(dry["moved"], 1, "{dry}");
     assert_eq!(dry["skipped_duplicates"], 1, "{dry}");
@@ -281,15 +273,10 @@ async fn a_poison_record_the_pipeline_dead_lettered_goes_back_once_per_run() {
     );
     assert_eq!(dry["records"][0]["original_topic"], topics.events.as_str());
 
-    let moved = redrive(&pipeline, &[]);
+    let moved = redrive(&pipeline, None, false).await;
     assert_eq!(moved["moved"], 1, "{moved}");
     assert_eq!(moved["committed"], true, "{moved}");
-    let on_events: Vec<Value> = tokio::task::block_in_place(|| {
-        imgpipe(&pipeline, &["events", "tail", "--image", poison_key])
-    })
-    .lines()
-    .map(|line| serde_json::from_str(line).unwrap())
-    .collect();
+    let on_events = events_of(&pipeline, poison_key.parse().unwrap()).await;
     assert_eq!(
         on_events.len(),
         2,
@@ -303,7 +290,7 @@ async fn a_poison_record_the_pipeline_dead_lettered_goes_back_once_per_run() {
 
     // Still poison, so both groups dead-letter the copy; the next run sees only those two.
     dead_letters_when(&pipeline, 4).await;
-    let next = redrive(&pipeline, &["--dry-run"]);
+    let next = redrive(&pipeline, None, true).await;
     assert_eq!(next["scanned"], 2, "{next}");
     assert_eq!(next["moved"], 1, "{next}");
 

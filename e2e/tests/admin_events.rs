@@ -1,35 +1,30 @@
-//! `imgpipe events` against a live pipeline on the real stack.
+//! `imgpipe events` against a live pipeline on the real stack, through the functions the
+//! command runs (`imgpipe_admin::events`) with the pipeline's configuration.
 #![allow(clippy::unwrap_used)]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use imgpipe_admin::events::{self, Start, Tail};
 use imgpipe_e2e::Pipeline;
+use imgpipe_infra::registry::{EventCodec, RegistryConfig};
 use serde_json::Value;
+use uuid::Uuid;
 
-fn imgpipe(pipeline: &Pipeline, args: &[&str], stdin: Option<&str>) -> Vec<Value> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_imgpipe"))
-        .args(args)
-        .env("IMGPIPE_KAFKA_TOPIC_PREFIX", &pipeline.kafka.topic_prefix)
-        .env("IMGPIPE_KAFKA_BROKERS", &pipeline.kafka.brokers)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    if let Some(text) = stdin {
-        input.write_all(text.as_bytes()).unwrap();
-    }
-    drop(input);
-    let output = child.wait_with_output().unwrap();
-    assert!(output.status.success(), "imgpipe {args:?} failed");
-    String::from_utf8(output.stdout)
+fn codec() -> EventCodec {
+    EventCodec::reader(&RegistryConfig::default())
+}
+
+/// `imgpipe events tail --topic <topic> --from <start> [--image <image>]`.
+async fn tail(pipeline: &Pipeline, topic: &str, start: Start, image: Option<&str>) -> Vec<Value> {
+    let wanted = Tail {
+        topics: vec![events::topic_named(&pipeline.kafka, topic)],
+        start,
+        image: image.map(|id| id.parse().unwrap()),
+        follow: false,
+    };
+    events::read(pipeline.kafka.clone(), codec(), wanted)
+        .await
         .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -50,8 +45,10 @@ async fn history_tail_and_decode_show_what_happened_to_an_image() {
         .await
         .unwrap();
 
-    let history =
-        tokio::task::block_in_place(|| imgpipe(&pipeline, &["events", "history", &id], None));
+    let image: Uuid = id.parse().unwrap();
+    let history = events::history(pipeline.kafka.clone(), codec(), image)
+        .await
+        .unwrap();
     let types: Vec<&str> = history
         .iter()
         .map(|line| line["value"]["event_type"].as_str().unwrap())
@@ -81,26 +78,17 @@ async fn history_tail_and_decode_show_what_happened_to_an_image() {
     );
 
     // The whole topic: both images, two events each; --image narrows it to one.
-    let all = tokio::task::block_in_place(|| imgpipe(&pipeline, &["events", "tail"], None));
+    let all = tail(&pipeline, "events", Start::Beginning, None).await;
     assert_eq!(all.len(), 4, "{all:?}");
-    let one = tokio::task::block_in_place(|| {
-        imgpipe(&pipeline, &["events", "tail", "--image", &other_id], None)
-    });
+    let one = tail(&pipeline, "events", Start::Beginning, Some(&other_id)).await;
     assert_eq!(one.len(), 2);
     assert!(one.iter().all(|line| line["key"] == other_id.as_str()));
     // From the end there is nothing yet to read, and it returns.
-    let none = tokio::task::block_in_place(|| {
-        imgpipe(&pipeline, &["events", "tail", "--from", "end"], None)
-    });
+    let none = tail(&pipeline, "events", "end".parse().unwrap(), None).await;
     assert!(none.is_empty());
     // From a future time nothing qualifies, whatever the broker's time lookup says.
-    let future = tokio::task::block_in_place(|| {
-        imgpipe(
-            &pipeline,
-            &["events", "tail", "--from", "2099-01-01T00:00:00Z"],
-            None,
-        )
-    });
+    let from = "2099-01-01T00:00:00Z".parse().unwrap();
+    let future = tail(&pipeline, "events", from, None).await;
     assert!(future.is_empty(), "{future:?}");
 
     pipeline.stop().await.unwrap();
