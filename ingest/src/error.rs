@@ -68,11 +68,11 @@ pub enum IngestError {
     #[error("this route does not take that method")]
     MethodNotAllowed,
     #[error("the event log is unavailable; the upload was not accepted, retry later")]
-    EventLogUnavailable(String),
+    EventLogUnavailable(#[source] imgpipe_infra::InfraError),
     #[error("object storage is unavailable; the upload was not accepted, retry later")]
-    StorageUnavailable(String),
+    StorageUnavailable(#[source] imgpipe_infra::InfraError),
     #[error("the read model is unavailable, retry later")]
-    DatabaseUnavailable(String),
+    DatabaseUnavailable(#[source] sqlx::Error),
 }
 
 #[derive(Serialize)]
@@ -126,9 +126,9 @@ impl IngestError {
             Self::IdempotencyKeyInFlight,
             Self::RouteNotFound,
             Self::MethodNotAllowed,
-            Self::EventLogUnavailable(String::new()),
-            Self::StorageUnavailable(String::new()),
-            Self::DatabaseUnavailable(String::new()),
+            Self::EventLogUnavailable(imgpipe_infra::InfraError::Config(String::new())),
+            Self::StorageUnavailable(imgpipe_infra::InfraError::Config(String::new())),
+            Self::DatabaseUnavailable(sqlx::Error::PoolTimedOut),
         ]
     }
 
@@ -204,16 +204,15 @@ impl IngestError {
 
 /// A query that failed: 503 `database-unavailable`.
 pub(crate) fn database_unavailable(error: sqlx::Error) -> IngestError {
-    IngestError::DatabaseUnavailable(error.to_string())
+    IngestError::DatabaseUnavailable(error)
 }
 
 impl IntoResponse for IngestError {
     fn into_response(self) -> Response {
         let status = self.status();
-        match &self {
-            Self::EventLogUnavailable(cause)
-            | Self::StorageUnavailable(cause)
-            | Self::DatabaseUnavailable(cause) => {
+        // A dependency's failure is ours (ERROR, with its cause); the rest are the client's.
+        match std::error::Error::source(&self) {
+            Some(cause) if status == StatusCode::SERVICE_UNAVAILABLE => {
                 tracing::error!(code = self.code(), error = %cause, "dependency unavailable");
             }
             _ => tracing::info!(code = self.code(), error = %self, "request rejected"),

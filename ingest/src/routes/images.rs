@@ -87,7 +87,7 @@ async fn status(
             .store
             .presigned_get(&stored.key, ttl)
             .await
-            .map_err(|e| IngestError::StorageUnavailable(e.to_string()))?;
+            .map_err(IngestError::StorageUnavailable)?;
         variants.push(Variant::current(stored, url));
     }
     Ok(Json(ImageStatus::current(
@@ -241,6 +241,6 @@ async fn append_deletion(
         .events
         .publish(&event)
         .await
-        .map_err(|e| IngestError::EventLogUnavailable(e.to_string()))?;
+        .map_err(IngestError::EventLogUnavailable)?;
     Ok(())
 }

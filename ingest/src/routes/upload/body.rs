@@ -160,7 +160,7 @@ pub(super) fn with_deadline(request: Request, secs: u64) -> Request {
 }
 
 pub(super) fn storage_unavailable(error: imgpipe_infra::InfraError) -> IngestError {
-    IngestError::StorageUnavailable(error.to_string())
+    IngestError::StorageUnavailable(error)
 }
 
 fn check_limits(state: &AppState, sniffed: Sniffed) -> Result<(), IngestError> {

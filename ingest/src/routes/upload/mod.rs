@@ -358,7 +358,7 @@ async fn store_and_announce(
         .events
         .publish(&event)
         .await
-        .map_err(|e| IngestError::EventLogUnavailable(e.to_string()))?;
+        .map_err(IngestError::EventLogUnavailable)?;
     metrics::histogram!(crate::metrics::PRODUCE_SECONDS)
         .record(produce_started.elapsed().as_secs_f64());
     metrics::counter!(crate::metrics::UPLOAD_BYTES).increment(*bytes);
