@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use time::OffsetDateTime;
 
-use crate::events::{Payload, Variant};
+use crate::events::{ImageUploaded, Payload, Variant};
 
 /// Where an image is in its life. The read model's `images.status` holds [`Status::as_str`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -75,34 +75,39 @@ impl ImageState {
         state
     }
 
+    /// The image as its `ImageUploaded` creates it.
+    fn uploaded(uploaded: &ImageUploaded, occurred_at: OffsetDateTime) -> ImageState {
+        ImageState {
+            owner: uploaded.owner.clone(),
+            original_key: uploaded.original_key.clone(),
+            status: Status::Uploaded,
+            format: uploaded.format.clone(),
+            bytes: uploaded.bytes,
+            sha256: uploaded.sha256.clone(),
+            width: uploaded.width,
+            height: uploaded.height,
+            spec_version: None,
+            dominant_color: None,
+            blurhash: None,
+            animated: false,
+            metadata: uploaded
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            failure_code: None,
+            failure_reason: None,
+            uploaded_at: occurred_at,
+            updated_at: occurred_at,
+            variants: Vec::new(),
+        }
+    }
+
     /// Applies one event that occurred at `occurred_at`.
     pub fn apply(state: &mut Option<ImageState>, occurred_at: OffsetDateTime, payload: &Payload) {
         let image = match (state.as_mut(), payload) {
             (None, Payload::ImageUploaded(uploaded)) => {
-                *state = Some(ImageState {
-                    owner: uploaded.owner.clone(),
-                    original_key: uploaded.original_key.clone(),
-                    status: Status::Uploaded,
-                    format: uploaded.format.clone(),
-                    bytes: uploaded.bytes,
-                    sha256: uploaded.sha256.clone(),
-                    width: uploaded.width,
-                    height: uploaded.height,
-                    spec_version: None,
-                    dominant_color: None,
-                    blurhash: None,
-                    animated: false,
-                    metadata: uploaded
-                        .metadata
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    failure_code: None,
-                    failure_reason: None,
-                    uploaded_at: occurred_at,
-                    updated_at: occurred_at,
-                    variants: Vec::new(),
-                });
+                *state = Some(ImageState::uploaded(uploaded, occurred_at));
                 return;
             }
             (None, _) => return,
