@@ -9,6 +9,7 @@
 pub mod dead_letters;
 pub mod private_server;
 pub mod private_stack;
+pub mod service_process;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,11 +1,10 @@
 //! A whole stack of the test's own: private Tansu, s3s-fs and PostgreSQL on free loopback
 //! ports (so a test can kill them without disturbing the shared stack), and ingest, the
-//! processor and the projector as processes of their own (the test executable again, running
-//! [`run_service_from_env`]), each of which can be SIGKILLed and restarted.
+//! processor and the projector as processes of their own ([`ServiceProcess`]), each of which
+//! can be SIGKILLed and restarted.
 // A test harness: a setup step that fails is the test failing, with the panic saying where.
 #![allow(clippy::unwrap_used)]
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,121 +15,16 @@ use imgpipe_ingest::auth::ApiKeys;
 use uuid::Uuid;
 
 use crate::private_server::PrivateServer;
+use crate::service_process::{ServiceOutput, ServiceProcess};
 
-/// Names the service a child process runs.
-pub const CHILD_ENV: &str = "IMGPIPE_E2E_CHILD";
 /// The one client's API key.
 pub const API_KEY: &str = "private-stack-key-0123456789";
-
-/// Runs the service named by [`CHILD_ENV`] (`ingest`, `processor` or `projector`) as its
-/// `main` does, until SIGTERM; does nothing when the variable is unset. A test that starts
-/// [`ServiceProcess`]es calls it from an ignored `#[test] fn service_child()`, since the child
-/// is that test executable again.
-pub fn run_service_from_env() {
-    let Ok(service) = std::env::var(CHILD_ENV) else {
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    runtime.block_on(async {
-        let shutdown = imgpipe_infra::ops::shutdown_token();
-        match service.as_str() {
-            "ingest" => {
-                let config = imgpipe_ingest::Config::from_env().expect("ingest config");
-                imgpipe_infra::telemetry::init(&config.log);
-                let app = imgpipe_ingest::Application::build(&config)
-                    .await
-                    .expect("ingest builds");
-                app.run(shutdown).await.expect("ingest runs");
-            }
-            "processor" => {
-                let config = imgpipe_processor::Config::from_env().expect("processor config");
-                imgpipe_infra::telemetry::init(&config.log);
-                let processor = imgpipe_processor::Processor::build(&config)
-                    .await
-                    .expect("processor builds");
-                processor.run(shutdown).await.expect("processor runs");
-            }
-            "projector" => {
-                let config = imgpipe_projector::Config::from_env().expect("projector config");
-                imgpipe_infra::telemetry::init(&config.log);
-                let projector = imgpipe_projector::Projector::build(&config)
-                    .await
-                    .expect("projector builds");
-                projector.run(shutdown).await.expect("projector runs");
-            }
-            other => panic!("unknown service {other}"),
-        }
-    });
-}
 
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .unwrap()
         .port()
-}
-
-/// A service process, SIGKILLed when dropped so a failing test leaves none behind.
-pub struct ServiceProcess {
-    name: &'static str,
-    env: Vec<(String, String)>,
-    log: std::path::PathBuf,
-    child: Option<Child>,
-}
-
-impl ServiceProcess {
-    pub fn start(
-        name: &'static str,
-        env: Vec<(String, String)>,
-        log_dir: &std::path::Path,
-    ) -> Self {
-        let mut service = Self {
-            name,
-            env,
-            log: log_dir.join(format!("{name}.log")),
-            child: None,
-        };
-        service.spawn();
-        service
-    }
-
-    pub fn spawn(&mut self) {
-        let log = std::fs::File::options()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "service_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_ENV, self.name)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for ServiceProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// The private servers and the service processes.
@@ -279,10 +173,11 @@ impl PrivateStack {
             "IMGPIPE_PROJECTOR_OPS_ADDR",
             format!("127.0.0.1:{projector_port}"),
         )]);
+        let log = |name: &str| ServiceOutput::LogFile(log_dir.join(format!("{name}.log")));
         Self {
-            ingest: ServiceProcess::start("ingest", ingest_env, &log_dir),
-            processor: ServiceProcess::start("processor", processor_env, &log_dir),
-            projector: ServiceProcess::start("projector", projector_env, &log_dir),
+            ingest: ServiceProcess::start("ingest", ingest_env, log("ingest")),
+            processor: ServiceProcess::start("processor", processor_env, log("processor")),
+            projector: ServiceProcess::start("projector", projector_env, log("projector")),
             broker: Arc::new(tokio::sync::Mutex::new(broker)),
             s3,
             postgres,

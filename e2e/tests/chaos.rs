@@ -29,11 +29,11 @@ const STALL_SECS: u64 = 8;
 /// The longest the pipeline may take to flow again after one restart.
 const RECOVERY_LIMIT: Duration = Duration::from_secs(180);
 
-/// A service process of this test (see `private_stack`); the test starts it itself.
+/// A service process of this test (see `service_process`); the test starts it itself.
 #[test]
 #[ignore = "a service process of the chaos test; it starts it itself"]
 fn service_child() {
-    imgpipe_e2e::private_stack::run_service_from_env();
+    imgpipe_e2e::service_process::run_service_from_env();
 }
 
 /// A small PNG unlike every other (its pixels encode `n`).

@@ -123,7 +123,11 @@ async fn forged_records_naming_another_images_objects_touch_none_of_them() {
         let (class, message) = dead
             .get(&forged.image_id)
             .unwrap_or_else(|| panic!("{} not dead-lettered: {dead:?}", forged.event_type()));
-        assert_eq!(class, imgpipe_processor::FOREIGN_OBJECT, "{message}");
+        assert_eq!(
+            class,
+            imgpipe_schemas::headers::ErrorClass::ForeignObject.as_str(),
+            "{message}"
+        );
         assert!(message.contains(&victim_original), "{message}");
     }
     // The forged reprocess made no variants of the victim's pixels under its own image.

@@ -2,82 +2,35 @@
 //! exactly the spec's variants, and any result the crash caused to be announced twice is the
 //! same result.
 //!
-//! The processor runs as a process of its own so that it can be SIGKILLed. That process is
-//! this test executable again, running `processor_child` below, which does what
-//! `processor/src/main.rs` does (config from the environment, `Processor::build`, `run`). The
-//! `imgpipe-processor` binary itself is not used: e2e cannot name it with
-//! `CARGO_BIN_EXE_*` (another package's), `cargo test -p imgpipe-e2e` does not build it, and
-//! the copy in the shared target dir may be another worktree's build.
+//! The processor runs as a process of its own so that it can be SIGKILLed: this test
+//! executable again, running `service_child` below (`imgpipe_e2e::service_process`).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imgpipe_e2e::service_process::{ServiceOutput, ServiceProcess};
 use imgpipe_e2e::Pipeline;
 use imgpipe_schemas::{ImageProcessed, Payload};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use uuid::Uuid;
 
-const CHILD_ENV: &str = "IMGPIPE_E2E_PROCESSOR_CHILD";
 const IMAGES: usize = 10;
 
-/// The processor process: only when the crash test starts this executable as one.
+/// The processor process of this test (see `service_process`); the test starts it itself.
 #[test]
 #[ignore = "the processor process of the crash test; it starts it itself"]
-fn processor_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let config = imgpipe_processor::Config::from_env().unwrap();
-        imgpipe_infra::telemetry::init(&config.log);
-        let processor = imgpipe_processor::Processor::build(&config).await.unwrap();
-        processor
-            .run(imgpipe_infra::ops::shutdown_token())
-            .await
-            .unwrap();
-    });
+fn service_child() {
+    imgpipe_e2e::service_process::run_service_from_env();
 }
 
-/// A processor process, SIGKILLed when dropped so a failing test leaves none behind.
-struct ProcessorProcess(Child);
-
-impl ProcessorProcess {
-    fn start(pipeline: &Pipeline) -> Self {
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "processor_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_ENV, "1")
-            .envs(pipeline.processor_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    /// SIGKILL: no shutdown, no offset commit, no flush.
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for ProcessorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn start_processor(pipeline: &Pipeline) -> ServiceProcess {
+    ServiceProcess::start(
+        "processor",
+        pipeline.processor_env(),
+        ServiceOutput::TestStderr,
+    )
 }
 
 /// The client's images that are `ready`, by the listing.
@@ -168,7 +121,7 @@ async fn a_processor_killed_mid_batch_finishes_every_image_once_after_a_restart(
     }
 
     // Kill it as soon as the first image is done, with the rest in flight or queued.
-    let processor = ProcessorProcess::start(&pipeline);
+    let mut processor = start_processor(&pipeline);
     let deadline = Instant::now() + Duration::from_secs(180);
     let ready_before_kill = loop {
         let ready = ready_ids(&pipeline).await.len();
@@ -190,7 +143,7 @@ async fn a_processor_killed_mid_batch_finishes_every_image_once_after_a_restart(
     // two runs of three, while one that joins after the session lapsed gets them at once.
     tokio::time::sleep(Duration::from_secs(12)).await;
     let restarted = Instant::now();
-    let processor = ProcessorProcess::start(&pipeline);
+    processor.spawn();
     for id in &ids {
         let image = pipeline
             .wait_until_settled(id, Duration::from_secs(300))

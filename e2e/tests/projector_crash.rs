@@ -4,8 +4,7 @@
 //! the same topic made in one uninterrupted run, and the timeline holds every event id once.
 //!
 //! The projector runs as a process of its own so that it can be killed: this test executable
-//! again, running `projector_child` below, which does what `projector/src/main.rs` does (see
-//! `processor_crash.rs` for why the service binary itself is not used). The events are
+//! again, running `service_child` below (`imgpipe_e2e::service_process`). The events are
 //! synthesized (valid for the contract, made with the schemas crate's types) and appended by
 //! the same `EventProducer` ingest uses, keyed by image, so each image's events keep their
 //! order on one partition. The seed is printed; `IMGPIPE_TEST_SEED=<seed>` repeats a run's
@@ -13,9 +12,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use imgpipe_e2e::service_process::{ServiceOutput, ServiceProcess};
 use imgpipe_infra::consume::RecordPosition;
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::registry::EventCodec;
@@ -30,7 +29,6 @@ use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const CHILD_ENV: &str = "IMGPIPE_E2E_PROJECTOR_CHILD";
 const TARGET_EVENTS: usize = 1_000;
 const KILLS: usize = 5;
 /// The tables the projector keeps. Compared whole (`to_jsonb` of each row), so a column added
@@ -45,68 +43,30 @@ const READ_MODELS: [(&str, &str); 3] = [
 /// so a killed and restarted projector must write exactly what an uninterrupted one writes.
 const EXCLUDED_COLUMNS: [&str; 0] = [];
 
-/// The projector process: only when the crash test starts this executable as one.
+/// The projector process of this test (see `service_process`); the test starts it itself.
 #[test]
 #[ignore = "the projector process of the crash test; it starts it itself"]
-fn projector_child() {
-    if std::env::var_os(CHILD_ENV).is_none() {
-        return;
-    }
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    runtime.block_on(async {
-        let config = imgpipe_projector::Config::from_env().unwrap();
-        imgpipe_infra::telemetry::init(&config.log);
-        let projector = imgpipe_projector::Projector::build(&config).await.unwrap();
-        projector
-            .run(imgpipe_infra::ops::shutdown_token())
-            .await
-            .unwrap();
-    });
+fn service_child() {
+    imgpipe_e2e::service_process::run_service_from_env();
 }
 
-/// A projector process, SIGKILLed when dropped so a failing test leaves none behind.
-struct ProjectorProcess(Child);
-
-impl ProjectorProcess {
-    fn start(kafka: &KafkaConfig, database: &DatabaseConfig) -> Self {
-        let child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "projector_child",
-                "--exact",
-                "--ignored",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD_ENV, "1")
-            .env("IMGPIPE_KAFKA_BROKERS", &kafka.brokers)
-            .env("IMGPIPE_KAFKA_TOPIC_PREFIX", &kafka.topic_prefix)
-            .env("IMGPIPE_DATABASE_URL", &database.url)
-            .env("IMGPIPE_DATABASE_SCHEMA", &database.schema)
-            .env("IMGPIPE_DATABASE_MAX_CONNECTIONS", "4")
-            .env("IMGPIPE_PROJECTOR_OPS_ADDR", "127.0.0.1:0")
-            .env("IMGPIPE_LOG_FORMAT", "pretty")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        Self(child)
-    }
-
-    /// SIGKILL: no shutdown, no offset commit, no transaction finished.
-    fn kill(mut self) {
-        self.0.kill().unwrap();
-        self.0.wait().unwrap();
-    }
-}
-
-impl Drop for ProjectorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A projector process on `kafka`'s topics and `database`'s schema.
+fn start_projector(kafka: &KafkaConfig, database: &DatabaseConfig) -> ServiceProcess {
+    let env = [
+        ("IMGPIPE_KAFKA_BROKERS", kafka.brokers.clone()),
+        ("IMGPIPE_KAFKA_TOPIC_PREFIX", kafka.topic_prefix.clone()),
+        ("IMGPIPE_DATABASE_URL", database.url.clone()),
+        ("IMGPIPE_DATABASE_SCHEMA", database.schema.clone()),
+        ("IMGPIPE_DATABASE_MAX_CONNECTIONS", "4".into()),
+        ("IMGPIPE_PROJECTOR_OPS_ADDR", "127.0.0.1:0".into()),
+        ("IMGPIPE_LOG_FORMAT", "pretty".into()),
+        ("RUST_LOG", "warn".into()),
+    ];
+    ServiceProcess::start(
+        "projector",
+        env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        ServiceOutput::TestStderr,
+    )
 }
 
 /// One image's events, in the order they are appended.
@@ -450,7 +410,7 @@ async fn a_projector_killed_at_random_points_ends_with_the_read_model_of_an_unin
     let mut kills_mid_way = 0;
     let started = Instant::now();
     for (n, threshold) in thresholds.iter().enumerate() {
-        let process = ProjectorProcess::start(&kafka, &crashed);
+        let mut process = start_projector(&kafka, &crashed);
         let deadline = Instant::now() + Duration::from_secs(300);
         loop {
             let rows = timeline_rows(&pool, &crashed.schema).await;
@@ -476,7 +436,7 @@ async fn a_projector_killed_at_random_points_ends_with_the_read_model_of_an_unin
     }
     assert!(kills_mid_way > 0, "no kill cut a run short (seed {seed})");
 
-    let process = ProjectorProcess::start(&kafka, &crashed);
+    let mut process = start_projector(&kafka, &crashed);
     let deadline = Instant::now() + Duration::from_secs(300);
     while timeline_rows(&pool, &crashed.schema).await < distinct_count {
         assert!(Instant::now() < deadline, "not caught up (seed {seed})");

@@ -51,6 +51,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::ExponentialBuilder;
+use imgpipe_schemas::headers::ErrorClass;
 use imgpipe_schemas::Event;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
@@ -87,52 +88,43 @@ pub struct RecordPosition {
 pub enum HandlerError {
     /// The infrastructure did not answer (S3 5xx or timeout, broker, database): retry.
     #[error("{class}: {message}")]
-    Transient {
-        class: &'static str,
-        message: String,
-    },
+    Transient { class: ErrorClass, message: String },
     /// Retrying gives the same answer: dead-letter at once.
     #[error("{class}: {message}")]
-    Permanent {
-        class: &'static str,
-        message: String,
-    },
+    Permanent { class: ErrorClass, message: String },
     /// A dependency is known to be down (its circuit breaker is open): wait for
     /// [`EventHandler::until_available`], then handle the record again. Not an attempt.
     #[error("{class} unavailable: {message}")]
-    Unavailable {
-        class: &'static str,
-        message: String,
-    },
+    Unavailable { class: ErrorClass, message: String },
 }
 
 impl HandlerError {
-    pub fn transient(class: &'static str, error: impl std::fmt::Display) -> Self {
+    pub fn transient(class: ErrorClass, error: impl std::fmt::Display) -> Self {
         Self::Transient {
             class,
             message: error.to_string(),
         }
     }
 
-    pub fn permanent(class: &'static str, error: impl std::fmt::Display) -> Self {
+    pub fn permanent(class: ErrorClass, error: impl std::fmt::Display) -> Self {
         Self::Permanent {
             class,
             message: error.to_string(),
         }
     }
 
-    pub fn unavailable(class: &'static str, error: impl std::fmt::Display) -> Self {
+    pub fn unavailable(class: ErrorClass, error: impl std::fmt::Display) -> Self {
         Self::Unavailable {
             class,
             message: error.to_string(),
         }
     }
 
-    fn class(&self) -> &'static str {
+    fn class(&self) -> ErrorClass {
         match self {
             Self::Transient { class, .. }
             | Self::Permanent { class, .. }
-            | Self::Unavailable { class, .. } => class,
+            | Self::Unavailable { class, .. } => *class,
         }
     }
 }

@@ -1,3 +1,8 @@
+use aws_sdk_s3::error::DisplayErrorContext;
+
+/// Any error, kept as the source of one of ours.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Failures talking to the infrastructure. Services wrap these in their own error enums.
 #[derive(Debug, thiserror::Error)]
 pub enum InfraError {
@@ -7,11 +12,14 @@ pub enum InfraError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("event encoding: {0}")]
     Schema(#[from] imgpipe_schemas::SchemaError),
-    #[error("object storage {operation} {key}: {message}")]
+    /// Shown with the whole chain of causes: the S3 SDK's own message alone is often just
+    /// "service error".
+    #[error("object storage {operation} {key}: {}", DisplayErrorContext(.source.as_ref()))]
     Storage {
         operation: &'static str,
         key: String,
-        message: String,
+        #[source]
+        source: BoxError,
         /// True for 404 / NoSuchKey: the object is not there, which retrying will not change.
         not_found: bool,
     },

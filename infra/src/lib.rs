@@ -17,4 +17,4 @@ pub mod topics;
 
 pub use config::{FromEnv, KafkaConfig, S3Config, Secret};
 pub use db::DatabaseConfig;
-pub use error::InfraError;
+pub use error::{BoxError, InfraError};

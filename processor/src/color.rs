@@ -2,8 +2,13 @@
 //! sRGB, so pixels that came with another ICC profile (Display P3 from phones, Adobe RGB from
 //! cameras, a grey gamma) are converted to sRGB before they are resized and encoded. Pure; no IO.
 
-use image::{DynamicImage, ImageBuffer, Pixel};
-use moxcms::{ColorProfile, DataColorSpace, Layout, TransformExecutor, TransformOptions};
+use std::sync::Arc;
+
+use image::{ColorType, DynamicImage, ImageBuffer, Pixel};
+use moxcms::{
+    CmsError, ColorProfile, DataColorSpace, Layout, Transform16BitExecutor, Transform8BitExecutor,
+    TransformExecutor, TransformOptions,
+};
 
 /// Pixels per call into the transform: enough to amortise the call, small enough that the
 /// scratch buffer for an in-place conversion stays in cache and costs no second image.
@@ -14,7 +19,7 @@ const CHUNK_PIXELS: usize = 16 * 1024;
 const SRGB_TOLERANCE: u8 = 1;
 
 /// What [`to_srgb`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Conversion {
     /// No embedded profile: the pixels are sRGB by convention.
     NoProfile,
@@ -26,7 +31,27 @@ pub enum Conversion {
     /// The profile cannot be applied to these pixels (malformed, or for other channels than
     /// the decoder produced, e.g. CMYK that the JPEG decoder already turned into RGB). The
     /// pixels are kept as they are, which is how a viewer ignoring the profile would show them.
-    Unusable(String),
+    Unusable(UnusableProfile),
+}
+
+/// Why an embedded profile was not applied.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UnusableProfile {
+    #[error("a profile of {0} bytes")]
+    TooLarge(usize),
+    #[error("malformed profile: {0}")]
+    Malformed(#[source] CmsError),
+    #[error("a {0:?} profile on RGB or grey pixels")]
+    NotRgbOrGrey(DataColorSpace),
+    #[error("a {space:?} profile on {pixels:?} pixels")]
+    OtherPixels {
+        space: DataColorSpace,
+        pixels: ColorType,
+    },
+    #[error("no transform to sRGB: {0}")]
+    NoTransform(#[source] CmsError),
+    #[error("transform to sRGB: {0}")]
+    Transform(#[source] CmsError),
 }
 
 /// Converts `image` from the colour space its embedded ICC profile describes to sRGB.
@@ -39,7 +64,7 @@ pub fn to_srgb(image: DynamicImage, icc_profile: Option<&[u8]>) -> (DynamicImage
     if icc_profile.len() > crate::memory::MAX_ICC_PROFILE_BYTES {
         return (
             image,
-            Conversion::Unusable(format!("a profile of {} bytes", icc_profile.len())),
+            Conversion::Unusable(UnusableProfile::TooLarge(icc_profile.len())),
         );
     }
     let profile = match ColorProfile::new_from_slice(icc_profile) {
@@ -47,7 +72,7 @@ pub fn to_srgb(image: DynamicImage, icc_profile: Option<&[u8]>) -> (DynamicImage
         Err(error) => {
             return (
                 image,
-                Conversion::Unusable(format!("malformed profile: {error}")),
+                Conversion::Unusable(UnusableProfile::Malformed(error)),
             )
         }
     };
@@ -65,7 +90,7 @@ pub fn to_srgb(image: DynamicImage, icc_profile: Option<&[u8]>) -> (DynamicImage
 /// Whether converting from `profile` to sRGB leaves every probe colour (a 9x9x9 grid for RGB,
 /// a ramp for grey) where it is. Probing the transform itself, rather than comparing profile
 /// tags, recognises every encoding of sRGB (v2, v4, compact, vendor copies) and nothing else.
-pub fn is_srgb(profile: &ColorProfile) -> Result<bool, String> {
+pub fn is_srgb(profile: &ColorProfile) -> Result<bool, UnusableProfile> {
     let (layout, probe) = match profile.color_space {
         DataColorSpace::Rgb => {
             let levels: Vec<u8> = (0..=8u16).map(|i| (i * 255 / 8) as u8).collect();
@@ -80,16 +105,9 @@ pub fn is_srgb(profile: &ColorProfile) -> Result<bool, String> {
             (Layout::Rgb, probe)
         }
         DataColorSpace::Gray => (Layout::Gray, (0..=255u8).collect()),
-        other => return Err(format!("a {other:?} profile on RGB or grey pixels")),
+        other => return Err(UnusableProfile::NotRgbOrGrey(other)),
     };
-    let transform = profile
-        .create_transform_8bit(
-            layout,
-            &ColorProfile::new_srgb(),
-            Layout::Rgb,
-            TransformOptions::default(),
-        )
-        .map_err(|e| format!("no transform to sRGB: {e}"))?;
+    let transform = transform_8bit(profile, layout, Layout::Rgb)?;
     let expected: Vec<u8> = match layout {
         Layout::Gray => probe.iter().flat_map(|&v| [v, v, v]).collect(),
         _ => probe.clone(),
@@ -97,96 +115,138 @@ pub fn is_srgb(profile: &ColorProfile) -> Result<bool, String> {
     let mut converted = vec![0; expected.len()];
     transform
         .transform(&probe, &mut converted)
-        .map_err(|e| format!("transform to sRGB: {e}"))?;
+        .map_err(UnusableProfile::Transform)?;
     Ok(converted
         .iter()
         .zip(&expected)
         .all(|(a, b)| a.abs_diff(*b) <= SRGB_TOLERANCE))
 }
 
+fn transform_8bit(
+    profile: &ColorProfile,
+    source: Layout,
+    target: Layout,
+) -> Result<Arc<Transform8BitExecutor>, UnusableProfile> {
+    profile
+        .create_transform_8bit(
+            source,
+            &ColorProfile::new_srgb(),
+            target,
+            TransformOptions::default(),
+        )
+        .map_err(UnusableProfile::NoTransform)
+}
+
+fn transform_16bit(
+    profile: &ColorProfile,
+    source: Layout,
+    target: Layout,
+) -> Result<Arc<Transform16BitExecutor>, UnusableProfile> {
+    profile
+        .create_transform_16bit(
+            source,
+            &ColorProfile::new_srgb(),
+            target,
+            TransformOptions::default(),
+        )
+        .map_err(UnusableProfile::NoTransform)
+}
+
 /// Converts in the image's own depth (16-bit stays 16-bit until the variants are made 8-bit);
 /// grey becomes RGB, since sRGB is an RGB space, and alpha is carried through untouched.
-fn convert(image: DynamicImage, profile: &ColorProfile) -> (DynamicImage, Result<(), String>) {
-    let srgb = ColorProfile::new_srgb();
-    let transform_8bit = |source: Layout, target: Layout| {
-        profile
-            .create_transform_8bit(source, &srgb, target, TransformOptions::default())
-            .map_err(|e| format!("no transform to sRGB: {e}"))
-    };
-    let transform_16bit = |source: Layout, target: Layout| {
-        profile
-            .create_transform_16bit(source, &srgb, target, TransformOptions::default())
-            .map_err(|e| format!("no transform to sRGB: {e}"))
-    };
-    match (profile.color_space, image) {
-        (DataColorSpace::Rgb, DynamicImage::ImageRgb8(mut buffer)) => {
-            let converted = transform_8bit(Layout::Rgb, Layout::Rgb)
+fn convert(
+    image: DynamicImage,
+    profile: &ColorProfile,
+) -> (DynamicImage, Result<(), UnusableProfile>) {
+    match profile.color_space {
+        DataColorSpace::Rgb => convert_rgb(image, profile),
+        DataColorSpace::Gray => convert_grey(image, profile),
+        space => other_pixels(space, image),
+    }
+}
+
+/// RGB pixels under an RGB profile, converted where they are.
+fn convert_rgb(
+    image: DynamicImage,
+    profile: &ColorProfile,
+) -> (DynamicImage, Result<(), UnusableProfile>) {
+    match image {
+        DynamicImage::ImageRgb8(mut buffer) => {
+            let converted = transform_8bit(profile, Layout::Rgb, Layout::Rgb)
                 .and_then(|t| transform_in_place(t.as_ref(), &mut buffer, 3));
             (DynamicImage::ImageRgb8(buffer), converted)
         }
-        (DataColorSpace::Rgb, DynamicImage::ImageRgba8(mut buffer)) => {
-            let converted = transform_8bit(Layout::Rgba, Layout::Rgba)
+        DynamicImage::ImageRgba8(mut buffer) => {
+            let converted = transform_8bit(profile, Layout::Rgba, Layout::Rgba)
                 .and_then(|t| transform_in_place(t.as_ref(), &mut buffer, 4));
             (DynamicImage::ImageRgba8(buffer), converted)
         }
-        (
-            DataColorSpace::Rgb,
-            image @ (DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgb32F(_)),
-        ) => {
+        image @ (DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgb32F(_)) => {
             let mut buffer = image.into_rgb16();
-            let converted = transform_16bit(Layout::Rgb, Layout::Rgb)
+            let converted = transform_16bit(profile, Layout::Rgb, Layout::Rgb)
                 .and_then(|t| transform_in_place(t.as_ref(), &mut buffer, 3));
             (DynamicImage::ImageRgb16(buffer), converted)
         }
-        (
-            DataColorSpace::Rgb,
-            image @ (DynamicImage::ImageRgba16(_) | DynamicImage::ImageRgba32F(_)),
-        ) => {
+        image @ (DynamicImage::ImageRgba16(_) | DynamicImage::ImageRgba32F(_)) => {
             let mut buffer = image.into_rgba16();
-            let converted = transform_16bit(Layout::Rgba, Layout::Rgba)
+            let converted = transform_16bit(profile, Layout::Rgba, Layout::Rgba)
                 .and_then(|t| transform_in_place(t.as_ref(), &mut buffer, 4));
             (DynamicImage::ImageRgba16(buffer), converted)
         }
-        (DataColorSpace::Gray, DynamicImage::ImageLuma8(buffer)) => {
-            match transform_8bit(Layout::Gray, Layout::Rgb)
+        image => other_pixels(DataColorSpace::Rgb, image),
+    }
+}
+
+/// Grey pixels under a grey profile, converted into new RGB (or RGBA) pixels; on failure the
+/// grey ones are kept.
+fn convert_grey(
+    image: DynamicImage,
+    profile: &ColorProfile,
+) -> (DynamicImage, Result<(), UnusableProfile>) {
+    match image {
+        DynamicImage::ImageLuma8(buffer) => {
+            match transform_8bit(profile, Layout::Gray, Layout::Rgb)
                 .and_then(|t| transform_into::<image::Rgb<u8>>(t.as_ref(), &buffer))
             {
                 Ok(rgb) => (DynamicImage::ImageRgb8(rgb), Ok(())),
                 Err(error) => (DynamicImage::ImageLuma8(buffer), Err(error)),
             }
         }
-        (DataColorSpace::Gray, DynamicImage::ImageLumaA8(buffer)) => {
-            match transform_8bit(Layout::GrayAlpha, Layout::Rgba)
+        DynamicImage::ImageLumaA8(buffer) => {
+            match transform_8bit(profile, Layout::GrayAlpha, Layout::Rgba)
                 .and_then(|t| transform_into::<image::Rgba<u8>>(t.as_ref(), &buffer))
             {
                 Ok(rgba) => (DynamicImage::ImageRgba8(rgba), Ok(())),
                 Err(error) => (DynamicImage::ImageLumaA8(buffer), Err(error)),
             }
         }
-        (DataColorSpace::Gray, DynamicImage::ImageLuma16(buffer)) => {
-            match transform_16bit(Layout::Gray, Layout::Rgb)
+        DynamicImage::ImageLuma16(buffer) => {
+            match transform_16bit(profile, Layout::Gray, Layout::Rgb)
                 .and_then(|t| transform_into::<image::Rgb<u16>>(t.as_ref(), &buffer))
             {
                 Ok(rgb) => (DynamicImage::ImageRgb16(rgb), Ok(())),
                 Err(error) => (DynamicImage::ImageLuma16(buffer), Err(error)),
             }
         }
-        (DataColorSpace::Gray, DynamicImage::ImageLumaA16(buffer)) => {
-            match transform_16bit(Layout::GrayAlpha, Layout::Rgba)
+        DynamicImage::ImageLumaA16(buffer) => {
+            match transform_16bit(profile, Layout::GrayAlpha, Layout::Rgba)
                 .and_then(|t| transform_into::<image::Rgba<u16>>(t.as_ref(), &buffer))
             {
                 Ok(rgba) => (DynamicImage::ImageRgba16(rgba), Ok(())),
                 Err(error) => (DynamicImage::ImageLumaA16(buffer), Err(error)),
             }
         }
-        (space, image) => {
-            let color = image.color();
-            (
-                image,
-                Err(format!("a {space:?} profile on {color:?} pixels")),
-            )
-        }
+        image => other_pixels(DataColorSpace::Gray, image),
     }
+}
+
+/// A profile for other channels than the pixels have: they are left as they are.
+fn other_pixels(
+    space: DataColorSpace,
+    image: DynamicImage,
+) -> (DynamicImage, Result<(), UnusableProfile>) {
+    let pixels = image.color();
+    (image, Err(UnusableProfile::OtherPixels { space, pixels }))
 }
 
 /// Converts `pixels` where they are, a chunk at a time through a small scratch buffer.
@@ -194,14 +254,14 @@ fn transform_in_place<T: Copy + Default>(
     transform: &(dyn TransformExecutor<T> + Send + Sync),
     pixels: &mut [T],
     channels: usize,
-) -> Result<(), String> {
+) -> Result<(), UnusableProfile> {
     let chunk_len = CHUNK_PIXELS * channels;
     let mut scratch = vec![T::default(); chunk_len.min(pixels.len())];
     for chunk in pixels.chunks_mut(chunk_len) {
         let converted = &mut scratch[..chunk.len()];
         transform
             .transform(chunk, converted)
-            .map_err(|e| format!("transform to sRGB: {e}"))?;
+            .map_err(UnusableProfile::Transform)?;
         chunk.copy_from_slice(converted);
     }
     Ok(())
@@ -211,7 +271,7 @@ fn transform_in_place<T: Copy + Default>(
 fn transform_into<Target: Pixel>(
     transform: &(dyn TransformExecutor<Target::Subpixel> + Send + Sync),
     source: &ImageBuffer<impl Pixel<Subpixel = Target::Subpixel>, Vec<Target::Subpixel>>,
-) -> Result<ImageBuffer<Target, Vec<Target::Subpixel>>, String>
+) -> Result<ImageBuffer<Target, Vec<Target::Subpixel>>, UnusableProfile>
 where
     Target::Subpixel: Default,
 {
@@ -219,7 +279,7 @@ where
     let mut target: ImageBuffer<Target, Vec<Target::Subpixel>> = ImageBuffer::new(width, height);
     transform
         .transform(source.as_raw(), &mut target)
-        .map_err(|e| format!("transform to sRGB: {e}"))?;
+        .map_err(UnusableProfile::Transform)?;
     Ok(target)
 }
 

@@ -7,8 +7,10 @@ use imgpipe_infra::consume::{EventHandler, HandlerError, RecordPosition};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::InfraError;
+use imgpipe_schemas::headers::ErrorClass;
 use imgpipe_schemas::{
-    Event, ImageDeleted, ImageFailed, ImageProcessed, ObjectsDeleted, Payload, Producer, Variant,
+    Event, ImageDeleted, ImageFailed, ImageProcessed, ObjectsDeleted, Payload, Producer,
+    ReasonCode, Variant,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
@@ -39,14 +41,9 @@ async fn blocking<T: Send + 'static>(
 ) -> Result<T, RenderError> {
     match tokio::task::spawn_blocking(work).await {
         Ok(result) => result,
-        Err(join_error) => Err(RenderError::Undecodable(format!(
-            "decoder crashed: {join_error}"
-        ))),
+        Err(join_error) => Err(RenderError::DecoderCrashed(join_error)),
     }
 }
-
-/// The dead-letter class of a record naming an object that is not its own image's.
-pub const FOREIGN_OBJECT: &str = "foreign-object";
 
 /// Whether `key` lies under `prefix` without leaving it: no empty, `.` or `..` segment (a
 /// file-backed store could resolve those to another image's directory) and no backslash.
@@ -119,15 +116,18 @@ impl VariantHandler {
             Err(BreakerError::Failed(error)) => {
                 self.metrics.storage_error();
                 match self.store_breaker.state() {
-                    BreakerState::Closed => Err(HandlerError::transient("storage", error)),
+                    BreakerState::Closed => {
+                        Err(HandlerError::transient(ErrorClass::Storage, error))
+                    }
                     BreakerState::Open | BreakerState::HalfOpen => {
-                        Err(HandlerError::unavailable("storage", error))
+                        Err(HandlerError::unavailable(ErrorClass::Storage, error))
                     }
                 }
             }
-            Err(BreakerError::Open) => {
-                Err(HandlerError::unavailable("storage", "circuit breaker open"))
-            }
+            Err(BreakerError::Open) => Err(HandlerError::unavailable(
+                ErrorClass::Storage,
+                "circuit breaker open",
+            )),
         }
     }
 
@@ -138,7 +138,7 @@ impl VariantHandler {
     ) -> Result<T, HandlerError> {
         self.storage(call)
             .await?
-            .map_err(|error| HandlerError::transient("storage", error))
+            .map_err(|error| HandlerError::transient(ErrorClass::Storage, error))
     }
 
     /// An upload or reprocess request may only name its own image's original: a forged record
@@ -178,7 +178,7 @@ impl VariantHandler {
         );
         self.metrics.foreign_object();
         HandlerError::permanent(
-            FOREIGN_OBJECT,
+            ErrorClass::ForeignObject,
             format!(
                 "{} of image {} names {key:?}, which is not that image's own (expected {expected:?})",
                 event.event_type(),
@@ -199,7 +199,7 @@ impl VariantHandler {
                 return self
                     .fail(
                         event,
-                        "original-missing",
+                        ReasonCode::OriginalMissing,
                         format!("{original_key}: {error}"),
                     )
                     .await;
@@ -218,7 +218,7 @@ impl VariantHandler {
             }
             Err(error) => {
                 tracing::info!(
-                    image_id = %event.image_id, reason = error.reason_code(), error = %error,
+                    image_id = %event.image_id, reason = %error.reason_code(), error = %error,
                     "image cannot be processed"
                 );
                 self.fail(event, error.reason_code(), error.to_string())
@@ -277,12 +277,12 @@ impl VariantHandler {
             .memory
             .reserve(probe.peak_bytes)
             .await
-            .map_err(|e| HandlerError::transient("shutdown", e))?;
+            .map_err(|e| HandlerError::transient(ErrorClass::Shutdown, e))?;
         let _cpu = self
             .cpu
             .acquire()
             .await
-            .map_err(|e| HandlerError::transient("shutdown", e))?;
+            .map_err(|e| HandlerError::transient(ErrorClass::Shutdown, e))?;
         let spec = Arc::clone(&self.spec);
         let limits = self.limits;
         Ok(blocking(move || render::render(&original, &spec, limits)).await)
@@ -334,11 +334,11 @@ impl VariantHandler {
     async fn fail(
         &self,
         event: &Event,
-        reason_code: &str,
+        reason_code: ReasonCode,
         message: String,
     ) -> Result<(), HandlerError> {
         let failed = ImageFailed {
-            reason_code: reason_code.into(),
+            reason_code: reason_code.as_str().into(),
             message,
         };
         self.announce(event, failed).await?;
@@ -362,7 +362,7 @@ impl VariantHandler {
         self.events
             .publish(&result)
             .await
-            .map_err(|e| HandlerError::transient("event-log", e))?;
+            .map_err(|e| HandlerError::transient(ErrorClass::EventLog, e))?;
         announce.done();
         tracing::info!(
             image_id = %result.image_id, event_type = %result.event_type(),

@@ -13,5 +13,4 @@ pub mod startup;
 
 pub use config::Config;
 pub use error::ProcessorError;
-pub use handler::FOREIGN_OBJECT;
 pub use startup::Processor;

@@ -13,6 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use imgpipe_infra::breaker::BreakerState;
 use imgpipe_infra::consume::health::HealthSnapshot;
+use imgpipe_schemas::ReasonCode;
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{
     Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
@@ -124,8 +125,8 @@ impl ProcessorMetrics {
         });
     }
 
-    pub(crate) fn image_failed(&self, reason_code: &str) {
-        let reason = reason_code.to_string();
+    pub(crate) fn image_failed(&self, reason_code: ReasonCode) {
+        let reason = reason_code.as_str();
         metrics::with_local_recorder(&*self.recorder, || {
             metrics::counter!(IMAGES_FAILED, "reason" => reason).increment(1);
         });
@@ -206,7 +207,7 @@ mod tests {
     fn renders_what_was_recorded_under_the_documented_names() {
         let metrics = ProcessorMetrics::new();
         metrics.image_processed();
-        metrics.image_failed("undecodable");
+        metrics.image_failed(ReasonCode::Undecodable);
         metrics.stage(Stage::Render, Duration::from_millis(30));
         let guard = metrics.in_flight();
         metrics.breaker_transition(BreakerState::Open);

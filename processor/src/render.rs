@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use image::{DynamicImage, ImageDecoder, ImageReader};
+use imgpipe_infra::BoxError;
+use imgpipe_schemas::ReasonCode;
 
 use crate::color::{self, Conversion};
 use crate::descriptors;
@@ -52,21 +54,28 @@ pub enum RenderError {
     /// Decoding would need more memory than the processor allows one image, or an ICC profile
     /// inflates past [`memory::MAX_ICC_PROFILE_BYTES`].
     #[error("over the memory limit: {0}")]
-    OverMemoryLimit(String),
+    OverMemoryLimit(#[source] BoxError),
     #[error("cannot decode the image: {0}")]
-    Undecodable(String),
+    Undecodable(#[source] BoxError),
+    /// A codec panicked on these bytes (it would on every attempt).
+    #[error("cannot decode the image: decoder crashed: {0}")]
+    DecoderCrashed(#[source] tokio::task::JoinError),
     #[error("cannot encode the variant: {0}")]
-    Encode(String),
+    Encode(#[source] BoxError),
+    #[error("cannot encode the variant: blurhash: {0}")]
+    Blurhash(#[source] blurhash::Error),
 }
 
 impl RenderError {
     /// The stable reason code that goes into `ImageFailed`.
-    pub fn reason_code(&self) -> &'static str {
+    pub fn reason_code(&self) -> ReasonCode {
         match self {
-            RenderError::UnsupportedFormat => "unsupported-format",
-            RenderError::TooLarge { .. } | RenderError::OverMemoryLimit(_) => "image-too-large",
-            RenderError::Undecodable(_) => "undecodable",
-            RenderError::Encode(_) => "encode-failed",
+            RenderError::UnsupportedFormat => ReasonCode::UnsupportedFormat,
+            RenderError::TooLarge { .. } | RenderError::OverMemoryLimit(_) => {
+                ReasonCode::ImageTooLarge
+            }
+            RenderError::Undecodable(_) | RenderError::DecoderCrashed(_) => ReasonCode::Undecodable,
+            RenderError::Encode(_) | RenderError::Blurhash(_) => ReasonCode::EncodeFailed,
         }
     }
 }
@@ -109,18 +118,8 @@ pub struct RenderedVariant {
 pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Rendered, RenderError> {
     let mut timings = StageTimings::default();
     let started = Instant::now();
-    let image = decode_upright_srgb(bytes, limits)?;
-    let (width, height) = (image.width(), image.height());
-    // Grey becomes RGB, 16-bit and float become 8-bit (rounded), a palette is already expanded
-    // by the decoder; alpha stays and becomes the WebP's alpha.
-    let has_alpha = image.color().has_alpha();
-    let (pixels, pixel_type, bytes_per_pixel) = if has_alpha {
-        (image.into_rgba8().into_raw(), PixelType::U8x4, 4)
-    } else {
-        (image.into_rgb8().into_raw(), PixelType::U8x3, 3)
-    };
-    let original = Image::from_vec_u8(width, height, pixels, pixel_type)
-        .map_err(|e| RenderError::Undecodable(e.to_string()))?;
+    let original = decode_8bit(bytes, limits)?;
+    let (width, height) = (original.width(), original.height());
     timings.decode = started.elapsed();
 
     // Largest first, each resized from the previous one: a cascade does most of the work on
@@ -137,23 +136,15 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
         let resized = if (w, h) == (source.width(), source.height()) {
             source.copy()
         } else {
-            let mut target = Image::new(w, h, pixel_type);
+            let mut target = Image::new(w, h, source.pixel_type());
             resizer
                 .resize(&source, &mut target, &options)
-                .map_err(|e| RenderError::Encode(e.to_string()))?;
+                .map_err(|e| RenderError::Encode(e.into()))?;
             target
         };
         timings.resize += started.elapsed();
         let started = Instant::now();
-        let encoder = if bytes_per_pixel == 4 {
-            webp::Encoder::from_rgba(resized.buffer(), w, h)
-        } else {
-            webp::Encoder::from_rgb(resized.buffer(), w, h)
-        };
-        let webp = encoder
-            .encode_simple(false, spec.webp_quality)
-            .map_err(|e| RenderError::Encode(format!("{e:?}")))?
-            .to_vec();
+        let webp = encode_webp(&resized, spec.webp_quality)?;
         timings.encode += started.elapsed();
         variants.push(RenderedVariant {
             name: size.name.clone(),
@@ -178,6 +169,35 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
         animated: is_animated(bytes),
         timings,
     })
+}
+
+/// The original, upright and sRGB, as 8-bit RGB or RGBA pixels to resize: grey becomes RGB,
+/// 16-bit and float become 8-bit (rounded), a palette is already expanded by the decoder;
+/// alpha stays and becomes the WebP's alpha.
+fn decode_8bit(bytes: &[u8], limits: Limits) -> Result<Image<'static>, RenderError> {
+    let image = decode_upright_srgb(bytes, limits)?;
+    let (width, height) = (image.width(), image.height());
+    let (pixels, pixel_type) = if image.color().has_alpha() {
+        (image.into_rgba8().into_raw(), PixelType::U8x4)
+    } else {
+        (image.into_rgb8().into_raw(), PixelType::U8x3)
+    };
+    Image::from_vec_u8(width, height, pixels, pixel_type)
+        .map_err(|e| RenderError::Undecodable(e.into()))
+}
+
+/// Lossy WebP of 8-bit RGB or RGBA pixels, without metadata.
+fn encode_webp(image: &Image<'_>, quality: f32) -> Result<Vec<u8>, RenderError> {
+    let (w, h) = (image.width(), image.height());
+    let encoder = if image.pixel_type() == PixelType::U8x4 {
+        webp::Encoder::from_rgba(image.buffer(), w, h)
+    } else {
+        webp::Encoder::from_rgb(image.buffer(), w, h)
+    };
+    Ok(encoder
+        .encode_simple(false, quality)
+        .map_err(|e| RenderError::Encode(format!("{e:?}").into()))?
+        .to_vec())
 }
 
 /// Whether a GIF or WebP has more than one frame, read from its block and chunk headers without
@@ -221,7 +241,7 @@ fn describe(image: &Image<'_>, resizer: &mut Resizer) -> Result<Descriptors, Ren
     let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Box));
     resizer
         .resize(image, &mut small, &options)
-        .map_err(|e| RenderError::Encode(e.to_string()))?;
+        .map_err(|e| RenderError::Encode(e.into()))?;
     let rgba = match image.pixel_type() {
         PixelType::U8x4 => small.into_vec(),
         _ => small
@@ -230,8 +250,7 @@ fn describe(image: &Image<'_>, resizer: &mut Resizer) -> Result<Descriptors, Ren
             .flat_map(|rgb| [rgb[0], rgb[1], rgb[2], u8::MAX])
             .collect(),
     };
-    let blurhash = descriptors::blurhash(w, h, &rgba)
-        .map_err(|e| RenderError::Encode(format!("blurhash: {e}")))?;
+    let blurhash = descriptors::blurhash(w, h, &rgba).map_err(RenderError::Blurhash)?;
     Ok(Descriptors {
         dominant_color: descriptors::dominant_color(&rgba).map(descriptors::hex_color),
         blurhash,
@@ -277,15 +296,18 @@ pub fn probe(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Probe, 
 fn open_decoder(bytes: &[u8], limits: Limits) -> Result<impl ImageDecoder + '_, RenderError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
-        .map_err(|e| RenderError::Undecodable(e.to_string()))?;
+        .map_err(|e| RenderError::Undecodable(e.into()))?;
     if reader.format().is_none() {
         return Err(RenderError::UnsupportedFormat);
     }
     if memory::png_icc_profile_too_large(bytes) {
-        return Err(RenderError::OverMemoryLimit(format!(
-            "the ICC profile inflates past {} bytes",
-            memory::MAX_ICC_PROFILE_BYTES
-        )));
+        return Err(RenderError::OverMemoryLimit(
+            format!(
+                "the ICC profile inflates past {} bytes",
+                memory::MAX_ICC_PROFILE_BYTES
+            )
+            .into(),
+        ));
     }
     let mut decoder_limits = image::Limits::default();
     decoder_limits.max_alloc = Some(limits.max_alloc);
@@ -322,8 +344,8 @@ pub fn decode_upright_srgb(bytes: &[u8], limits: Limits) -> Result<DynamicImage,
 fn decode_error(error: image::ImageError) -> RenderError {
     match error {
         image::ImageError::Unsupported(_) => RenderError::UnsupportedFormat,
-        image::ImageError::Limits(limit) => RenderError::OverMemoryLimit(limit.to_string()),
-        other => RenderError::Undecodable(other.to_string()),
+        image::ImageError::Limits(limit) => RenderError::OverMemoryLimit(limit.into()),
+        other => RenderError::Undecodable(other.into()),
     }
 }
 
@@ -467,15 +489,15 @@ mod tests {
     #[test]
     fn rejects_over_limit_before_decoding() {
         let error = render(&png(2_000, 1_000, false), &spec(), LIMITS).unwrap_err();
-        assert_eq!(error.reason_code(), "image-too-large");
+        assert_eq!(error.reason_code(), ReasonCode::ImageTooLarge);
     }
 
     #[test]
     fn text_and_truncated_images_fail_with_a_reason() {
         let error = render(b"hello, this is not an image", &spec(), LIMITS).unwrap_err();
-        assert_eq!(error.reason_code(), "unsupported-format");
+        assert_eq!(error.reason_code(), ReasonCode::UnsupportedFormat);
         let bytes = png(300, 200, false);
         let error = render(&bytes[..bytes.len() / 2], &spec(), LIMITS).unwrap_err();
-        assert_eq!(error.reason_code(), "undecodable");
+        assert_eq!(error.reason_code(), ReasonCode::Undecodable);
     }
 }

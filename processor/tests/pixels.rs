@@ -397,7 +397,11 @@ fn an_icc_profile_inflating_past_its_limit_fails_before_decoding() {
     let bomb = png_with_profile(&small, Some(vec![0; 64 * 1024 * 1024]));
     assert!(bomb.len() < 1024 * 1024, "{}", bomb.len());
     let error = render(&bomb, &spec(), LIMITS).unwrap_err();
-    assert_eq!(error.reason_code(), "image-too-large", "{error}");
+    assert_eq!(
+        error.reason_code(),
+        imgpipe_schemas::ReasonCode::ImageTooLarge,
+        "{error}"
+    );
     assert!(
         render::probe(&bomb, &spec(), LIMITS).is_err(),
         "nor is it probed"

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use imgpipe_infra::consume::{DeadLetterProducer, HandlerError, RecordPosition};
 use imgpipe_infra::registry::EventCodec;
+use imgpipe_schemas::headers::ErrorClass;
 use imgpipe_schemas::Event;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -182,7 +183,7 @@ impl Applier {
                     );
                     rejected.push((
                         record.message,
-                        HandlerError::permanent("undecodable-record", error),
+                        HandlerError::permanent(ErrorClass::UndecodableRecord, error),
                     ));
                     continue;
                 }
@@ -208,14 +209,14 @@ impl Applier {
                     );
                     rejected.push((
                         record.message,
-                        HandlerError::permanent("database-rejected", error),
+                        HandlerError::permanent(ErrorClass::DatabaseRejected, error),
                     ));
                 }
             }
         }
         for (message, error) in &rejected {
             let class = match error {
-                HandlerError::Permanent { class, .. } => *class,
+                HandlerError::Permanent { class, .. } => class.as_str(),
                 _ => "rejected",
             };
             *report.rejected.entry(class).or_default() += 1;

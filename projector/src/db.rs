@@ -2,7 +2,7 @@
 
 use imgpipe_infra::consume::RecordPosition;
 use imgpipe_infra::DatabaseConfig;
-use imgpipe_schemas::{Event, Payload};
+use imgpipe_schemas::{Event, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted, Payload};
 use sqlx::{PgConnection, PgPool};
 
 use crate::ProjectorError;
@@ -26,6 +26,28 @@ pub async fn apply(
     event: &Event,
     position: &RecordPosition,
 ) -> Result<bool, sqlx::Error> {
+    if !record_in_timeline(tx, event, position).await? {
+        return Ok(false);
+    }
+    match &event.payload {
+        Payload::ImageUploaded(uploaded) => apply_uploaded(tx, event, uploaded).await?,
+        Payload::ImageProcessed(processed) => apply_processed(tx, event, processed).await?,
+        Payload::ImageFailed(failed) => apply_failed(tx, event, failed).await?,
+        Payload::ImageDeleted(_) => apply_deleted(tx, event).await?,
+        Payload::ObjectsDeleted(deleted) => apply_objects_deleted(tx, event, deleted).await?,
+        Payload::ReprocessRequested(_) => apply_reprocess_requested(tx, event).await?,
+        // An audit record: the timeline row is all it changes.
+        Payload::OrphanRemoved(_) => {}
+    }
+    Ok(true)
+}
+
+/// Adds the event to the timeline; false when its id is there already.
+async fn record_in_timeline(
+    tx: &mut PgConnection,
+    event: &Event,
+    position: &RecordPosition,
+) -> Result<bool, sqlx::Error> {
     let inserted = sqlx::query(
         r#"INSERT INTO image_events
                (event_id, image_id, event_type, topic, partition, "offset", occurred_at,
@@ -45,129 +67,153 @@ pub async fn apply(
     .bind(event.payload.to_json())
     .execute(&mut *tx)
     .await?
-    .rows_affected()
-        == 1;
-    if !inserted {
-        return Ok(false);
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+async fn apply_uploaded(
+    tx: &mut PgConnection,
+    event: &Event,
+    uploaded: &ImageUploaded,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO images
+             (image_id, owner, status, format, bytes, sha256, width, height,
+              original_key, uploaded_at, updated_at, metadata)
+         VALUES ($1, $2, 'uploaded', $3, $4, $5, $6, $7, $8, $9, $9, $10)
+         ON CONFLICT (image_id) DO NOTHING",
+    )
+    .bind(event.image_id)
+    .bind(&uploaded.owner)
+    .bind(&uploaded.format)
+    .bind(uploaded.bytes)
+    .bind(&uploaded.sha256)
+    .bind(uploaded.width)
+    .bind(uploaded.height)
+    .bind(&uploaded.original_key)
+    .bind(event.occurred_at)
+    .bind(sqlx::types::Json(&uploaded.metadata))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// The image becomes ready with exactly the announced variants, unless it is unknown or
+/// deleted (a result that was in flight when the deletion was appended).
+async fn apply_processed(
+    tx: &mut PgConnection,
+    event: &Event,
+    processed: &ImageProcessed,
+) -> Result<(), sqlx::Error> {
+    let updated = sqlx::query(
+        "UPDATE images
+         SET status = 'ready', spec_version = $2, width = $3, height = $4,
+             dominant_color = $5, blurhash = $6, animated = $8,
+             failure_code = NULL, failure_reason = NULL, updated_at = $7
+         WHERE image_id = $1 AND status <> 'deleted'",
+    )
+    .bind(event.image_id)
+    .bind(processed.spec_version)
+    .bind(processed.original_width)
+    .bind(processed.original_height)
+    .bind(&processed.dominant_color)
+    .bind(&processed.blurhash)
+    .bind(event.occurred_at)
+    .bind(processed.animated)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        tracing::warn!(image_id = %event.image_id, "ImageProcessed for an unknown or deleted image");
+        return Ok(());
     }
-    match &event.payload {
-        Payload::ImageUploaded(uploaded) => {
-            sqlx::query(
-                "INSERT INTO images
-                     (image_id, owner, status, format, bytes, sha256, width, height,
-                      original_key, uploaded_at, updated_at, metadata)
-                 VALUES ($1, $2, 'uploaded', $3, $4, $5, $6, $7, $8, $9, $9, $10)
-                 ON CONFLICT (image_id) DO NOTHING",
-            )
-            .bind(event.image_id)
-            .bind(&uploaded.owner)
-            .bind(&uploaded.format)
-            .bind(uploaded.bytes)
-            .bind(&uploaded.sha256)
-            .bind(uploaded.width)
-            .bind(uploaded.height)
-            .bind(&uploaded.original_key)
-            .bind(event.occurred_at)
-            .bind(sqlx::types::Json(&uploaded.metadata))
-            .execute(&mut *tx)
-            .await?;
-        }
-        Payload::ImageProcessed(processed) => {
-            let updated = sqlx::query(
-                "UPDATE images
-                 SET status = 'ready', spec_version = $2, width = $3, height = $4,
-                     dominant_color = $5, blurhash = $6, animated = $8,
-                     failure_code = NULL, failure_reason = NULL, updated_at = $7
-                 WHERE image_id = $1 AND status <> 'deleted'",
-            )
-            .bind(event.image_id)
-            .bind(processed.spec_version)
-            .bind(processed.original_width)
-            .bind(processed.original_height)
-            .bind(&processed.dominant_color)
-            .bind(&processed.blurhash)
-            .bind(event.occurred_at)
-            .bind(processed.animated)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if updated == 0 {
-                tracing::warn!(image_id = %event.image_id, "ImageProcessed for an unknown or deleted image");
-                return Ok(true);
-            }
-            sqlx::query("DELETE FROM variants WHERE image_id = $1")
-                .bind(event.image_id)
-                .execute(&mut *tx)
-                .await?;
-            for variant in &processed.variants {
-                sqlx::query(
-                    "INSERT INTO variants
-                         (image_id, name, object_key, format, width, height, bytes, sha256,
-                          spec_version)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                )
-                .bind(event.image_id)
-                .bind(&variant.name)
-                .bind(&variant.key)
-                .bind(&variant.format)
-                .bind(variant.width)
-                .bind(variant.height)
-                .bind(variant.bytes)
-                .bind(&variant.sha256)
-                .bind(processed.spec_version)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        Payload::ImageFailed(failed) => {
-            sqlx::query(
-                "UPDATE images
-                 SET status = 'failed', failure_code = $2, failure_reason = $3, updated_at = $4
-                 WHERE image_id = $1 AND status <> 'deleted'",
-            )
-            .bind(event.image_id)
-            .bind(&failed.reason_code)
-            .bind(&failed.message)
-            .bind(event.occurred_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Payload::ImageDeleted(_) => {
-            sqlx::query(
-                "UPDATE images SET status = 'deleted', updated_at = $2 WHERE image_id = $1",
-            )
-            .bind(event.image_id)
-            .bind(event.occurred_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        Payload::ObjectsDeleted(deleted) => {
-            let gone: Vec<&str> = deleted
-                .keys
-                .iter()
-                .chain(&deleted.missing_keys)
-                .map(String::as_str)
-                .collect();
-            sqlx::query("DELETE FROM variants WHERE image_id = $1 AND object_key = ANY($2)")
-                .bind(event.image_id)
-                .bind(&gone)
-                .execute(&mut *tx)
-                .await?;
-        }
-        Payload::ReprocessRequested(_) => {
-            sqlx::query(
-                "UPDATE images SET status = 'processing', updated_at = $2
-                 WHERE image_id = $1 AND status <> 'deleted'",
-            )
-            .bind(event.image_id)
-            .bind(event.occurred_at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // An audit record: the timeline row above is all it changes.
-        Payload::OrphanRemoved(_) => {}
+    sqlx::query("DELETE FROM variants WHERE image_id = $1")
+        .bind(event.image_id)
+        .execute(&mut *tx)
+        .await?;
+    for variant in &processed.variants {
+        sqlx::query(
+            "INSERT INTO variants
+                 (image_id, name, object_key, format, width, height, bytes, sha256,
+                  spec_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(event.image_id)
+        .bind(&variant.name)
+        .bind(&variant.key)
+        .bind(&variant.format)
+        .bind(variant.width)
+        .bind(variant.height)
+        .bind(variant.bytes)
+        .bind(&variant.sha256)
+        .bind(processed.spec_version)
+        .execute(&mut *tx)
+        .await?;
     }
-    Ok(true)
+    Ok(())
+}
+
+async fn apply_failed(
+    tx: &mut PgConnection,
+    event: &Event,
+    failed: &ImageFailed,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE images
+         SET status = 'failed', failure_code = $2, failure_reason = $3, updated_at = $4
+         WHERE image_id = $1 AND status <> 'deleted'",
+    )
+    .bind(event.image_id)
+    .bind(&failed.reason_code)
+    .bind(&failed.message)
+    .bind(event.occurred_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn apply_deleted(tx: &mut PgConnection, event: &Event) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE images SET status = 'deleted', updated_at = $2 WHERE image_id = $1")
+        .bind(event.image_id)
+        .bind(event.occurred_at)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+/// The variants whose objects are gone (removed now, or already missing) leave the read model.
+async fn apply_objects_deleted(
+    tx: &mut PgConnection,
+    event: &Event,
+    deleted: &ObjectsDeleted,
+) -> Result<(), sqlx::Error> {
+    let gone: Vec<&str> = deleted
+        .keys
+        .iter()
+        .chain(&deleted.missing_keys)
+        .map(String::as_str)
+        .collect();
+    sqlx::query("DELETE FROM variants WHERE image_id = $1 AND object_key = ANY($2)")
+        .bind(event.image_id)
+        .bind(&gone)
+        .execute(&mut *tx)
+        .await?;
+    Ok(())
+}
+
+async fn apply_reprocess_requested(
+    tx: &mut PgConnection,
+    event: &Event,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE images SET status = 'processing', updated_at = $2
+         WHERE image_id = $1 AND status <> 'deleted'",
+    )
+    .bind(event.image_id)
+    .bind(event.occurred_at)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
 }
 
 /// Checks the database answers.

@@ -16,6 +16,7 @@ pub enum SchemaError {
     TrailingBytes(usize),
     #[error("record decoded but does not match the event model: {0}")]
     Malformed(String),
-    #[error("{0:?} is not an image status")]
-    UnknownStatus(String),
+    /// A word of the contract (a reason code, an error class) that this version does not know.
+    #[error("unknown {kind} {word:?}")]
+    UnknownWord { kind: &'static str, word: String },
 }

@@ -7,7 +7,9 @@
 pub mod codec;
 mod error;
 mod events;
+pub mod headers;
 mod json;
+mod reason;
 pub mod state;
 
 pub use codec::{
@@ -19,11 +21,5 @@ pub use events::{
     Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted,
     OrphanRemoved, Payload, Producer, ReprocessRequested, Variant,
 };
+pub use reason::ReasonCode;
 pub use state::{ImageHistory, ImageState};
-
-/// Record header names every producer sets, so `rpk topic consume` shows what a record is.
-pub mod headers {
-    pub const EVENT_TYPE: &str = "event-type";
-    pub const CORRELATION_ID: &str = "correlation-id";
-    pub const CONTENT_TYPE: &str = "content-type";
-}

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::SchemaError;
-use crate::events::{Payload, Variant};
+use crate::events::{ImageUploaded, Payload, Variant};
 
 pub use history::ImageHistory;
 
@@ -66,7 +66,10 @@ impl FromStr for Status {
         Status::ALL
             .into_iter()
             .find(|status| status.as_str() == name)
-            .ok_or_else(|| SchemaError::UnknownStatus(name.to_string()))
+            .ok_or_else(|| SchemaError::UnknownWord {
+                kind: "image status",
+                word: name.to_string(),
+            })
     }
 }
 
@@ -118,20 +121,9 @@ impl ImageState {
         state
     }
 
-    /// Applies one event that occurred at `occurred_at`.
-    pub fn apply(state: &mut Option<ImageState>, occurred_at: OffsetDateTime, payload: &Payload) {
-        match state {
-            None => *state = ImageState::created_by(occurred_at, payload),
-            Some(image) => image.update(occurred_at, payload),
-        }
-    }
-
-    /// The image an event creates where there is none yet: only an `ImageUploaded` creates one.
-    pub fn created_by(occurred_at: OffsetDateTime, payload: &Payload) -> Option<ImageState> {
-        let Payload::ImageUploaded(uploaded) = payload else {
-            return None;
-        };
-        Some(ImageState {
+    /// The image as its `ImageUploaded` creates it.
+    fn uploaded(uploaded: &ImageUploaded, occurred_at: OffsetDateTime) -> ImageState {
+        ImageState {
             owner: uploaded.owner.clone(),
             original_key: uploaded.original_key.clone(),
             status: Status::Uploaded,
@@ -154,7 +146,23 @@ impl ImageState {
             uploaded_at: occurred_at,
             updated_at: occurred_at,
             variants: Vec::new(),
-        })
+        }
+    }
+
+    /// Applies one event that occurred at `occurred_at`.
+    pub fn apply(state: &mut Option<ImageState>, occurred_at: OffsetDateTime, payload: &Payload) {
+        match state {
+            None => *state = ImageState::created_by(occurred_at, payload),
+            Some(image) => image.update(occurred_at, payload),
+        }
+    }
+
+    /// The image an event creates where there is none yet: only an `ImageUploaded` creates one.
+    pub fn created_by(occurred_at: OffsetDateTime, payload: &Payload) -> Option<ImageState> {
+        match payload {
+            Payload::ImageUploaded(uploaded) => Some(ImageState::uploaded(uploaded, occurred_at)),
+            _ => None,
+        }
     }
 
     /// Applies one event, that occurred at `occurred_at`, to an image its upload created.
@@ -525,7 +533,7 @@ mod tests {
         }
         for unknown in ["", "Ready", "deleting", " ready"] {
             assert!(
-                matches!(unknown.parse::<Status>(), Err(SchemaError::UnknownStatus(name)) if name == unknown),
+                matches!(unknown.parse::<Status>(), Err(SchemaError::UnknownWord { word, .. }) if word == unknown),
                 "{unknown:?}"
             );
         }

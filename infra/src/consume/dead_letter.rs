@@ -58,7 +58,7 @@ impl DeadLetterProducer {
             (ORIGINAL_TOPIC, message.topic()),
             (ORIGINAL_PARTITION, partition.as_str()),
             (ORIGINAL_OFFSET, offset.as_str()),
-            (ERROR_CLASS, error.class()),
+            (ERROR_CLASS, error.class().as_str()),
             (ERROR_MESSAGE, text.as_str()),
             (ATTEMPTS, attempts.as_str()),
             (CONSUMER_GROUP, self.group.as_str()),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use backon::BackoffBuilder;
 use futures::FutureExt;
+use imgpipe_schemas::headers::ErrorClass;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -119,7 +120,7 @@ async fn process<H: EventHandler>(shared: &Shared<H>, message: &OwnedMessage) ->
                 offset = position.offset, error = %error,
                 "undecodable record, dead-lettering it"
             );
-            let failure = HandlerError::permanent("undecodable-record", &error);
+            let failure = HandlerError::permanent(ErrorClass::UndecodableRecord, &error);
             shared.dead_letters.send(message, &failure, 1).await;
             return Outcome::Done;
         }
@@ -134,7 +135,7 @@ async fn process<H: EventHandler>(shared: &Shared<H>, message: &OwnedMessage) ->
             // A handler that panics on this record would panic on every attempt.
             .unwrap_or_else(|_| {
                 Err(HandlerError::permanent(
-                    "handler-panicked",
+                    ErrorClass::HandlerPanicked,
                     "the handler panicked on this record",
                 ))
             });

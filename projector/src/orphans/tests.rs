@@ -82,7 +82,7 @@ impl Fake {
         ProjectorError::Infra(InfraError::Storage {
             operation: "fake",
             key: String::new(),
-            message: message.into(),
+            source: message.into(),
             not_found: false,
         })
     }

@@ -1,26 +1,24 @@
-//! The S3-compatible object store, and the layout of imgpipe's keys in it.
+//! The connection to the store and its single-request calls.
 
 use std::time::Duration;
 
-use aws_sdk_s3::config::http::HttpResponse;
 use aws_sdk_s3::config::{Credentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::{Bytes, BytesMut};
-use uuid::Uuid;
+use bytes::Bytes;
 
+use super::error::{local_error, storage_error};
 use crate::{InfraError, S3Config};
 
 #[derive(Clone)]
 pub struct ObjectStore {
-    client: aws_sdk_s3::Client,
+    pub(super) client: aws_sdk_s3::Client,
     /// Signs URLs for clients: the same as `client` unless clients reach the store at a
     /// public endpoint of its own.
     presigning_client: aws_sdk_s3::Client,
-    bucket: String,
-    key_prefix: String,
+    pub(super) bucket: String,
+    pub(super) key_prefix: String,
 }
 
 impl ObjectStore {
@@ -76,21 +74,6 @@ impl ObjectStore {
         &self.bucket
     }
 
-    /// Where an upload's original bytes live.
-    pub fn original_key(&self, image_id: Uuid) -> String {
-        format!("{}{image_id}", self.originals_prefix())
-    }
-
-    /// Where a variant lives. Deterministic, so processing an event twice overwrites the same
-    /// object instead of leaving a second one; the spec version keeps variants of different
-    /// specs apart.
-    pub fn variant_key(&self, image_id: Uuid, spec_version: i32, name: &str, ext: &str) -> String {
-        format!(
-            "{}v{spec_version}/{name}.{ext}",
-            self.variants_prefix(image_id)
-        )
-    }
-
     pub async fn put(&self, key: &str, body: Bytes, content_type: &str) -> Result<(), InfraError> {
         self.client
             .put_object()
@@ -102,20 +85,6 @@ impl ObjectStore {
             .await
             .map_err(|error| storage_error("put", key, error))?;
         Ok(())
-    }
-
-    /// A writer that stores what it is given under `key` without holding the whole object:
-    /// up to one part in memory, a plain put for a small object, a multipart upload for a
-    /// large one. Nothing is visible under `key` until [`ObjectWriter::finish`] succeeds.
-    pub fn writer(&self, key: &str, content_type: &str) -> ObjectWriter {
-        ObjectWriter {
-            store: self.clone(),
-            key: key.to_string(),
-            content_type: content_type.to_string(),
-            part_size: MULTIPART_PART_BYTES,
-            buffer: BytesMut::new(),
-            multipart: None,
-        }
     }
 
     /// Copies an object within the bucket (server-side: no bytes pass through us).
@@ -144,12 +113,7 @@ impl ObjectStore {
             .body
             .collect()
             .await
-            .map_err(|error| InfraError::Storage {
-                operation: "read",
-                key: key.to_string(),
-                message: error.to_string(),
-                not_found: false,
-            })?;
+            .map_err(|error| local_error("read", key, error))?;
         Ok(body.into_bytes())
     }
 
@@ -161,14 +125,8 @@ impl ObjectStore {
         key: &str,
         expires_in: Duration,
     ) -> Result<String, InfraError> {
-        let presign_error = |message: String| InfraError::Storage {
-            operation: "presign",
-            key: key.to_string(),
-            message,
-            not_found: false,
-        };
         let presigning = PresigningConfig::expires_in(expires_in)
-            .map_err(|error| presign_error(error.to_string()))?;
+            .map_err(|error| local_error("presign", key, error))?;
         let request = self
             .presigning_client
             .get_object()
@@ -176,30 +134,13 @@ impl ObjectStore {
             .key(key)
             .presigned(presigning)
             .await
-            .map_err(|error| presign_error(DisplayErrorContext(&error).to_string()))?;
+            .map_err(|error| storage_error("presign", key, error))?;
         Ok(request.uri().to_string())
     }
 
     /// Whether an object exists.
     pub async fn exists(&self, key: &str) -> Result<bool, InfraError> {
-        match self
-            .client
-            .head_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(error) => {
-                let error = storage_error("head", key, error);
-                if error.is_not_found() {
-                    Ok(false)
-                } else {
-                    Err(error)
-                }
-            }
-        }
+        Ok(self.head(key).await?.is_some())
     }
 
     /// Removes an object; removing one that is not there is not an error.
@@ -303,26 +244,6 @@ impl ObjectStore {
         }
     }
 
-    /// Put in front of every key this deployment writes.
-    pub fn key_prefix(&self) -> &str {
-        &self.key_prefix
-    }
-
-    /// The prefix of every original (`originals/{image_id}`).
-    pub fn originals_prefix(&self) -> String {
-        format!("{}originals/", self.key_prefix)
-    }
-
-    /// The prefix of every variant (`variants/{image_id}/v{spec}/{name}.{ext}`).
-    pub fn all_variants_prefix(&self) -> String {
-        format!("{}variants/", self.key_prefix)
-    }
-
-    /// The prefix under which all of an image's variants live, whatever the spec version.
-    pub fn variants_prefix(&self, image_id: Uuid) -> String {
-        format!("{}{image_id}/", self.all_variants_prefix())
-    }
-
     /// Checks the bucket answers.
     pub async fn ping(&self) -> Result<(), InfraError> {
         self.client
@@ -404,186 +325,11 @@ fn micros(at: &aws_sdk_s3::primitives::DateTime) -> i64 {
         .saturating_add(i64::from(at.subsec_nanos() / 1_000))
 }
 
-/// Parts of a multipart upload: S3's minimum is 5 MiB (all but the last); 8 MiB keeps the
-/// request count low while bounding what one upload holds in memory.
-pub const MULTIPART_PART_BYTES: usize = 8 * 1024 * 1024;
-
-/// Streams one object into the store; see [`ObjectStore::writer`]. Call [`finish`] to make it
-/// visible or [`abort`] to leave nothing behind; dropping it unfinished can leave an
-/// incomplete multipart upload for the bucket's lifecycle rule to clean.
-///
-/// [`finish`]: ObjectWriter::finish
-/// [`abort`]: ObjectWriter::abort
-pub struct ObjectWriter {
-    store: ObjectStore,
-    key: String,
-    content_type: String,
-    part_size: usize,
-    buffer: BytesMut,
-    multipart: Option<Multipart>,
-}
-
-struct Multipart {
-    upload_id: String,
-    parts: Vec<CompletedPart>,
-}
-
-impl ObjectWriter {
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    /// Sets the part size (at least S3's 5 MiB minimum in production; tests use less to
-    /// exercise the multipart path with small bodies on servers that allow it).
-    pub fn with_part_size(mut self, part_size: usize) -> Self {
-        self.part_size = part_size.max(1);
-        self
-    }
-
-    pub async fn write(&mut self, chunk: &[u8]) -> Result<(), InfraError> {
-        self.buffer.extend_from_slice(chunk);
-        while self.buffer.len() >= self.part_size {
-            let part = self.buffer.split_to(self.part_size).freeze();
-            self.upload_part(part).await?;
-        }
-        Ok(())
-    }
-
-    /// Stores the object: one put if it never reached a part's size, else the last part and
-    /// the completion of the multipart upload.
-    pub async fn finish(mut self) -> Result<(), InfraError> {
-        if self.multipart.is_none() {
-            let body = std::mem::take(&mut self.buffer).freeze();
-            return self.store.put(&self.key, body, &self.content_type).await;
-        }
-        if !self.buffer.is_empty() {
-            let last = std::mem::take(&mut self.buffer).freeze();
-            self.upload_part(last).await?;
-        }
-        let Some(multipart) = self.multipart.take() else {
-            return Ok(());
-        };
-        let completed = self
-            .store
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.store.bucket)
-            .key(&self.key)
-            .upload_id(&multipart.upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(multipart.parts))
-                    .build(),
-            )
-            .send()
-            .await
-            .map_err(|error| storage_error("complete-multipart", &self.key, error));
-        if completed.is_err() {
-            self.store
-                .abort_multipart(&self.key, &multipart.upload_id)
-                .await;
-        }
-        completed.map(|_| ())
-    }
-
-    /// Drops what was written; nothing stays under the key.
-    pub async fn abort(mut self) {
-        if let Some(multipart) = self.multipart.take() {
-            self.store
-                .abort_multipart(&self.key, &multipart.upload_id)
-                .await;
-        }
-    }
-
-    async fn upload_part(&mut self, body: Bytes) -> Result<(), InfraError> {
-        let store = &self.store;
-        if self.multipart.is_none() {
-            let created = store
-                .client
-                .create_multipart_upload()
-                .bucket(&store.bucket)
-                .key(&self.key)
-                .content_type(&self.content_type)
-                .send()
-                .await
-                .map_err(|error| storage_error("create-multipart", &self.key, error))?;
-            let upload_id = created.upload_id().unwrap_or_default().to_string();
-            self.multipart = Some(Multipart {
-                upload_id,
-                parts: Vec::new(),
-            });
-        }
-        let Some(multipart) = self.multipart.as_mut() else {
-            return Ok(());
-        };
-        let part_number = i32::try_from(multipart.parts.len() + 1).unwrap_or(i32::MAX);
-        let uploaded = store
-            .client
-            .upload_part()
-            .bucket(&store.bucket)
-            .key(&self.key)
-            .upload_id(&multipart.upload_id)
-            .part_number(part_number)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|error| storage_error("upload-part", &self.key, error))?;
-        multipart.parts.push(
-            CompletedPart::builder()
-                .part_number(part_number)
-                .set_e_tag(uploaded.e_tag().map(str::to_string))
-                .build(),
-        );
-        Ok(())
-    }
-}
-
-impl ObjectStore {
-    async fn abort_multipart(&self, key: &str, upload_id: &str) {
-        if let Err(error) = self
-            .client
-            .abort_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .send()
-            .await
-        {
-            let error = storage_error("abort-multipart", key, error);
-            tracing::warn!(error = %error, "could not abort a multipart upload");
-        }
-    }
-}
-
-fn storage_error<E>(
-    operation: &'static str,
-    key: &str,
-    error: SdkError<E, HttpResponse>,
-) -> InfraError
-where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
-{
-    let status = error
-        .raw_response()
-        .map(|response| response.status().as_u16());
-    let not_found = status == Some(404)
-        || matches!(
-            error.code(),
-            Some("NoSuchKey" | "NotFound" | "NoSuchBucket")
-        );
-    InfraError::Storage {
-        operation,
-        key: key.to_string(),
-        message: DisplayErrorContext(&error).to_string(),
-        not_found,
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn config(endpoint: &str, public_endpoint: Option<&str>) -> S3Config {
+    pub(in crate::storage) fn config(endpoint: &str, public_endpoint: Option<&str>) -> S3Config {
         S3Config {
             endpoint: Some(endpoint.into()),
             public_endpoint: public_endpoint.map(str::to_string),
