@@ -7,6 +7,8 @@
 //! (`scripts/test` exports `.stack/env`); the defaults match `scripts/stack`.
 
 pub mod dead_letters;
+pub mod fixtures;
+pub mod metrics;
 pub mod private_server;
 pub mod private_stack;
 pub mod service_process;

@@ -30,7 +30,7 @@ async fn tail(pipeline: &Pipeline, topic: &str, start: Start, image: Option<&str
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn history_tail_and_decode_show_what_happened_to_an_image() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
     let (status, accepted) = pipeline.upload(photo.clone()).await.unwrap();
     assert_eq!(status, 202);
     let id = accepted["id"].as_str().unwrap().to_string();

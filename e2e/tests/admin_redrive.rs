@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use imgpipe_admin::events::{self, Start, Tail};
 use imgpipe_admin::redrive::{self, Summary};
-use imgpipe_e2e::Pipeline;
+use imgpipe_e2e::{fixtures, Pipeline};
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
-use imgpipe_schemas::{Event, ImageUploaded, Producer};
+use imgpipe_schemas::Event;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::Value;
@@ -54,36 +54,6 @@ async fn tail(pipeline: &Pipeline, topic: &str, image: Option<Uuid>) -> Vec<Valu
 /// The image's records on the events topic, as `imgpipe events tail` prints them.
 async fn events_of(pipeline: &Pipeline, image: Uuid) -> Vec<Value> {
     tail(pipeline, "events", Some(image)).await
-}
-
-/// An upload whose original is in the store, as ingest would have announced it.
-async fn uploaded(pipeline: &Pipeline, photo: &[u8]) -> Event {
-    let image_id = Uuid::now_v7();
-    let original_key = pipeline.store.original_key(image_id);
-    pipeline
-        .store
-        .put(&original_key, photo.to_vec().into(), "image/jpeg")
-        .await
-        .unwrap();
-    Event::new(
-        image_id,
-        format!("req-{image_id}"),
-        None,
-        Producer {
-            service: "test".into(),
-            version: "0".into(),
-        },
-        ImageUploaded {
-            owner: "client-a".into(),
-            original_key,
-            format: "jpeg".into(),
-            bytes: photo.len() as i64,
-            sha256: "00".repeat(32),
-            width: 2560,
-            height: 1600,
-            metadata: Default::default(),
-        },
-    )
 }
 
 /// Writes `event` to the dead-letter topic the way the consume loop does when a group gives up
@@ -133,9 +103,8 @@ async fn dead_letter(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn redrive_moves_dead_letters_back_once_and_the_pipeline_handles_them() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
-    let first = uploaded(&pipeline, &photo).await;
-    let second = uploaded(&pipeline, &photo).await;
+    let first = fixtures::stored_kite(&pipeline).await;
+    let second = fixtures::stored_kite(&pipeline).await;
     let producer: FutureProducer = pipeline
         .kafka
         .client_config("dead-letterer")

@@ -92,7 +92,7 @@ async fn an_upload_reads_and_deletes_before_the_projector_applies_it() {
         .await
         .unwrap();
 
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
     let (status, accepted) = pipeline.upload(photo).await.unwrap();
     assert_eq!(status, 202, "{accepted}");
     let id = accepted["id"].as_str().unwrap().to_string();
@@ -144,7 +144,7 @@ async fn an_upload_reads_and_deletes_before_the_projector_applies_it() {
     );
 
     // Once the read model has the image, the next upload prunes ingest's record of it.
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
     let (status, _) = pipeline.upload(photo).await.unwrap();
     assert_eq!(status, 202);
     let (kept,): (i64,) =

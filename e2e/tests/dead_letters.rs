@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use imgpipe_e2e::dead_letters::{header, DeadLetters};
-use imgpipe_e2e::Pipeline;
+use imgpipe_e2e::{fixtures, Pipeline};
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -88,33 +88,8 @@ async fn poison_is_dead_lettered_and_the_partition_keeps_moving(poison: Vec<u8>)
     };
 
     // A good upload behind it on the same partition is still processed and projected.
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
-    let image_id = uuid::Uuid::now_v7();
-    let original_key = pipeline.store.original_key(image_id);
-    pipeline
-        .store
-        .put(&original_key, photo.clone().into(), "image/jpeg")
-        .await
-        .unwrap();
-    let uploaded = imgpipe_schemas::Event::new(
-        image_id,
-        "req-after-poison",
-        None,
-        imgpipe_schemas::Producer {
-            service: "test".into(),
-            version: "0".into(),
-        },
-        imgpipe_schemas::ImageUploaded {
-            owner: "client-a".into(),
-            original_key,
-            format: "jpeg".into(),
-            bytes: photo.len() as i64,
-            sha256: "00".repeat(32),
-            width: 2560,
-            height: 1600,
-            metadata: Default::default(),
-        },
-    );
+    let uploaded = fixtures::stored_kite(&pipeline).await;
+    let image_id = uploaded.image_id;
     let key = image_id.to_string();
     let payload = imgpipe_schemas::encode(&uploaded).unwrap();
     let behind = producer

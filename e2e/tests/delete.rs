@@ -17,7 +17,7 @@ async fn delete(pipeline: &Pipeline, key: &str, id: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deleting_an_image_removes_its_objects_and_records_it() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
     let (_, accepted) = pipeline.upload(photo).await.unwrap();
     let id = accepted["id"].as_str().unwrap().to_string();
     let image = pipeline

@@ -66,7 +66,7 @@ fn forged(image_id: Uuid, payload: impl Into<Payload>) -> Event {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forged_records_naming_another_images_objects_touch_none_of_them() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
     let (_, accepted) = pipeline.upload(photo).await.unwrap();
     let victim = accepted["id"].as_str().unwrap().to_string();
     let image = pipeline

@@ -23,7 +23,7 @@ use uuid::Uuid;
 const GRACE: Duration = Duration::from_secs(3);
 
 fn photo() -> Vec<u8> {
-    std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap()
+    imgpipe_e2e::fixtures::kite()
 }
 
 fn backend(pipeline: &Pipeline) -> StoreBackend {

@@ -12,21 +12,15 @@
 use std::time::{Duration, Instant};
 
 use imgpipe_e2e::dead_letters::{header, DeadLetters};
-use imgpipe_e2e::Pipeline;
+use imgpipe_e2e::{fixtures, Pipeline};
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_processor::config::ProcessorSettings;
 use imgpipe_processor::metrics as names;
-use imgpipe_schemas::{Event, ImageUploaded, Producer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 use uuid::Uuid;
 
 const SETTLE: Duration = Duration::from_secs(180);
-const PHOTO: &str = "photos/kde-Kite-2560.jpg";
-
-fn photo() -> Vec<u8> {
-    std::fs::read(imgpipe_e2e::corpus_dir().join(PHOTO)).unwrap()
-}
 
 async fn start(adjust: impl FnOnce(&mut ProcessorSettings)) -> Pipeline {
     Pipeline::start_with_stack(
@@ -52,7 +46,6 @@ async fn upload_to(
     partition: i32,
     stuck: bool,
 ) -> Uuid {
-    let photo = photo();
     let image_id = Uuid::now_v7();
     let original_key = pipeline.store.original_key(image_id);
     if stuck {
@@ -68,29 +61,11 @@ async fn upload_to(
     } else {
         pipeline
             .store
-            .put(&original_key, photo.clone().into(), "image/jpeg")
+            .put(&original_key, fixtures::kite().into(), "image/jpeg")
             .await
             .unwrap();
     }
-    let uploaded = Event::new(
-        image_id,
-        format!("req-{image_id}"),
-        None,
-        Producer {
-            service: "test".into(),
-            version: "0".into(),
-        },
-        ImageUploaded {
-            owner: "client-a".into(),
-            original_key,
-            format: "jpeg".into(),
-            bytes: photo.len() as i64,
-            sha256: "00".repeat(32),
-            width: 2560,
-            height: 1600,
-            metadata: Default::default(),
-        },
-    );
+    let uploaded = fixtures::kite_uploaded(image_id, original_key);
     let key = image_id.to_string();
     let payload = imgpipe_schemas::encode(&uploaded).unwrap();
     let delivery = producer
@@ -122,7 +97,7 @@ async fn unblock(pipeline: &Pipeline, image_id: Uuid) {
         .unwrap();
     pipeline
         .store
-        .put(&original_key, photo().into(), "image/jpeg")
+        .put(&original_key, fixtures::kite().into(), "image/jpeg")
         .await
         .unwrap();
 }
@@ -131,26 +106,10 @@ async fn partitions(pipeline: &Pipeline) -> i32 {
     pipeline.log_ends().await.unwrap().iter().count() as i32
 }
 
-/// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
-async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
-    let text = pipeline
-        .http
-        .get(format!("{}/metrics", pipeline.processor_ops_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
-}
-
 /// Waits until the processor has met at least `count` storage errors.
 async fn wait_for_storage_errors(pipeline: &Pipeline, count: f64) {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(pipeline, names::STORAGE_ERRORS).await < count {
+    while pipeline.processor_metric(names::STORAGE_ERRORS).await < count {
         assert!(
             Instant::now() < deadline,
             "the processor did not try the stuck image within 120 s"
@@ -206,7 +165,7 @@ async fn an_image_in_retry_holds_up_only_its_own_partition() {
     wait_until_known(&pipeline, behind).await;
     assert_eq!(status(&pipeline, stuck).await, "uploaded");
     assert_eq!(status(&pipeline, behind).await, "uploaded");
-    let errors = metric(&pipeline, names::STORAGE_ERRORS).await;
+    let errors = pipeline.processor_metric(names::STORAGE_ERRORS).await;
     wait_for_storage_errors(&pipeline, errors + 1.0).await;
 
     unblock(&pipeline, stuck).await;
@@ -219,7 +178,7 @@ async fn an_image_in_retry_holds_up_only_its_own_partition() {
     }
     let (types, _) = pipeline.timeline(&stuck.to_string()).await.unwrap();
     assert_eq!(types, ["ImageUploaded", "ImageProcessed"]);
-    assert!(metric(&pipeline, names::IMAGES_PROCESSED).await >= (others.len() + 2) as f64);
+    assert!(pipeline.processor_metric(names::IMAGES_PROCESSED).await >= (others.len() + 2) as f64);
     pipeline.stop().await.unwrap();
 }
 
@@ -254,6 +213,6 @@ async fn an_image_out_of_attempts_is_dead_lettered_and_its_partition_moves_on() 
         header(&letter, dlq::CONSUMER_GROUP).unwrap(),
         pipeline.kafka.group_id("imgpipe-processor")
     );
-    assert!(metric(&pipeline, names::STORAGE_ERRORS).await >= 3.0);
+    assert!(pipeline.processor_metric(names::STORAGE_ERRORS).await >= 3.0);
     pipeline.stop().await.unwrap();
 }

@@ -98,15 +98,7 @@ async fn every_corpus_photo_ends_ready_with_its_variants_stored() {
     }
 
     // Every image's render was timed stage by stage.
-    let metrics = pipeline
-        .http
-        .get(format!("{}/metrics", pipeline.processor_ops_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = pipeline.processor_metrics().await;
     for stage in [
         "download", "render", "decode", "resize", "encode", "upload", "announce",
     ] {
@@ -186,7 +178,7 @@ async fn a_body_that_is_not_an_image_is_refused_and_a_broken_image_ends_failed()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn uploads_need_a_valid_key_and_clients_see_only_their_own_images() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
 
     let response = pipeline
         .http

@@ -25,7 +25,7 @@ fn page_ids(page: &Value) -> Vec<&str> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn clients_page_through_their_images_and_read_each_timeline() {
     let pipeline = Pipeline::start().await.expect("pipeline starts");
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
     let mut ids = Vec::new();
     for _ in 0..3 {
         let (status, accepted) = pipeline.upload(photo.clone()).await.unwrap();

@@ -44,7 +44,7 @@ async fn a_client_over_its_upload_budget_is_told_when_to_retry() {
     let pipeline = Pipeline::start_with(|ingest| ingest.uploads_per_minute = 2)
         .await
         .expect("pipeline starts");
-    let photo = std::fs::read(imgpipe_e2e::corpus_dir().join("photos/kde-Kite-2560.jpg")).unwrap();
+    let photo = imgpipe_e2e::fixtures::kite();
     for _ in 0..2 {
         let (status, body) = pipeline.upload(photo.clone()).await.unwrap();
         assert_eq!(status, 202, "{body}");

@@ -334,15 +334,7 @@ async fn a_rebuild_while_serving_gives_identical_tables_and_never_an_error() {
         .is_empty());
 
     // The projector reports what it applied.
-    let metrics = pipeline
-        .http
-        .get(format!("{}/metrics", pipeline.projector_ops_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = pipeline.projector_metrics().await;
     for expected in [
         "imgpipe_projector_events_applied_total{event_type=\"ImageUploaded\"}",
         "imgpipe_projector_events_applied_total{event_type=\"ObjectsDeleted\"}",

@@ -14,30 +14,9 @@ use imgpipe_infra::consume::health::metric_names as lag_metric;
 use imgpipe_infra::log_reader::LogReader;
 use imgpipe_processor::metrics as names;
 
-/// The processor's `/metrics` page.
-async fn metrics_text(pipeline: &Pipeline) -> String {
-    pipeline
-        .http
-        .get(format!("{}/metrics", pipeline.processor_ops_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-/// The value of one series in the processor's `/metrics`, 0 when it was never recorded.
-async fn metric(pipeline: &Pipeline, series: &str) -> f64 {
-    let text = metrics_text(pipeline).await;
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0.0, |value| value.trim().parse().unwrap())
-}
-
 /// The processor group's `imgpipe_consumer_lag` gauges, one per partition measured so far.
 async fn lag_per_partition(pipeline: &Pipeline) -> Vec<f64> {
-    let text = metrics_text(pipeline).await;
+    let text = pipeline.processor_metrics().await;
     let prefix = format!("{}{{group=\"imgpipe-processor\"", lag_metric::LAG);
     text.lines()
         .filter(|line| line.starts_with(&prefix))
@@ -104,7 +83,7 @@ async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it()
     // that finds the store still down opens it again.
     let opened = format!("{}{{to=\"open\"}}", names::STORAGE_BREAKER_TRANSITIONS);
     let deadline = Instant::now() + Duration::from_secs(120);
-    while metric(&pipeline, &opened).await < 2.0 {
+    while pipeline.processor_metric(&opened).await < 2.0 {
         assert!(
             Instant::now() < deadline,
             "the breaker did not open and fail a probe within 120 s of the outage"
@@ -126,10 +105,18 @@ async fn a_storage_outage_pauses_processing_and_every_image_completes_after_it()
     assert_no_image_failed(&pipeline, &ids).await;
     assert_eq!(dead_letters(&pipeline).await, 0, "nothing is dead-lettered");
     let closed = format!("{}{{to=\"closed\"}}", names::STORAGE_BREAKER_TRANSITIONS);
-    assert!(metric(&pipeline, &closed).await >= 1.0);
-    assert_eq!(metric(&pipeline, names::STORAGE_BREAKER_STATE).await, 0.0);
-    assert!(metric(&pipeline, names::IMAGES_PROCESSED).await >= ids.len() as f64);
-    assert_eq!(metric(&pipeline, names::IMAGES_IN_FLIGHT).await, 0.0);
+    assert!(pipeline.processor_metric(&closed).await >= 1.0);
+    assert_eq!(
+        pipeline
+            .processor_metric(names::STORAGE_BREAKER_STATE)
+            .await,
+        0.0
+    );
+    assert!(pipeline.processor_metric(names::IMAGES_PROCESSED).await >= ids.len() as f64);
+    assert_eq!(
+        pipeline.processor_metric(names::IMAGES_IN_FLIGHT).await,
+        0.0
+    );
 
     // Once the group has committed everything, every partition's lag reads 0.
     let deadline = Instant::now() + Duration::from_secs(60);
