@@ -83,8 +83,12 @@ pub enum AdminError {
     )]
     ClientId { client: String },
     /// A minted IMGPIPE_INGEST_API_KEYS entry ingest would refuse.
-    #[error("ingest would not read the entry {entry:?}: {reason}")]
-    KeyEntryUnreadable { entry: String, reason: String },
+    #[error("ingest would not read the entry {entry:?}")]
+    KeyEntryUnreadable {
+        entry: String,
+        #[source]
+        source: imgpipe_ingest::config::ConfigError,
+    },
     #[error("the entry {entry:?} does not parse back to client {client:?}")]
     KeyEntryMismatch { entry: String, client: String },
     #[error("reading input or writing output")]

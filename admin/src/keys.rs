@@ -24,9 +24,9 @@ pub fn mint_api_key(
     rand::rng().fill_bytes(&mut secret);
     let key = format!("imgpipe_{}", hex::encode(secret));
     let entry = ApiKeys::entry_with(client, &key, scope, limits);
-    let parsed = ApiKeys::parse(&entry).map_err(|reason| AdminError::KeyEntryUnreadable {
+    let parsed = ApiKeys::parse(&entry).map_err(|source| AdminError::KeyEntryUnreadable {
         entry: entry.clone(),
-        reason,
+        source,
     })?;
     if parsed.client_for(&key) != Some(client) {
         return Err(AdminError::KeyEntryMismatch {

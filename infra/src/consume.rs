@@ -64,7 +64,7 @@ use crate::registry::EventCodec;
 use crate::InfraError;
 
 pub use dead_letter::DeadLetterProducer;
-pub use health::{ConsumerHealth, StallReason};
+pub use health::{ConsumerHealth, Stall, StallReason};
 
 /// How long the record in hand may take to finish after shutdown began; past it, it is
 /// dropped unstored and handled again after the restart.

@@ -15,10 +15,54 @@ use axum::{Json, Router};
 use serde::Serialize;
 
 use crate::consume::ConsumerHealth;
+use crate::BoxError;
 
-/// Checks a service's dependencies; `Err` carries what is not reachable.
+/// Checks a service's dependencies; `Err` names the first that does not answer.
 pub trait Readiness: Send + Sync + 'static {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), DependencyDown>> + Send + '_>>;
+}
+
+/// What a service depends on, as the readiness log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dependency {
+    Broker,
+    Storage,
+    Database,
+}
+
+impl Dependency {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Broker => "broker",
+            Self::Storage => "storage",
+            Self::Database => "database",
+        }
+    }
+}
+
+impl std::fmt::Display for Dependency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A dependency did not answer a readiness check. Not an [`crate::InfraError`]: it is the
+/// check's verdict, which carries the failed call's error (of whatever type) as its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{dependency} does not answer")]
+pub struct DependencyDown {
+    pub dependency: Dependency,
+    #[source]
+    pub source: BoxError,
+}
+
+impl DependencyDown {
+    pub fn new(dependency: Dependency, source: impl Into<BoxError>) -> Self {
+        Self {
+            dependency,
+            source: source.into(),
+        }
+    }
 }
 
 #[derive(Serialize)]
@@ -71,8 +115,11 @@ fn answer(
 
 async fn healthz(State(state): State<OpsState>) -> (StatusCode, Json<Status>) {
     let failing = match state.consumer.as_ref().map(ConsumerHealth::live) {
-        Some(Err(error)) => {
-            tracing::error!(error = %error, "liveness check failed");
+        Some(Err(stall)) => {
+            tracing::error!(
+                reason = %stall.reason, stalled_secs = stall.for_secs,
+                "liveness check failed: consumer stalled"
+            );
             Some(Check::Consumer)
         }
         _ => None,
@@ -82,11 +129,17 @@ async fn healthz(State(state): State<OpsState>) -> (StatusCode, Json<Status>) {
 
 async fn readyz(State(state): State<OpsState>) -> (StatusCode, Json<Status>) {
     let consumer = state.consumer.as_ref().map(ConsumerHealth::ready);
-    let failing = if let Some(Err(error)) = consumer {
-        tracing::warn!(error = %error, "not ready");
+    let failing = if let Some(Err(stall)) = consumer {
+        tracing::warn!(
+            reason = %stall.reason, stalled_secs = stall.for_secs,
+            "not ready: consumer stalled"
+        );
         Some(Check::Consumer)
-    } else if let Err(error) = state.readiness.check().await {
-        tracing::warn!(error = %error, "not ready");
+    } else if let Err(down) = state.readiness.check().await {
+        tracing::warn!(
+            dependency = %down.dependency, error = %down.source,
+            "not ready: a dependency does not answer"
+        );
         Some(Check::Dependencies)
     } else {
         None
@@ -145,4 +198,86 @@ pub fn shutdown_token() -> tokio_util::sync::CancellationToken {
         }
     });
     token
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    /// Answers as configured; a failure's text names a user, which must not reach the answer.
+    struct Dependencies(bool);
+
+    impl Readiness for Dependencies {
+        fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), DependencyDown>> + Send + '_>> {
+            let up = self.0;
+            Box::pin(async move {
+                match up {
+                    true => Ok(()),
+                    false => Err(DependencyDown::new(
+                        Dependency::Database,
+                        "password authentication failed for user \"imgpipe\"",
+                    )),
+                }
+            })
+        }
+    }
+
+    fn state(dependencies_up: bool, consumer: Option<ConsumerHealth>) -> State<OpsState> {
+        State(OpsState {
+            readiness: Arc::new(Dependencies(dependencies_up)),
+            consumer,
+        })
+    }
+
+    fn body(answer: (StatusCode, Json<Status>)) -> (u16, String) {
+        let (code, Json(status)) = answer;
+        (code.as_u16(), serde_json::to_string(&status).unwrap())
+    }
+
+    #[tokio::test]
+    async fn readyz_names_the_failing_check_and_never_the_error() {
+        assert_eq!(
+            body(readyz(state(true, None)).await),
+            (200, r#"{"status":"ready"}"#.to_string())
+        );
+        assert_eq!(
+            body(readyz(state(false, None)).await),
+            (
+                503,
+                r#"{"status":"not-ready","failing":"dependencies"}"#.to_string()
+            )
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_consumer_fails_readiness_then_liveness() {
+        let stall_after = Duration::from_secs(30);
+        let health = ConsumerHealth::new(stall_after);
+        health.set_assignment([]);
+        tokio::time::advance(stall_after).await;
+        health.record_lag([(0, 5)]);
+        let not_ready = (
+            503,
+            r#"{"status":"not-ready","failing":"consumer"}"#.to_string(),
+        );
+        assert_eq!(
+            body(readyz(state(true, Some(health.clone()))).await),
+            not_ready
+        );
+        assert_eq!(
+            body(healthz(state(true, Some(health.clone()))).await),
+            (200, r#"{"status":"ok"}"#.to_string())
+        );
+        tokio::time::advance(stall_after * crate::consume::health::LIVENESS_FACTOR).await;
+        health.record_lag([(0, 5)]);
+        assert_eq!(
+            body(healthz(state(true, Some(health))).await),
+            (
+                503,
+                r#"{"status":"stalled","failing":"consumer"}"#.to_string()
+            )
+        );
+    }
 }

@@ -9,11 +9,14 @@
 //! two entries stating different values are refused rather than one silently winning.
 
 use std::collections::{BTreeMap, HashMap};
+use std::num::ParseIntError;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use axum::http::Method;
 use sha2::{Digest, Sha256};
+
+use crate::config::{ConfigError, EntryAt, KeyOption};
 
 /// What a key may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -44,17 +47,20 @@ pub struct ClientLimits {
 impl ClientLimits {
     /// Takes the limits another entry of the same client states; stating a different value
     /// for the same limit is an error.
-    fn merge(&mut self, other: Self) -> Result<(), String> {
-        fn one<T: PartialEq + std::fmt::Display + Copy>(
-            name: &str,
+    fn merge(&mut self, other: Self, at: &EntryAt) -> Result<(), ConfigError> {
+        fn one<T: PartialEq + Into<u64> + Copy>(
+            option: KeyOption,
             mine: &mut Option<T>,
             theirs: Option<T>,
-        ) -> Result<(), String> {
+            at: &EntryAt,
+        ) -> Result<(), ConfigError> {
             match (*mine, theirs) {
-                (Some(a), Some(b)) if a != b => Err(format!(
-                    "{name}={b} conflicts with {name}={a} on an earlier entry of the same client \
-                     (limits belong to the client: state them once, or alike on every entry)"
-                )),
+                (Some(a), Some(b)) if a != b => Err(ConfigError::ConflictingLimits {
+                    at: at.clone(),
+                    option,
+                    earlier: a.into(),
+                    this: b.into(),
+                }),
                 (None, Some(b)) => {
                     *mine = Some(b);
                     Ok(())
@@ -63,14 +69,16 @@ impl ClientLimits {
             }
         }
         one(
-            "uploads_per_minute",
+            KeyOption::UploadsPerMinute,
             &mut self.uploads_per_minute,
             other.uploads_per_minute,
+            at,
         )?;
         one(
-            "bytes_per_minute",
+            KeyOption::BytesPerMinute,
             &mut self.bytes_per_minute,
             other.bytes_per_minute,
+            at,
         )
     }
 }
@@ -92,38 +100,38 @@ pub struct ApiKeys {
 impl ApiKeys {
     /// Parses `IMGPIPE_INGEST_API_KEYS` (see the module documentation). An error names the
     /// entry by its position and client id.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
         let mut keys = Self::default();
         let entries = text.split(',').map(str::trim).filter(|e| !e.is_empty());
         for (index, text) in entries.enumerate() {
-            keys.add(text).map_err(|why| {
-                let name = match text.split_once('=').map(|(client, _)| client.trim()) {
-                    Some(client) if !client.is_empty() => format!("client {client:?}"),
-                    _ => format!("{text:?}"),
-                };
-                format!("entry {} ({name}): {why}", index + 1)
-            })?;
+            let client = text.split_once('=').map(|(client, _)| client.trim());
+            let at = EntryAt {
+                entry: index + 1,
+                client: client.filter(|c| !c.is_empty()).map(str::to_string),
+                text: text.to_string(),
+            };
+            keys.add(text, &at)?;
         }
         Ok(keys)
     }
 
-    fn add(&mut self, text: &str) -> Result<(), String> {
-        let entry = Entry::parse(text)?;
+    fn add(&mut self, text: &str, at: &EntryAt) -> Result<(), ConfigError> {
+        let entry = Entry::parse(text, at)?;
         if entry.limits != ClientLimits::default() {
             self.limits_by_client
                 .entry(entry.client.to_string())
                 .or_default()
-                .merge(entry.limits)?;
+                .merge(entry.limits, at)?;
         }
         let grant = Grant {
             client: Arc::from(entry.client),
             scope: entry.scope,
         };
         if let Some(earlier) = self.grant_by_hash.insert(entry.digest, grant) {
-            return Err(format!(
-                "the same key is already listed for client {:?}",
-                earlier.client
-            ));
+            return Err(ConfigError::KeyListedTwice {
+                at: at.clone(),
+                client: earlier.client.to_string(),
+            });
         }
         Ok(())
     }
@@ -178,47 +186,63 @@ struct Entry<'a> {
 }
 
 impl<'a> Entry<'a> {
-    fn parse(text: &'a str) -> Result<Self, String> {
+    fn parse(text: &'a str, at: &EntryAt) -> Result<Self, ConfigError> {
         let mut parts = text.split(';').map(str::trim);
         let (client, hash) = parts
             .next()
             .and_then(|head| head.split_once('='))
-            .ok_or("not client-id=sha256-hex[;option=value...]")?;
+            .ok_or_else(|| ConfigError::NotAnEntry { at: at.clone() })?;
         let client = client.trim();
         if client.is_empty() {
-            return Err("no client id".into());
+            return Err(ConfigError::NoClientId { at: at.clone() });
         }
         let mut digest = [0u8; 32];
-        hex::decode_to_slice(hash.trim(), &mut digest)
-            .map_err(|_| "the key hash is not 64 hex digits")?;
+        hex::decode_to_slice(hash.trim(), &mut digest).map_err(|source| {
+            ConfigError::KeyHashNotHex {
+                at: at.clone(),
+                source,
+            }
+        })?;
         let mut scope = None;
         let mut limits = ClientLimits::default();
         for option in parts.filter(|part| !part.is_empty()) {
             let (name, value) = option
                 .split_once('=')
                 .map(|(name, value)| (name.trim(), value.trim()))
-                .ok_or_else(|| format!("option {option:?} is not name=value"))?;
-            match name {
-                "scope" => set_once(
-                    &mut scope,
-                    name,
-                    match value {
+                .ok_or_else(|| ConfigError::OptionNotNameValue {
+                    at: at.clone(),
+                    option: option.to_string(),
+                })?;
+            let known = KeyOption::from_name(name).ok_or_else(|| ConfigError::UnknownOption {
+                at: at.clone(),
+                name: name.to_string(),
+            })?;
+            match known {
+                KeyOption::Scope => {
+                    let value = match value {
                         "read" => Scope::Read,
                         "read-write" => Scope::ReadWrite,
-                        _ => return Err(format!("scope {value:?} is not read or read-write")),
-                    },
+                        _ => {
+                            return Err(ConfigError::UnknownScope {
+                                at: at.clone(),
+                                value: value.to_string(),
+                            })
+                        }
+                    };
+                    set_once(&mut scope, known, value, at)?
+                }
+                KeyOption::UploadsPerMinute => set_once(
+                    &mut limits.uploads_per_minute,
+                    known,
+                    number(known, value, at)?,
+                    at,
                 )?,
-                "uploads_per_minute" => {
-                    set_once(&mut limits.uploads_per_minute, name, number(name, value)?)?
-                }
-                "bytes_per_minute" => {
-                    set_once(&mut limits.bytes_per_minute, name, number(name, value)?)?
-                }
-                _ => {
-                    return Err(format!(
-                    "unknown option {name:?} (known: scope, uploads_per_minute, bytes_per_minute)"
-                ))
-                }
+                KeyOption::BytesPerMinute => set_once(
+                    &mut limits.bytes_per_minute,
+                    known,
+                    number(known, value, at)?,
+                    at,
+                )?,
             }
         }
         Ok(Self {
@@ -230,24 +254,34 @@ impl<'a> Entry<'a> {
     }
 }
 
-fn set_once<T>(slot: &mut Option<T>, name: &str, value: T) -> Result<(), String> {
+fn set_once<T>(
+    slot: &mut Option<T>,
+    option: KeyOption,
+    value: T,
+    at: &EntryAt,
+) -> Result<(), ConfigError> {
     match slot.replace(value) {
-        Some(_) => Err(format!("{name} is given twice")),
+        Some(_) => Err(ConfigError::OptionGivenTwice {
+            at: at.clone(),
+            option,
+        }),
         None => Ok(()),
     }
 }
 
-fn number<T: FromStr>(name: &str, value: &str) -> Result<T, String> {
-    value.parse().map_err(|_| {
-        format!(
-            "{name} {value:?} is not a whole number in range (0 = no limit, at most {})",
-            if name == "uploads_per_minute" {
-                u64::from(u32::MAX)
-            } else {
-                u64::MAX
-            }
-        )
-    })
+fn number<T: FromStr<Err = ParseIntError>>(
+    option: KeyOption,
+    value: &str,
+    at: &EntryAt,
+) -> Result<T, ConfigError> {
+    value
+        .parse()
+        .map_err(|source| ConfigError::LimitNotANumber {
+            at: at.clone(),
+            option,
+            value: value.to_string(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -257,7 +291,7 @@ mod tests {
     const HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
     fn error_of(text: &str) -> String {
-        ApiKeys::parse(text).expect_err(text)
+        ApiKeys::parse(text).expect_err(text).to_string()
     }
 
     #[test]
@@ -277,9 +311,21 @@ mod tests {
 
     #[test]
     fn malformed_entries_are_rejected() {
-        assert!(ApiKeys::parse("alpha").is_err());
-        assert!(ApiKeys::parse("alpha=nothex").is_err());
-        assert!(ApiKeys::parse(&format!("={HASH}")).is_err());
+        assert!(matches!(
+            ApiKeys::parse("alpha"),
+            Err(ConfigError::NotAnEntry { at }) if at.entry == 1 && at.client.is_none()
+        ));
+        assert!(matches!(
+            ApiKeys::parse("alpha=nothex"),
+            Err(ConfigError::KeyHashNotHex { at, .. }) if at.client.as_deref() == Some("alpha")
+        ));
+        let error = ApiKeys::parse(&format!("={HASH}")).unwrap_err();
+        assert!(matches!(error, ConfigError::NoClientId { .. }), "{error:?}");
+        assert_eq!(
+            error.to_string(),
+            format!("entry 1 (\"={HASH}\"): no client id"),
+            "an entry without a client id is named by its text"
+        );
         assert!(ApiKeys::parse("").unwrap().is_empty());
     }
 

@@ -203,6 +203,135 @@ impl Config {
     }
 }
 
+/// An option of an `IMGPIPE_INGEST_API_KEYS` entry (the format is in `auth.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOption {
+    /// The key's scope: `read` or `read-write`.
+    Scope,
+    /// The client's own `IMGPIPE_INGEST_UPLOADS_PER_MINUTE`.
+    UploadsPerMinute,
+    /// The client's own `IMGPIPE_INGEST_BYTES_PER_MINUTE`.
+    BytesPerMinute,
+}
+
+impl KeyOption {
+    pub const ALL: [KeyOption; 3] = [
+        KeyOption::Scope,
+        KeyOption::UploadsPerMinute,
+        KeyOption::BytesPerMinute,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Scope => "scope",
+            Self::UploadsPerMinute => "uploads_per_minute",
+            Self::BytesPerMinute => "bytes_per_minute",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|option| option.as_str() == name)
+    }
+
+    /// The largest value a limit option takes (0 is no limit).
+    fn max(self) -> u64 {
+        match self {
+            Self::UploadsPerMinute => u64::from(u32::MAX),
+            Self::Scope | Self::BytesPerMinute => u64::MAX,
+        }
+    }
+}
+
+impl std::fmt::Display for KeyOption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which `IMGPIPE_INGEST_API_KEYS` entry a mistake is in: its position (from 1) and its client
+/// id, or its whole text when it has none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryAt {
+    pub entry: usize,
+    pub client: Option<String>,
+    pub text: String,
+}
+
+impl std::fmt::Display for EntryAt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.client {
+            Some(client) => write!(f, "entry {} (client {client:?})", self.entry),
+            None => write!(f, "entry {} ({:?})", self.entry, self.text),
+        }
+    }
+}
+
+/// A mistake in ingest's own settings, found when it starts (and by `imgpipe api-key`, which
+/// reads back the entry it mints). One enum for the keys' entries and the rate limits, which
+/// [`crate::startup::BuildError`] wraps as its source; each variant carries what its message
+/// needs, so the service refuses to start saying exactly what to fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{at}: not client-id=sha256-hex[;option=value...]")]
+    NotAnEntry { at: EntryAt },
+    #[error("{at}: no client id")]
+    NoClientId { at: EntryAt },
+    #[error("{at}: the key hash is not 64 hex digits")]
+    KeyHashNotHex {
+        at: EntryAt,
+        #[source]
+        source: hex::FromHexError,
+    },
+    #[error("{at}: option {option:?} is not name=value")]
+    OptionNotNameValue { at: EntryAt, option: String },
+    #[error("{at}: unknown option {name:?} (known: scope, uploads_per_minute, bytes_per_minute)")]
+    UnknownOption { at: EntryAt, name: String },
+    #[error("{at}: {option} is given twice")]
+    OptionGivenTwice { at: EntryAt, option: KeyOption },
+    #[error("{at}: scope {value:?} is not read or read-write")]
+    UnknownScope { at: EntryAt, value: String },
+    #[error(
+        "{at}: {option} {value:?} is not a whole number in range (0 = no limit, at most {})",
+        option.max()
+    )]
+    LimitNotANumber {
+        at: EntryAt,
+        option: KeyOption,
+        value: String,
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    #[error(
+        "{at}: {option}={this} conflicts with {option}={earlier} on an earlier entry of the same \
+         client (limits belong to the client: state them once, or alike on every entry)"
+    )]
+    ConflictingLimits {
+        at: EntryAt,
+        option: KeyOption,
+        earlier: u64,
+        this: u64,
+    },
+    #[error("{at}: the same key is already listed for client {client:?}")]
+    KeyListedTwice { at: EntryAt, client: String },
+    #[error(
+        "IMGPIPE_INGEST_BYTES_PER_MINUTE ({bytes_per_minute}) must be at least \
+         IMGPIPE_INGEST_MAX_UPLOAD_BYTES ({max_upload_bytes}) or 0"
+    )]
+    BytesPerMinuteBelowOneUpload {
+        bytes_per_minute: u64,
+        max_upload_bytes: u64,
+    },
+    #[error(
+        "client {client:?}: bytes_per_minute ({bytes_per_minute}) must be at least \
+         IMGPIPE_INGEST_MAX_UPLOAD_BYTES ({max_upload_bytes}) or 0"
+    )]
+    ClientBytesPerMinuteBelowOneUpload {
+        client: String,
+        bytes_per_minute: u64,
+        max_upload_bytes: u64,
+    },
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::auth::ApiKeys;
-use crate::config::IngestSettings;
+use crate::config::{ConfigError, IngestSettings};
 use crate::error::IngestError;
 use crate::upload_slots::UploadSlots;
 
@@ -56,22 +56,18 @@ pub struct RateLimits {
 }
 
 impl RateLimits {
-    pub fn new(settings: &IngestSettings) -> Result<Self, String> {
-        let check_bytes_budget = |bytes_per_minute: u64| {
-            if bytes_per_minute != 0 && bytes_per_minute < settings.max_upload_bytes {
-                Err(format!(
-                    "({bytes_per_minute}) must be at least IMGPIPE_INGEST_MAX_UPLOAD_BYTES ({}) or 0",
-                    settings.max_upload_bytes
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        check_bytes_budget(settings.bytes_per_minute)
-            .map_err(|why| format!("IMGPIPE_INGEST_BYTES_PER_MINUTE {why}"))?;
+    pub fn new(settings: &IngestSettings) -> Result<Self, ConfigError> {
+        let max_upload_bytes = settings.max_upload_bytes;
+        let below_one_upload =
+            |bytes_per_minute: u64| bytes_per_minute != 0 && bytes_per_minute < max_upload_bytes;
+        if below_one_upload(settings.bytes_per_minute) {
+            return Err(ConfigError::BytesPerMinuteBelowOneUpload {
+                bytes_per_minute: settings.bytes_per_minute,
+                max_upload_bytes,
+            });
+        }
         // The clients' own limits travel with their keys.
-        let keys = ApiKeys::parse(&settings.api_keys)
-            .map_err(|why| format!("IMGPIPE_INGEST_API_KEYS: {why}"))?;
+        let keys = ApiKeys::parse(&settings.api_keys)?;
         let own = keys
             .client_limits()
             .map(|(client, limits)| {
@@ -79,12 +75,17 @@ impl RateLimits {
                     .uploads_per_minute
                     .unwrap_or(settings.uploads_per_minute);
                 let bytes = limits.bytes_per_minute.unwrap_or(settings.bytes_per_minute);
-                check_bytes_budget(bytes)
-                    .map_err(|why| format!("client {client:?}: bytes_per_minute {why}"))?;
+                if below_one_upload(bytes) {
+                    return Err(ConfigError::ClientBytesPerMinuteBelowOneUpload {
+                        client: client.to_string(),
+                        bytes_per_minute: bytes,
+                        max_upload_bytes,
+                    });
+                }
                 let limiters = Limiters::new(uploads, bytes, RateLimiter::direct);
                 Ok((client.to_string(), limiters))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, ConfigError>>()?;
         Ok(Self {
             shared: Limiters::new(
                 settings.uploads_per_minute,
@@ -260,7 +261,17 @@ mod tests {
 
     #[test]
     fn a_byte_budget_below_one_upload_is_refused() {
-        assert!(RateLimits::new(&settings(1, 10)).is_err());
+        let error = RateLimits::new(&settings(1, 10)).err().unwrap();
+        assert!(
+            matches!(
+                error,
+                ConfigError::BytesPerMinuteBelowOneUpload {
+                    bytes_per_minute: 10,
+                    max_upload_bytes: 1_000
+                }
+            ),
+            "{error:?}"
+        );
     }
 
     fn with_keys(mut settings: IngestSettings, api_keys: &str) -> IngestSettings {
@@ -339,7 +350,8 @@ mod tests {
             &format!("tiny={};bytes_per_minute=999", hash(1)),
         ))
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(
             error.starts_with("client \"tiny\": bytes_per_minute (999)"),
             "{error}"

@@ -9,7 +9,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::rate_limit::RateLimits;
 use crate::routes;
 use crate::state::AppState;
@@ -167,10 +167,10 @@ async fn prune_idempotency_keys(pool: sqlx::PgPool, ttl: Duration, shutdown: Can
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    #[error("IMGPIPE_INGEST_API_KEYS: {0}")]
-    ApiKeys(String),
-    #[error("rate limits: {0}")]
-    RateLimits(String),
+    #[error("IMGPIPE_INGEST_API_KEYS")]
+    ApiKeys(#[source] ConfigError),
+    #[error("rate limits")]
+    RateLimits(#[source] ConfigError),
     #[error(transparent)]
     Infra(#[from] InfraError),
     #[error("binding the listener: {0}")]

@@ -34,7 +34,9 @@ pub enum Conversion {
     Unusable(UnusableProfile),
 }
 
-/// Why an embedded profile was not applied.
+/// Why an embedded profile was not applied. Not a failure (the pixels are kept as they are and
+/// the render goes on), so neither a [`crate::render::RenderError`], which fails the image, nor
+/// a [`crate::ProcessorError`]; an error type so the CMS's cause stays its source in the log.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum UnusableProfile {
     #[error("a profile of {0} bytes")]

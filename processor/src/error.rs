@@ -1,3 +1,8 @@
+/// The processor's error: what stops it starting or running. The crate's two other thiserror
+/// types are outcomes of one image rather than failures of the processor, and stay apart from
+/// it on purpose: [`crate::render::RenderError`] (the image cannot be rendered; it becomes
+/// `ImageFailed` with its reason code, and the record is done) and
+/// [`crate::color::UnusableProfile`] (an ICC profile was ignored; the render goes on).
 #[derive(Debug, thiserror::Error)]
 pub enum ProcessorError {
     #[error(transparent)]

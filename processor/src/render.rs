@@ -44,7 +44,9 @@ pub struct Limits {
     pub max_alloc: u64,
 }
 
-/// Why an image cannot be rendered. Each is permanent: the same bytes fail the same way.
+/// Why an image cannot be rendered. Each is permanent: the same bytes fail the same way. The
+/// render's outcome, not a failure of the processor (so not a [`crate::ProcessorError`]
+/// variant): the handler publishes it as `ImageFailed` with its [`ReasonCode`].
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
     #[error("not an image format imgpipe decodes")]

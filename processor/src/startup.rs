@@ -8,7 +8,7 @@ use imgpipe_infra::consume::lag::{self, CommittedOffsets};
 use imgpipe_infra::consume::{self, ConsumerHealth, Consumption, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::log_reader::LogReader;
-use imgpipe_infra::ops::{self, Readiness};
+use imgpipe_infra::ops::{self, Dependency, DependencyDown, Readiness};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -176,10 +176,16 @@ struct Dependencies {
 }
 
 impl Readiness for Dependencies {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), DependencyDown>> + Send + '_>> {
         Box::pin(async move {
-            self.store.ping().await.map_err(|e| e.to_string())?;
-            self.events.ping().await.map_err(|e| e.to_string())
+            self.store
+                .ping()
+                .await
+                .map_err(|e| DependencyDown::new(Dependency::Storage, e))?;
+            self.events
+                .ping()
+                .await
+                .map_err(|e| DependencyDown::new(Dependency::Broker, e))
         })
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use imgpipe_infra::consume::{DeadLetterProducer, HandlerError, RecordPosition};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_schemas::headers::ErrorClass;
-use imgpipe_schemas::Event;
+use imgpipe_schemas::{Event, SchemaError};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
@@ -68,7 +68,7 @@ pub enum BatchOutcome {
 struct Decoded<'a> {
     message: &'a OwnedMessage,
     position: RecordPosition,
-    event: Result<Event, String>,
+    event: Result<Event, SchemaError>,
 }
 
 /// Applies batches of the events topic to the read models reached through `pool`.
@@ -124,7 +124,7 @@ impl Applier {
                 // Only a registry that does not answer fails here: wait for it rather than
                 // reject records that are fine.
                 match self.codec.decode(payload).await {
-                    Ok(event) => break event.map_err(|error| error.to_string()),
+                    Ok(event) => break event,
                     Err(error) => {
                         tracing::warn!(error = %error, "schema registry unavailable, retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;

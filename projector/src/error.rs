@@ -12,6 +12,14 @@ pub enum ProjectorError {
     ReadModelBehind { lag: u64 },
     #[error("kafka: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("seek partition {partition}: {source}")]
+    Seek {
+        partition: i32,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("a blocking task: {0}")]
+    Task(#[from] tokio::task::JoinError),
     #[error("rebuild: {0}")]
     Rebuild(String),
 }

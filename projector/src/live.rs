@@ -27,6 +27,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Applier, BatchOutcome};
+use crate::error::ProjectorError;
 use crate::metrics::ProjectorMetrics;
 use crate::positions::{self, PositionMap, SharedPositions};
 
@@ -258,10 +259,8 @@ async fn reload_and_seek(
     consumer: &Arc<LiveConsumer>,
     applier: &Applier,
     positions: &SharedPositions,
-) -> Result<(), String> {
-    let stored = positions::load(&applier.pool, &applier.topic)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<(), ProjectorError> {
+    let stored = positions::load(&applier.pool, &applier.topic).await?;
     positions.replace(stored.clone());
     seek(consumer, &applier.topic, &stored).await
 }
@@ -270,16 +269,14 @@ async fn seek(
     consumer: &Arc<LiveConsumer>,
     topic: &str,
     stored: &PositionMap,
-) -> Result<(), String> {
-    let assignment = consumer.assignment().map_err(|e| e.to_string())?;
+) -> Result<(), ProjectorError> {
+    let assignment = consumer.assignment()?;
     let mut seeks = TopicPartitionList::new();
     for element in assignment.elements_for_topic(topic) {
         let offset = stored
             .get(&element.partition())
             .map_or(Offset::Beginning, |&next| Offset::Offset(next));
-        seeks
-            .add_partition_offset(topic, element.partition(), offset)
-            .map_err(|e| e.to_string())?;
+        seeks.add_partition_offset(topic, element.partition(), offset)?;
     }
     if seeks.count() == 0 {
         return Ok(());
@@ -289,12 +286,13 @@ async fn seek(
     let result: KafkaResult<TopicPartitionList> = tokio::task::spawn_blocking(move || {
         consumer.seek_partitions(seeks, Timeout::After(Duration::from_secs(10)))
     })
-    .await
-    .map_err(|e| e.to_string())?;
-    let seeked = result.map_err(|e| e.to_string())?;
-    for element in seeked.elements() {
-        if let Err(error) = element.error() {
-            return Err(format!("seek partition {}: {error}", element.partition()));
+    .await?;
+    for element in result?.elements() {
+        if let Err(source) = element.error() {
+            return Err(ProjectorError::Seek {
+                partition: element.partition(),
+                source,
+            });
         }
     }
     Ok(())

@@ -246,11 +246,11 @@ impl lag::Positions for StoredPositions {
 struct DatabaseReadiness(PgPool);
 
 impl Readiness for DatabaseReadiness {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), ops::DependencyDown>> + Send + '_>> {
         Box::pin(async move {
             db::ping(&self.0)
                 .await
-                .map_err(|e| format!("database: {e}"))
+                .map_err(|e| ops::DependencyDown::new(ops::Dependency::Database, e))
         })
     }
 }

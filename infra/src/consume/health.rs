@@ -52,6 +52,13 @@ impl std::fmt::Display for StallReason {
     }
 }
 
+/// What fails a readiness or liveness check: the consumer is stalled, why, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    pub reason: StallReason,
+    pub for_secs: u64,
+}
+
 /// The health's metrics, one series per consumer `group`; recorded by
 /// [`HealthSnapshot::record`] into the service's own recorder.
 pub mod metric_names {
@@ -209,22 +216,25 @@ impl ConsumerHealth {
     }
 
     /// Ready: not stalled.
-    pub fn ready(&self) -> Result<(), String> {
+    pub fn ready(&self) -> Result<(), Stall> {
         match self.snapshot().stalled {
-            Some((reason, stalled)) => Err(format!(
-                "consumer stalled ({reason}) for {}s",
-                stalled.as_secs()
-            )),
+            Some((reason, stalled)) => Err(Stall {
+                reason,
+                for_secs: stalled.as_secs(),
+            }),
             None => Ok(()),
         }
     }
 
     /// Live: not stalled for [`LIVENESS_FACTOR`] stall times (rejoining did not help).
-    pub fn live(&self) -> Result<(), String> {
+    pub fn live(&self) -> Result<(), Stall> {
         match self.snapshot().stalled {
-            Some((reason, stalled)) if stalled >= self.stall_after * LIVENESS_FACTOR => Err(
-                format!("consumer stalled ({reason}) for {}s", stalled.as_secs()),
-            ),
+            Some((reason, stalled)) if stalled >= self.stall_after * LIVENESS_FACTOR => {
+                Err(Stall {
+                    reason,
+                    for_secs: stalled.as_secs(),
+                })
+            }
             _ => Ok(()),
         }
     }
@@ -326,7 +336,13 @@ mod tests {
         assert!(health.ready().is_ok());
         advance(STALL).await;
         health.record_lag([(0, 5), (1, 0)]);
-        assert!(health.ready().is_err());
+        assert!(matches!(
+            health.ready(),
+            Err(Stall {
+                reason: StallReason::NoAssignment,
+                ..
+            })
+        ));
         assert!(health.live().is_ok());
         assert_eq!(health.should_rejoin(), Some(StallReason::NoAssignment));
         // Not again right away: the new member gets a stall time.
@@ -421,7 +437,13 @@ mod tests {
         health.set_assignment([0]);
         advance(STALL * 3).await;
         health.record_lag([(0, 5)]);
-        assert!(health.ready().is_err());
+        assert!(matches!(
+            health.ready(),
+            Err(Stall {
+                reason: StallReason::NoProgress,
+                ..
+            })
+        ));
         health.progressed();
         assert!(health.ready().is_ok());
         assert_eq!(health.snapshot().stalled, None);

@@ -2,7 +2,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use imgpipe_infra::kafka::EventProducer;
-use imgpipe_infra::ops::Readiness;
+use imgpipe_infra::ops::{Dependency, DependencyDown, Readiness};
 use imgpipe_infra::storage::ObjectStore;
 use sqlx::PgPool;
 
@@ -27,23 +27,13 @@ impl From<&AppState> for Dependencies {
 }
 
 impl Readiness for Dependencies {
-    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+    fn check(&self) -> Pin<Box<dyn Future<Output = Result<(), DependencyDown>> + Send + '_>> {
         Box::pin(async move {
             let (broker, storage, database) =
                 tokio::join!(self.events.ping(), self.store.ping(), db::ping(&self.pool));
-            let failures: Vec<String> = [
-                broker.err().map(|e| format!("broker: {e}")),
-                storage.err().map(|e| format!("storage: {e}")),
-                database.err().map(|e| format!("database: {e}")),
-            ]
-            .into_iter()
-            .flatten()
-            .collect();
-            if failures.is_empty() {
-                Ok(())
-            } else {
-                Err(failures.join("; "))
-            }
+            broker.map_err(|e| DependencyDown::new(Dependency::Broker, e))?;
+            storage.map_err(|e| DependencyDown::new(Dependency::Storage, e))?;
+            database.map_err(|e| DependencyDown::new(Dependency::Database, e))
         })
     }
 }
