@@ -1,5 +1,6 @@
-//! A stack tool (Tansu, s3s-fs) that a test runs on its own free port and directory, so it can
-//! kill and restart it without disturbing the shared stack every other test uses.
+//! A stack tool (Tansu, s3s-fs, PostgreSQL) that a test runs on its own free port and
+//! directory, so it can kill and restart it without disturbing the shared stack every other
+//! test uses.
 
 use std::ffi::OsString;
 use std::fs::File;
