@@ -9,26 +9,28 @@
 pub mod dead_letters;
 pub mod fixtures;
 pub mod metrics;
+mod namespace;
 pub mod private_server;
 pub mod private_stack;
 pub mod service_process;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use imgpipe_infra::log_reader::{LogReader, PartitionEnds, StartAt};
-use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
-use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
-use imgpipe_ingest::auth::ApiKeys;
+use imgpipe_infra::{DatabaseConfig, KafkaConfig, S3Config};
 use rdkafka::message::OwnedMessage;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
+
+use crate::namespace::Namespace;
 
 /// The corpus of real images beside the project (`../shared/corpus`).
 pub fn corpus_dir() -> PathBuf {
@@ -177,89 +179,21 @@ impl Pipeline {
             format: "pretty".into(),
         };
         imgpipe_infra::telemetry::init(&log);
-        let namespace = format!("t{}", Uuid::now_v7().simple());
-        let mut kafka = KafkaConfig::from_env()?;
-        kafka.topic_prefix = format!("{namespace}.");
-        kafka.produce_timeout_ms = 10_000;
-        adjust_kafka(&mut kafka);
-        let mut s3 = S3Config::from_env()?;
-        s3.key_prefix = format!("{namespace}/");
-        adjust_s3(&mut s3);
-        let mut database = DatabaseConfig::from_env()?;
-        database.schema = namespace.clone();
-        database.max_connections = 4;
-
-        kafka::ensure_topics(&kafka, &topics::bundled()?)
-            .await
-            .context("creating topics (is the stack up? scripts/stack up)")?;
-        let store = ObjectStore::connect(&s3).await;
-        store.ensure_bucket().await.context("creating the bucket")?;
-        imgpipe_projector::db::migrate(&database)
-            .await
-            .context("migrating")?;
+        let namespace = Namespace::new(log, adjust_kafka, adjust_s3)?;
+        let store = namespace.create().await?;
 
         let api_key = format!("key-{}", Uuid::new_v4());
         let other_api_key = format!("key-{}", Uuid::new_v4());
-        let ingest_config = imgpipe_ingest::Config {
-            ingest: imgpipe_ingest::config::IngestSettings {
-                listen_addr: "127.0.0.1:0".into(),
-                api_keys: format!(
-                    "{},{}",
-                    ApiKeys::entry_for("client-a", &api_key),
-                    ApiKeys::entry_for("client-b", &other_api_key)
-                ),
-                uploads_per_minute: 0,
-                bytes_per_minute: 0,
-                // Tests hammer the API from one address; those that test a limit set it.
-                reads_per_minute: 0,
-                deletes_per_minute: 0,
-                requests_per_minute_per_ip: 0,
-                ..Default::default()
-            },
-            kafka: kafka.clone(),
-            s3: s3.clone(),
-            database: database.clone(),
-            registry: RegistryConfig::default(),
-            log: log.clone(),
-        };
-        let mut ingest_config = ingest_config;
+        let mut ingest_config = namespace.ingest_config(&api_key, &other_api_key);
         adjust(&mut ingest_config.ingest);
-        let mut processor_config = imgpipe_processor::Config {
-            processor: imgpipe_processor::config::ProcessorSettings {
-                ops_addr: "127.0.0.1:0".into(),
-                variants: PROCESSOR_VARIANTS.into(),
-                spec_version: 1,
-                webp_quality: 80.0,
-                max_pixels: 50_000_000,
-                max_side: 20_000,
-                max_attempts: 0,
-                cpu_jobs: 0,
-                memory_budget_bytes: imgpipe_processor::config::DEFAULT_MEMORY_BUDGET_BYTES,
-                breaker_failures: 5,
-                breaker_open_secs: 10,
-            },
-            kafka: kafka.clone(),
-            s3: s3.clone(),
-            registry: RegistryConfig::default(),
-            log: log.clone(),
-        };
+        let mut processor_config = namespace.processor_config();
         adjust_processor(&mut processor_config.processor);
-        let projector_config = imgpipe_projector::Config {
-            projector: imgpipe_projector::config::ProjectorSettings {
-                ops_addr: "127.0.0.1:0".into(),
-                ..Default::default()
-            },
-            kafka: kafka.clone(),
-            database: database.clone(),
-            registry: RegistryConfig::default(),
-            log,
-            orphans: Default::default(),
-            s3: s3.clone(),
-        };
+        let projector_config = namespace.projector_config();
 
         let shutdown = CancellationToken::new();
         let ingest = imgpipe_ingest::Application::build(&ingest_config).await?;
-        let base_url = format!("http://127.0.0.1:{}", ingest.port());
+        let base_url = local_url(ingest.port());
+        let ingest_ops_url = ingest.ops_port().map(local_url);
         let processor = if processor_in_process {
             Some(imgpipe_processor::Processor::build(&processor_config).await?)
         } else {
@@ -267,47 +201,29 @@ impl Pipeline {
         };
         let processor_ops_url = processor
             .as_ref()
-            .map(|p| format!("http://127.0.0.1:{}", p.ops_port()))
+            .map(|p| local_url(p.ops_port()))
             .unwrap_or_default();
         let projector = imgpipe_projector::Projector::build(&projector_config).await?;
-        let projector_ops_url = format!("http://127.0.0.1:{}", projector.ops_port());
-        let ingest_ops_url = ingest
-            .ops_port()
-            .map(|port| format!("http://127.0.0.1:{port}"));
+        let projector_ops_url = local_url(projector.ops_port());
         let tasks = vec![
-            tokio::spawn({
-                let shutdown = shutdown.clone();
-                async move {
-                    ingest.run(shutdown).await.expect("ingest runs");
-                }
-            }),
-            tokio::spawn({
-                let shutdown = shutdown.clone();
-                async move {
-                    projector.run(shutdown).await.expect("projector runs");
-                }
-            }),
+            spawn_service("ingest", ingest.run(shutdown.clone())),
+            spawn_service("projector", projector.run(shutdown.clone())),
         ];
         let processor = processor.map(|processor| {
             let stop = shutdown.child_token();
-            let task = spawn_processor(processor, stop.clone());
+            let task = spawn_service("processor", processor.run(stop.clone()));
             (processor_config, stop, task)
         });
         Ok(Self {
-            namespace,
+            namespace: namespace.name,
             base_url,
             api_key,
             other_api_key,
-            // No connection reuse: the server may close a connection whose request it
-            // rejected before reading the body, and a reused one would then fail the next
-            // request at random.
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()?,
+            http: http_client()?,
             store,
-            kafka,
-            s3,
-            database,
+            kafka: namespace.kafka,
+            s3: namespace.s3,
+            database: namespace.database,
             processor_ops_url,
             projector_ops_url,
             ingest_ops_url,
@@ -332,9 +248,9 @@ impl Pipeline {
         task.await.context("the processor task panicked")?;
         adjust(&mut config.processor);
         let processor = imgpipe_processor::Processor::build(&config).await?;
-        self.processor_ops_url = format!("http://127.0.0.1:{}", processor.ops_port());
+        self.processor_ops_url = local_url(processor.ops_port());
         let stop = self.shutdown.child_token();
-        let task = spawn_processor(processor, stop.clone());
+        let task = spawn_service("processor", processor.run(stop.clone()));
         self.processor = Some((config, stop, task));
         Ok(())
     }
@@ -488,13 +404,26 @@ impl Pipeline {
     }
 }
 
-fn spawn_processor(
-    processor: imgpipe_processor::Processor,
-    stop: CancellationToken,
+/// Runs a service in this process; a service that ends with an error fails the test.
+fn spawn_service<E: std::fmt::Debug + Send + 'static>(
+    name: &'static str,
+    run: impl Future<Output = Result<(), E>> + Send + 'static,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
-        processor.run(stop).await.expect("processor runs");
+        if let Err(error) = run.await {
+            panic!("{name} runs: {error:?}");
+        }
     })
+}
+
+fn http_client() -> reqwest::Result<reqwest::Client> {
+    // No connection reuse: the server may close a connection whose request it rejected before
+    // reading the body, and a reused one would then fail the next request at random.
+    reqwest::Client::builder().pool_max_idle_per_host(0).build()
+}
+
+fn local_url(port: u16) -> String {
+    format!("http://127.0.0.1:{port}")
 }
 
 /// Every record of `topic`, from its start up to where it ends now.

@@ -1,5 +1,6 @@
-//! A stack tool (Tansu, s3s-fs) that a test runs on its own free port and directory, so it can
-//! kill and restart it without disturbing the shared stack every other test uses.
+//! A stack tool (Tansu, s3s-fs, PostgreSQL) that a test runs on its own free port and
+//! directory, so it can kill and restart it without disturbing the shared stack every other
+//! test uses.
 
 use std::ffi::OsString;
 use std::fs::File;
@@ -86,48 +87,15 @@ impl PrivateServer {
     }
 
     /// A PostgreSQL server of the test's own (trust authentication, user `postgres`, database
-    /// `postgres`), from the machine's PostgreSQL binaries. As root, it runs as the `postgres`
-    /// user (PostgreSQL refuses root); `setpriv` execs, so a SIGKILL reaches the server itself.
+    /// `postgres`), from the machine's PostgreSQL binaries.
     pub fn postgres() -> Self {
         let bin = postgres_bin_dir();
         let dir = private_dir("postgres");
-        let data = dir.join("data");
-        let as_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|out| out.stdout.starts_with(b"0"));
-        let mut prefix: Vec<OsString> = Vec::new();
-        if as_root {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&dir)
-                .status()
-                .expect("chown of the private database's directory");
-            assert!(status.success(), "chown failed");
-            prefix = [
-                "--reuid",
-                "postgres",
-                "--regid",
-                "postgres",
-                "--init-groups",
-                "--",
-            ]
-            .into_iter()
-            .map(Into::into)
-            .collect();
-        }
-        let runner = |program: PathBuf| -> Command {
-            if as_root {
-                let mut command = Command::new("setpriv");
-                command.args(&prefix).arg(program);
-                command
-            } else {
-                Command::new(program)
-            }
-        };
-        let output = runner(bin.join("initdb"))
+        let user = PostgresUser::owning(&dir);
+        let output = user
+            .command(bin.join("initdb"))
             .arg("-D")
-            .arg(&data)
+            .arg(dir.join("data"))
             .args(["-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8"])
             .output()
             .expect("running initdb");
@@ -136,39 +104,10 @@ impl PrivateServer {
             "initdb failed: {}",
             String::from_utf8_lossy(&output.stderr)
         );
-        let program = if as_root {
-            PathBuf::from("setpriv")
-        } else {
-            bin.join("postgres")
-        };
-        let postgres = bin.join("postgres");
+        let (program, leading) = user.invocation(bin.join("postgres"));
         let command_line = move |port: u16, dir: &Path| -> Vec<OsString> {
-            let mut args = prefix.clone();
-            if as_root {
-                args.push(postgres.clone().into());
-            }
-            args.extend(
-                [
-                    "-D".into(),
-                    dir.join("data").into_os_string(),
-                    "-p".into(),
-                    port.to_string().into(),
-                    "-k".into(),
-                    dir.as_os_str().to_owned(),
-                ]
-                .into_iter()
-                .chain(
-                    [
-                        "-c",
-                        "listen_addresses=127.0.0.1",
-                        "-c",
-                        "fsync=off",
-                        "-c",
-                        "max_connections=200",
-                    ]
-                    .map(OsString::from),
-                ),
-            );
+            let mut args = leading.clone();
+            args.extend(postgres_args(port, dir));
             args
         };
         let mut server = Self::new("postgres", program, dir, Box::new(command_line));
@@ -286,6 +225,93 @@ fn private_dir(tool: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("imgpipe-{tool}-{}", Uuid::now_v7().simple()));
     std::fs::create_dir_all(&dir).expect("creating the private server's directory");
     dir
+}
+
+/// Who runs the private PostgreSQL's programs: this user, or, as root, the `postgres` user
+/// through `setpriv` (PostgreSQL refuses root); `setpriv` execs, so a SIGKILL reaches the
+/// server itself.
+struct PostgresUser {
+    /// `setpriv`'s arguments, as root.
+    setpriv: Option<Vec<OsString>>,
+}
+
+impl PostgresUser {
+    /// The user for a server in `dir`; as root, `dir` is given to the `postgres` user.
+    fn owning(dir: &Path) -> Self {
+        let as_root = Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|out| out.stdout.starts_with(b"0"));
+        if !as_root {
+            return Self { setpriv: None };
+        }
+        let status = Command::new("chown")
+            .args(["-R", "postgres:postgres"])
+            .arg(dir)
+            .status()
+            .expect("chown of the private database's directory");
+        assert!(status.success(), "chown failed");
+        let setpriv = [
+            "--reuid",
+            "postgres",
+            "--regid",
+            "postgres",
+            "--init-groups",
+            "--",
+        ]
+        .into_iter()
+        .map(Into::into)
+        .collect();
+        Self {
+            setpriv: Some(setpriv),
+        }
+    }
+
+    /// The program to start, and the arguments before `program`'s own, to run `program` as
+    /// this user.
+    fn invocation(&self, program: PathBuf) -> (PathBuf, Vec<OsString>) {
+        match &self.setpriv {
+            Some(setpriv) => {
+                let mut args = setpriv.clone();
+                args.push(program.into());
+                (PathBuf::from("setpriv"), args)
+            }
+            None => (program, Vec::new()),
+        }
+    }
+
+    fn command(&self, program: PathBuf) -> Command {
+        let (program, args) = self.invocation(program);
+        let mut command = Command::new(program);
+        command.args(args);
+        command
+    }
+}
+
+/// The server's own arguments: its data in `dir/data`, its socket in `dir`, loopback only,
+/// and no fsync (its data must survive the server's SIGKILL, not the machine's crash).
+fn postgres_args(port: u16, dir: &Path) -> Vec<OsString> {
+    [
+        "-D".into(),
+        dir.join("data").into_os_string(),
+        "-p".into(),
+        port.to_string().into(),
+        "-k".into(),
+        dir.as_os_str().to_owned(),
+    ]
+    .into_iter()
+    .chain(
+        [
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "fsync=off",
+            "-c",
+            "max_connections=200",
+        ]
+        .map(OsString::from),
+    )
+    .collect()
 }
 
 /// The newest PostgreSQL's binaries (Debian: `/usr/lib/postgresql/<major>/bin`).

@@ -91,88 +91,15 @@ impl PrivateStack {
         let mut database = DatabaseConfig::from_env().unwrap();
         database.url = format!("postgres://postgres@127.0.0.1:{}/postgres", postgres.port());
         database.schema = "chaos".into();
+        create_namespace(&kafka, &s3_config, &database).await;
 
-        eventually(
-            "the private broker serves",
-            Duration::from_secs(60),
-            || async {
-                kafka::ensure_topics(&kafka, &topics::bundled().unwrap())
-                    .await
-                    .is_ok()
-            },
-        )
-        .await;
-        let store = ObjectStore::connect(&s3_config).await;
-        eventually(
-            "the private bucket exists",
-            Duration::from_secs(30),
-            || async { store.ensure_bucket().await.is_ok() },
-        )
-        .await;
-        eventually(
-            "the private database is migrated",
-            Duration::from_secs(30),
-            || async { imgpipe_projector::db::migrate(&database).await.is_ok() },
-        )
-        .await;
-
+        let env = ServiceEnv::new(&kafka, &s3_config, &database, stall_secs);
         let (ingest_port, processor_port, projector_port) = (free_port(), free_port(), free_port());
-        let mut common = vec![
-            ("IMGPIPE_KAFKA_BROKERS".to_string(), kafka.brokers.clone()),
-            ("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS".into(), "5000".into()),
-            ("IMGPIPE_KAFKA_STALL_SECS".into(), stall_secs.to_string()),
-            (
-                "IMGPIPE_S3_ENDPOINT".into(),
-                s3_config.endpoint.clone().unwrap(),
-            ),
-            ("IMGPIPE_S3_ACCESS_KEY_ID".into(), "imgpipe".into()),
-            (
-                "IMGPIPE_S3_SECRET_ACCESS_KEY".into(),
-                "imgpipe-local-secret".into(),
-            ),
-            ("IMGPIPE_S3_BUCKET".into(), s3_config.bucket.clone()),
-            ("IMGPIPE_S3_REGION".into(), s3_config.region.clone()),
-            ("IMGPIPE_S3_FORCE_PATH_STYLE".into(), "true".into()),
-            ("IMGPIPE_DATABASE_URL".into(), database.url.clone()),
-            ("IMGPIPE_DATABASE_SCHEMA".into(), database.schema.clone()),
-            ("IMGPIPE_LOG_FORMAT".into(), "json".into()),
-        ];
-        // The services must not pick up the shared stack's settings.
-        common.push(("IMGPIPE_KAFKA_TOPIC_PREFIX".into(), String::new()));
-        common.push(("IMGPIPE_S3_KEY_PREFIX".into(), String::new()));
-        let with = |extra: &[(&str, String)]| -> Vec<(String, String)> {
-            let mut env = common.clone();
-            env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-            env
-        };
-        let ingest_env = with(&[
-            (
-                "IMGPIPE_INGEST_LISTEN_ADDR",
-                format!("127.0.0.1:{ingest_port}"),
-            ),
-            (
-                "IMGPIPE_INGEST_API_KEYS",
-                ApiKeys::entry_for("private-client", API_KEY),
-            ),
-            ("IMGPIPE_INGEST_UPLOADS_PER_MINUTE", "0".into()),
-            ("IMGPIPE_INGEST_BYTES_PER_MINUTE", "0".into()),
-            // Crashes are under test here, not limits: the client polls hard.
-            ("IMGPIPE_INGEST_REQUESTS_PER_MINUTE_PER_IP", "0".into()),
-            ("IMGPIPE_INGEST_READS_PER_MINUTE", "0".into()),
-        ]);
-        let processor_env = with(&[
-            (
-                "IMGPIPE_PROCESSOR_OPS_ADDR",
-                format!("127.0.0.1:{processor_port}"),
-            ),
-            ("IMGPIPE_PROCESSOR_VARIANTS", "thumb:64,medium:128".into()),
-            ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1".into()),
-            ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0".into()),
-        ]);
-        let projector_env = with(&[(
-            "IMGPIPE_PROJECTOR_OPS_ADDR",
-            format!("127.0.0.1:{projector_port}"),
-        )]);
+        let (ingest_env, processor_env, projector_env) = (
+            env.ingest(ingest_port),
+            env.processor(processor_port),
+            env.projector(projector_port),
+        );
         let log = |name: &str| ServiceOutput::LogFile(log_dir.join(format!("{name}.log")));
         Self {
             ingest: ServiceProcess::start("ingest", ingest_env, log("ingest")),
@@ -237,6 +164,113 @@ impl PrivateStack {
                 }
             }
         })
+    }
+}
+
+/// Creates the topics, the bucket and the tables, waiting for each server to serve.
+async fn create_namespace(kafka: &KafkaConfig, s3_config: &S3Config, database: &DatabaseConfig) {
+    eventually(
+        "the private broker serves",
+        Duration::from_secs(60),
+        || async {
+            kafka::ensure_topics(kafka, &topics::bundled().unwrap())
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let store = ObjectStore::connect(s3_config).await;
+    eventually(
+        "the private bucket exists",
+        Duration::from_secs(30),
+        || async { store.ensure_bucket().await.is_ok() },
+    )
+    .await;
+    eventually(
+        "the private database is migrated",
+        Duration::from_secs(30),
+        || async { imgpipe_projector::db::migrate(database).await.is_ok() },
+    )
+    .await;
+}
+
+/// The `IMGPIPE_*` variables of the service processes: the private servers' settings every
+/// service shares, and each one's own.
+struct ServiceEnv {
+    common: Vec<(String, String)>,
+}
+
+impl ServiceEnv {
+    fn new(
+        kafka: &KafkaConfig,
+        s3_config: &S3Config,
+        database: &DatabaseConfig,
+        stall_secs: u64,
+    ) -> Self {
+        let mut common = vec![
+            ("IMGPIPE_KAFKA_BROKERS".to_string(), kafka.brokers.clone()),
+            ("IMGPIPE_KAFKA_PRODUCE_TIMEOUT_MS".into(), "5000".into()),
+            ("IMGPIPE_KAFKA_STALL_SECS".into(), stall_secs.to_string()),
+            (
+                "IMGPIPE_S3_ENDPOINT".into(),
+                s3_config.endpoint.clone().unwrap(),
+            ),
+            ("IMGPIPE_S3_ACCESS_KEY_ID".into(), "imgpipe".into()),
+            (
+                "IMGPIPE_S3_SECRET_ACCESS_KEY".into(),
+                "imgpipe-local-secret".into(),
+            ),
+            ("IMGPIPE_S3_BUCKET".into(), s3_config.bucket.clone()),
+            ("IMGPIPE_S3_REGION".into(), s3_config.region.clone()),
+            ("IMGPIPE_S3_FORCE_PATH_STYLE".into(), "true".into()),
+            ("IMGPIPE_DATABASE_URL".into(), database.url.clone()),
+            ("IMGPIPE_DATABASE_SCHEMA".into(), database.schema.clone()),
+            ("IMGPIPE_LOG_FORMAT".into(), "json".into()),
+        ];
+        // The services must not pick up the shared stack's settings.
+        common.push(("IMGPIPE_KAFKA_TOPIC_PREFIX".into(), String::new()));
+        common.push(("IMGPIPE_S3_KEY_PREFIX".into(), String::new()));
+        Self { common }
+    }
+
+    fn with(&self, extra: &[(&str, String)]) -> Vec<(String, String)> {
+        let mut env = self.common.clone();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        env
+    }
+
+    fn ingest(&self, port: u16) -> Vec<(String, String)> {
+        self.with(&[
+            ("IMGPIPE_INGEST_LISTEN_ADDR", format!("127.0.0.1:{port}")),
+            (
+                "IMGPIPE_INGEST_API_KEYS",
+                ApiKeys::entry_for("private-client", API_KEY),
+            ),
+            ("IMGPIPE_INGEST_UPLOADS_PER_MINUTE", "0".into()),
+            ("IMGPIPE_INGEST_BYTES_PER_MINUTE", "0".into()),
+            // Crashes are under test here, not limits: the client polls hard.
+            ("IMGPIPE_INGEST_REQUESTS_PER_MINUTE_PER_IP", "0".into()),
+            ("IMGPIPE_INGEST_READS_PER_MINUTE", "0".into()),
+        ])
+    }
+
+    fn processor(&self, ops_port: u16) -> Vec<(String, String)> {
+        self.with(&[
+            (
+                "IMGPIPE_PROCESSOR_OPS_ADDR",
+                format!("127.0.0.1:{ops_port}"),
+            ),
+            ("IMGPIPE_PROCESSOR_VARIANTS", "thumb:64,medium:128".into()),
+            ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1".into()),
+            ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0".into()),
+        ])
+    }
+
+    fn projector(&self, ops_port: u16) -> Vec<(String, String)> {
+        self.with(&[(
+            "IMGPIPE_PROJECTOR_OPS_ADDR",
+            format!("127.0.0.1:{ops_port}"),
+        )])
     }
 }
 

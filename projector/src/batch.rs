@@ -144,6 +144,7 @@ impl Applier {
         decoded
     }
 
+    /// One attempt at the batch; `careful` puts each record behind a savepoint.
     async fn transaction(
         &self,
         decoded: &[Decoded<'_>],
@@ -154,18 +155,8 @@ impl Applier {
         let mut tx = self.pool.begin().await?;
         // Positions first: a concurrent writer of the same partitions waits here, and the
         // loser finds the position moved before it changed anything.
-        for (&partition, &offset) in next {
-            let moved = positions::advance(
-                &mut tx,
-                &self.topic,
-                partition,
-                expected.get(&partition).copied(),
-                offset,
-            )
-            .await?;
-            if !moved {
-                return Ok(BatchOutcome::Conflict);
-            }
+        if !self.advance_positions(&mut tx, expected, next).await? {
+            return Ok(BatchOutcome::Conflict);
         }
         let mut report = BatchReport {
             records: decoded.len(),
@@ -174,61 +165,105 @@ impl Applier {
         };
         let mut rejected = Vec::new();
         for record in decoded {
-            let event = match &record.event {
-                Ok(event) => event,
-                Err(error) => {
-                    tracing::error!(
-                        partition = record.position.partition, offset = record.position.offset,
-                        error = %error, "undecodable record, rejecting it"
-                    );
-                    rejected.push((
-                        record.message,
-                        HandlerError::permanent(ErrorClass::UndecodableRecord, error),
-                    ));
-                    continue;
-                }
-            };
-            let applied = if careful {
-                apply_behind_savepoint(&mut tx, event, &record.position).await?
-            } else {
-                Ok(db::apply(&mut tx, event, &record.position).await?)
-            };
-            match applied {
-                Ok(true) => {
-                    *report
-                        .applied
-                        .entry(event.event_type().as_str())
-                        .or_default() += 1
-                }
-                Ok(false) => report.duplicates += 1,
-                Err(error) => {
-                    tracing::error!(
-                        image_id = %event.image_id, event_id = %event.event_id,
-                        event_type = %event.event_type(), error = %error,
-                        "the database refused the event, rejecting it"
-                    );
-                    rejected.push((
-                        record.message,
-                        HandlerError::permanent(ErrorClass::DatabaseRejected, error),
-                    ));
-                }
+            match apply_record(&mut tx, record, careful).await? {
+                Applied::Changed(event_type) => *report.applied.entry(event_type).or_default() += 1,
+                Applied::Duplicate => report.duplicates += 1,
+                Applied::Rejected(error) => rejected.push((record.message, error)),
             }
         }
-        for (message, error) in &rejected {
+        // Before the commit: a crash in between dead-letters the records again on the retry
+        // rather than losing them.
+        self.reject(&rejected, &mut report).await;
+        tx.commit().await?;
+        Ok(BatchOutcome::Committed(report))
+    }
+
+    /// Moves each partition's position from `expected` to `next`; false if one was not at the
+    /// expected position (dropping the transaction then undoes those already moved).
+    async fn advance_positions(
+        &self,
+        tx: &mut PgConnection,
+        expected: &PositionMap,
+        next: &PositionMap,
+    ) -> Result<bool, sqlx::Error> {
+        for (&partition, &offset) in next {
+            let moved = positions::advance(
+                &mut *tx,
+                &self.topic,
+                partition,
+                expected.get(&partition).copied(),
+                offset,
+            )
+            .await?;
+            if !moved {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Counts the rejected records by class and, for the live projector, dead-letters them.
+    async fn reject(&self, rejected: &[(&OwnedMessage, HandlerError)], report: &mut BatchReport) {
+        for (message, error) in rejected {
             let class = match error {
                 HandlerError::Permanent { class, .. } => class.as_str(),
                 _ => "rejected",
             };
             *report.rejected.entry(class).or_default() += 1;
-            // Before the commit: a crash in between dead-letters the record again on the
-            // retry rather than losing it.
             if let Rejects::DeadLetter(dead_letters) = &self.rejects {
                 dead_letters.send(message, error, 1).await;
             }
         }
-        tx.commit().await?;
-        Ok(BatchOutcome::Committed(report))
     }
+}
+
+/// What became of one record of a batch.
+enum Applied {
+    /// The event changed the read models; its type.
+    Changed(&'static str),
+    /// The event was applied before.
+    Duplicate,
+    /// The record cannot be applied.
+    Rejected(HandlerError),
+}
+
+/// Applies one record in the batch's transaction (behind a savepoint if `careful`). Only an
+/// error worth retrying the batch for comes back as an error.
+async fn apply_record(
+    tx: &mut PgConnection,
+    record: &Decoded<'_>,
+    careful: bool,
+) -> Result<Applied, sqlx::Error> {
+    let event = match &record.event {
+        Ok(event) => event,
+        Err(error) => {
+            tracing::error!(
+                partition = record.position.partition, offset = record.position.offset,
+                error = %error, "undecodable record, rejecting it"
+            );
+            return Ok(Applied::Rejected(HandlerError::permanent(
+                ErrorClass::UndecodableRecord,
+                error,
+            )));
+        }
+    };
+    let applied = if careful {
+        apply_behind_savepoint(tx, event, &record.position).await?
+    } else {
+        Ok(db::apply(tx, event, &record.position).await?)
+    };
+    Ok(match applied {
+        Ok(true) => Applied::Changed(event.event_type().as_str()),
+        Ok(false) => Applied::Duplicate,
+        Err(error) => {
+            tracing::error!(
+                image_id = %event.image_id, event_id = %event.event_id,
+                event_type = %event.event_type(), error = %error,
+                "the database refused the event, rejecting it"
+            );
+            Applied::Rejected(HandlerError::permanent(ErrorClass::DatabaseRejected, error))
+        }
+    })
 }
 
 /// Applies one event behind a savepoint: a data or constraint error rolls back this event

@@ -11,6 +11,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Applier, Rejects};
@@ -83,45 +84,15 @@ impl Projector {
     /// Consumes until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
         let pool = self.applier.pool.clone();
-        let readiness = Arc::new(DatabaseReadiness(pool.clone()));
-        let metrics_handle = self.metrics.handle();
-        let ops = tokio::spawn(ops::serve(
+        let sidecars = Sidecars::start(
             self.ops_listener,
-            ops::router(readiness, Some(self.health.clone()))
-                .merge(metrics::router(metrics_handle.clone())),
-            shutdown.clone(),
-        ));
-        let upkeep = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        _ = tick.tick() => metrics_handle.run_upkeep(),
-                    }
-                }
-            }
-        });
-
-        let orphan_sweep = self
-            .orphan_sweep
-            .map(|s| tokio::spawn(s.run(shutdown.clone())));
-
-        let stop_lag = shutdown.child_token();
-        let lag = tokio::spawn(lag::report_lag(
+            self.orphan_sweep,
             self.lag_reader,
-            StoredPositions {
-                pool: pool.clone(),
-                topic: self.applier.topic.clone(),
-            },
-            self.health.clone(),
-            {
-                let metrics = self.metrics.clone();
-                move |health| metrics.consumer_health(health)
-            },
-            stop_lag.clone(),
-        ));
+            &self.applier,
+            &self.health,
+            &self.metrics,
+            &shutdown,
+        );
         let mut next = Some(self.consumer);
         while let Some(consumer) = next.take() {
             // The positions must be known before the first assignment, which seeks to them;
@@ -149,21 +120,92 @@ impl Projector {
                 next = reconnect(&self.consumer_config, &self.positions, &shutdown).await;
             }
         }
-        stop_lag.cancel();
-        let _ = lag.await;
-        if let Some(Err(error)) = match orphan_sweep {
+        sidecars.stop(pool).await;
+        tracing::info!("projector stopped");
+        Ok(())
+    }
+}
+
+/// The tasks that run beside the consuming: the ops endpoint, the metrics upkeep, the orphan
+/// sweep and the lag reporter.
+struct Sidecars {
+    ops: JoinHandle<std::io::Result<()>>,
+    upkeep: JoinHandle<()>,
+    orphan_sweep: Option<JoinHandle<()>>,
+    lag: JoinHandle<()>,
+    stop_lag: CancellationToken,
+}
+
+impl Sidecars {
+    fn start(
+        ops_listener: TcpListener,
+        orphan_sweep: Option<crate::orphans::PeriodicSweep>,
+        lag_reader: LogReader,
+        applier: &Applier,
+        health: &ConsumerHealth,
+        metrics: &ProjectorMetrics,
+        shutdown: &CancellationToken,
+    ) -> Self {
+        let readiness = Arc::new(DatabaseReadiness(applier.pool.clone()));
+        let metrics_handle = metrics.handle();
+        let ops = tokio::spawn(ops::serve(
+            ops_listener,
+            ops::router(readiness, Some(health.clone()))
+                .merge(metrics::router(metrics_handle.clone())),
+            shutdown.clone(),
+        ));
+        let upkeep = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        _ = tick.tick() => metrics_handle.run_upkeep(),
+                    }
+                }
+            }
+        });
+        let orphan_sweep = orphan_sweep.map(|s| tokio::spawn(s.run(shutdown.clone())));
+        let stop_lag = shutdown.child_token();
+        let lag = tokio::spawn(lag::report_lag(
+            lag_reader,
+            StoredPositions {
+                pool: applier.pool.clone(),
+                topic: applier.topic.clone(),
+            },
+            health.clone(),
+            {
+                let metrics = metrics.clone();
+                move |health| metrics.consumer_health(health)
+            },
+            stop_lag.clone(),
+        ));
+        Self {
+            ops,
+            upkeep,
+            orphan_sweep,
+            lag,
+            stop_lag,
+        }
+    }
+
+    /// Stops the lag reporter and waits for every task to end (the others stop with the
+    /// shutdown), closing `pool` on the way.
+    async fn stop(self, pool: PgPool) {
+        self.stop_lag.cancel();
+        let _ = self.lag.await;
+        if let Some(Err(error)) = match self.orphan_sweep {
             Some(task) => Some(task.await),
             None => None,
         } {
             tracing::warn!(error = %error, "orphan sweep task failed");
         }
         pool.close().await;
-        let _ = upkeep.await;
-        if let Ok(Err(error)) = ops.await {
+        let _ = self.upkeep.await;
+        if let Ok(Err(error)) = self.ops.await {
             tracing::warn!(error = %error, "ops endpoint stopped with an error");
         }
-        tracing::info!("projector stopped");
-        Ok(())
     }
 }
 

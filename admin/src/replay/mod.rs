@@ -37,7 +37,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use self::log::{LoggedImage, Outcome};
+use self::log::{LogState, LoggedImage, Outcome};
 use crate::error::AdminError;
 
 /// Requests in flight to the broker at once.
@@ -206,38 +206,8 @@ pub async fn reprocess(
 ) -> Result<Summary, AdminError> {
     let topic = config.topics().events;
     let state = log::scan(config, &EventCodec::reader(registry), options.show_progress).await?;
-    if let Selection::Image(id) = options.selection {
-        if !state.images.contains_key(&id) {
-            return Err(AdminError::NotUploaded { image: id, topic });
-        }
-    }
-    let mut selected: Vec<&LoggedImage> = state
-        .images
-        .values()
-        .filter(|image| options.selection.includes(image))
-        .collect();
-    selected.sort_by_key(|image| (image.partition, image.upload_offset));
-    let mut summary = Summary {
-        dry_run: options.dry_run,
-        selection: options.selection.describe(),
-        spec_version: options.spec_version,
-        correlation_id: format!("replay-{}", Uuid::now_v7()),
-        records_scanned: state.records,
-        undecodable_records: state.undecodable,
-        images_in_log: state.images.len() as u64,
-        images: selected
-            .into_iter()
-            .map(|image| ImageLine {
-                image: image.clone(),
-                skipped: decide(image, options).err(),
-                request: None,
-                result: None,
-            })
-            .collect(),
-        waited: false,
-    };
-    let wanted = summary.requested();
-    if options.dry_run || wanted == 0 {
+    let mut summary = select(&state, options, &topic)?;
+    if options.dry_run || summary.requested() == 0 {
         return Ok(summary);
     }
 
@@ -255,6 +225,64 @@ pub async fn reprocess(
         }
         None => None,
     };
+    append_requests(&events, &mut summary, options).await?;
+    if let (Some(timeout), Some((reader, ends))) = (options.wait, follow_from) {
+        let results = reader.follow(&StartAt::End, &ends)?;
+        wait_for_results(results, registry, timeout, &mut summary, options).await?;
+    }
+    Ok(summary)
+}
+
+/// The run's plan: every image of the log the selection takes, in log order, with what to do
+/// with it; nothing requested yet.
+fn select(
+    state: &LogState,
+    options: &ReprocessOptions,
+    topic: &str,
+) -> Result<Summary, AdminError> {
+    if let Selection::Image(id) = options.selection {
+        if !state.images.contains_key(&id) {
+            return Err(AdminError::NotUploaded {
+                image: id,
+                topic: topic.to_string(),
+            });
+        }
+    }
+    let mut selected: Vec<&LoggedImage> = state
+        .images
+        .values()
+        .filter(|image| options.selection.includes(image))
+        .collect();
+    selected.sort_by_key(|image| (image.partition, image.upload_offset));
+    Ok(Summary {
+        dry_run: options.dry_run,
+        selection: options.selection.describe(),
+        spec_version: options.spec_version,
+        correlation_id: format!("replay-{}", Uuid::now_v7()),
+        records_scanned: state.records,
+        undecodable_records: state.undecodable,
+        images_in_log: state.images.len() as u64,
+        images: selected
+            .into_iter()
+            .map(|image| ImageLine {
+                image: image.clone(),
+                skipped: decide(image, options).err(),
+                request: None,
+                result: None,
+            })
+            .collect(),
+        waited: false,
+    })
+}
+
+/// Appends the requests of every image not skipped, [`APPEND_CONCURRENCY`] at a time, noting
+/// each appended one in `summary`.
+async fn append_requests(
+    events: &EventProducer,
+    summary: &mut Summary,
+    options: &ReprocessOptions,
+) -> Result<(), AdminError> {
+    let wanted = summary.requested();
     let requests: Vec<(usize, Event)> = summary
         .images
         .iter()
@@ -285,25 +313,21 @@ pub async fn reprocess(
         }
     }
     bar.finish();
-    if let Some(error) = failure {
-        let appended = summary
-            .images
-            .iter()
-            .filter(|l| l.request.is_some())
-            .count();
-        // What was appended is awaiting its result: a rerun skips it and requests the rest.
-        return Err(AdminError::ReprocessIncomplete {
-            appended,
-            wanted,
-            correlation_id: summary.correlation_id,
-            source: error,
-        });
-    }
-    if let (Some(timeout), Some((reader, ends))) = (options.wait, follow_from) {
-        let results = reader.follow(&StartAt::End, &ends)?;
-        wait_for_results(results, registry, timeout, &mut summary, options).await?;
-    }
-    Ok(summary)
+    let Some(error) = failure else {
+        return Ok(());
+    };
+    let appended = summary
+        .images
+        .iter()
+        .filter(|l| l.request.is_some())
+        .count();
+    // What was appended is awaiting its result: a rerun skips it and requests the rest.
+    Err(AdminError::ReprocessIncomplete {
+        appended,
+        wanted,
+        correlation_id: summary.correlation_id.clone(),
+        source: error,
+    })
 }
 
 fn request_for(image: &LoggedImage, correlation_id: &str, options: &ReprocessOptions) -> Event {

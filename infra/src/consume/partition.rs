@@ -7,6 +7,7 @@ use std::sync::Arc;
 use backon::BackoffBuilder;
 use futures::FutureExt;
 use imgpipe_schemas::headers::ErrorClass;
+use imgpipe_schemas::Event;
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
@@ -91,12 +92,26 @@ async fn handle<H: EventHandler>(shared: &Shared<H>, message: &OwnedMessage) -> 
     }
 }
 
+/// Decodes the record and handles its event.
 async fn process<H: EventHandler>(shared: &Shared<H>, message: &OwnedMessage) -> Outcome {
     let position = RecordPosition {
         topic: message.topic().to_string(),
         partition: message.partition(),
         offset: message.offset(),
     };
+    match decode(shared, message, &position).await {
+        Ok(event) => handle_event(shared, message, &event, &position).await,
+        Err(outcome) => outcome,
+    }
+}
+
+/// The record's event. Otherwise `Done` once an undecodable record is dead-lettered, or
+/// `Stopped` if the service stops while the registry does not answer.
+async fn decode<H: EventHandler>(
+    shared: &Shared<H>,
+    message: &OwnedMessage,
+    position: &RecordPosition,
+) -> Result<Event, Outcome> {
     let payload = message.payload().unwrap_or_default();
     let decoded = loop {
         // Only a registry that does not answer fails here; wait for it rather than
@@ -106,14 +121,14 @@ async fn process<H: EventHandler>(shared: &Shared<H>, message: &OwnedMessage) ->
             Err(error) => {
                 tracing::warn!(error = %error, "schema registry unavailable, retrying");
                 tokio::select! {
-                    () = shared.shutdown.cancelled() => return Outcome::Stopped,
+                    () = shared.shutdown.cancelled() => return Err(Outcome::Stopped),
                     () = tokio::time::sleep(shared.retry.max_delay) => {}
                 }
             }
         }
     };
-    let event = match decoded {
-        Ok(event) => event,
+    match decoded {
+        Ok(event) => Ok(event),
         Err(error) => {
             tracing::error!(
                 topic = %position.topic, partition = position.partition,
@@ -122,24 +137,24 @@ async fn process<H: EventHandler>(shared: &Shared<H>, message: &OwnedMessage) ->
             );
             let failure = HandlerError::permanent(ErrorClass::UndecodableRecord, &error);
             shared.dead_letters.send(message, &failure, 1).await;
-            return Outcome::Done;
+            Err(Outcome::Done)
         }
-    };
+    }
+}
+
+/// Runs the handler until it succeeds or asks to wait for a dependency, retrying transient
+/// failures with backoff; dead-letters the record once the handler gives up.
+async fn handle_event<H: EventHandler>(
+    shared: &Shared<H>,
+    message: &OwnedMessage,
+    event: &Event,
+    position: &RecordPosition,
+) -> Outcome {
     let mut delays = shared.retry.backoff().build();
     let mut attempts = 0usize;
     let error = loop {
         attempts += 1;
-        let result = AssertUnwindSafe(shared.handler.handle(&event, &position))
-            .catch_unwind()
-            .await
-            // A handler that panics on this record would panic on every attempt.
-            .unwrap_or_else(|_| {
-                Err(HandlerError::permanent(
-                    ErrorClass::HandlerPanicked,
-                    "the handler panicked on this record",
-                ))
-            });
-        match result {
+        match attempt(shared, event, position).await {
             Ok(()) => return Outcome::Done,
             Err(error @ HandlerError::Transient { .. }) => match delays.next() {
                 Some(delay) => {
@@ -172,4 +187,22 @@ async fn process<H: EventHandler>(shared: &Shared<H>, message: &OwnedMessage) ->
     );
     shared.dead_letters.send(message, &error, attempts).await;
     Outcome::Done
+}
+
+/// One run of the handler on the event.
+async fn attempt<H: EventHandler>(
+    shared: &Shared<H>,
+    event: &Event,
+    position: &RecordPosition,
+) -> Result<(), HandlerError> {
+    AssertUnwindSafe(shared.handler.handle(event, position))
+        .catch_unwind()
+        .await
+        // A handler that panics on this record would panic on every attempt.
+        .unwrap_or_else(|_| {
+            Err(HandlerError::permanent(
+                ErrorClass::HandlerPanicked,
+                "the handler panicked on this record",
+            ))
+        })
 }

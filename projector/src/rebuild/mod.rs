@@ -17,7 +17,8 @@ use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::DatabaseConfig;
 use rdkafka::message::OwnedMessage;
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::pool::PoolConnection;
+use sqlx::{PgConnection, PgPool, Postgres};
 
 use crate::batch::{Applier, BatchOutcome, BatchReport, Rejects};
 use crate::live::Backoff;
@@ -125,128 +126,222 @@ pub async fn run(
     progress: &mut dyn Progress,
 ) -> Result<Summary, ProjectorError> {
     let started = Instant::now();
-    let live = config.database.clone();
-    let next = DatabaseConfig {
-        schema: format!("{}_next", live.schema),
-        ..live.clone()
-    };
-    let old_schema = format!("{}_old", live.schema);
-    let live_pool = live.pool()?;
-    // Also checks the derived names are valid identifiers (a schema name's length).
-    DatabaseConfig {
-        schema: old_schema.clone(),
-        ..live.clone()
-    }
-    .pool()?;
-    let next_pool = next.pool()?;
+    let schemas = Schemas::of(&config.database)?;
     let topic = config.kafka.topics().events;
 
     progress.phase(Phase::Preparing);
-    // One rebuild at a time per schema: a session lock, held by this connection until the end.
-    let mut control = live_pool.acquire().await?;
+    let (mut rebuild, before) = Rebuild::prepare(schemas).await?;
+    let next_pool = rebuild.schemas.next_pool.clone();
+    let mut replay = Replay::start(config, options, next_pool, topic).await?;
+    let swapped = rebuild
+        .replay_and_swap(&mut replay, options, progress)
+        .await?;
+    let report = replay.close();
+    let after = rebuild.finish(swapped, progress).await?;
+
+    Ok(Summary {
+        schema: config.database.schema.clone(),
+        dry_run: options.dry_run,
+        swapped,
+        records: report.total.records as u64,
+        events_applied: by_name(&report.total.applied),
+        duplicates: report.total.duplicates,
+        rejected: by_name(&report.total.rejected),
+        partitions: report.partitions,
+        seconds: started.elapsed().as_secs_f64(),
+        tables: table_rows(&before, &after),
+    })
+}
+
+/// The schemas a rebuild touches, with pools for the live one and the one it replays into.
+struct Schemas {
+    live: DatabaseConfig,
+    next: DatabaseConfig,
+    /// What the live schema is renamed to at the swap, until it is dropped.
+    old: String,
+    live_pool: PgPool,
+    next_pool: PgPool,
+}
+
+impl Schemas {
+    fn of(live: &DatabaseConfig) -> Result<Self, ProjectorError> {
+        let next = DatabaseConfig {
+            schema: format!("{}_next", live.schema),
+            ..live.clone()
+        };
+        let old = format!("{}_old", live.schema);
+        let live_pool = live.pool()?;
+        // Also checks the derived names are valid identifiers (a schema name's length).
+        DatabaseConfig {
+            schema: old.clone(),
+            ..live.clone()
+        }
+        .pool()?;
+        let next_pool = next.pool()?;
+        Ok(Self {
+            live: live.clone(),
+            next,
+            old,
+            live_pool,
+            next_pool,
+        })
+    }
+}
+
+/// A rebuild under way, holding the rebuild lock of its schema.
+struct Rebuild {
+    schemas: Schemas,
+    /// The connection that holds the lock (a session lock) and runs the swap.
+    control: PoolConnection<Postgres>,
+    /// The live tables the swap moves across ([`KEPT`]).
+    kept: Vec<String>,
+}
+
+impl Rebuild {
+    /// Takes the rebuild lock, checks the live tables and migrates a fresh `<schema>_next`;
+    /// with the live tables' row counts.
+    async fn prepare(schemas: Schemas) -> Result<(Self, BTreeMap<String, i64>), ProjectorError> {
+        let live = &schemas.live.schema;
+        let mut control = lock(&schemas.live_pool, live).await?;
+        let kept = swap::classify_tables(&mut control, live).await?;
+        let before = swap::row_counts(&mut control, live, &kept).await?;
+        // A leftover `_next` is an interrupted rebuild; a leftover `_old` a swap that committed
+        // but was stopped before its drop. Neither is live.
+        for schema in [&schemas.next.schema, &schemas.old] {
+            sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
+                .execute(&mut *control)
+                .await?;
+        }
+        db::migrate(&schemas.next).await?;
+        swap::check_migrations(&mut control, live, &schemas.next.schema).await?;
+        let rebuild = Self {
+            schemas,
+            control,
+            kept,
+        };
+        Ok((rebuild, before))
+    }
+
+    /// Replays until caught up with the live projector, then swaps; a swap that does not catch
+    /// up in time is tried again after more replaying. True once swapped; a dry run replays
+    /// only, and returns false.
+    async fn replay_and_swap(
+        &mut self,
+        replay: &mut Replay,
+        options: &Options,
+        progress: &mut dyn Progress,
+    ) -> Result<bool, ProjectorError> {
+        let Schemas {
+            live, next, old, ..
+        } = &self.schemas;
+        progress.phase(Phase::Replaying);
+        tracing::info!(schema = %live.schema, into = %next.schema, "rebuild replaying the log");
+        // A dry run swaps nothing, so it replays all the way to the live positions.
+        let slack = if options.dry_run { 0 } else { SWAP_SLACK };
+        loop {
+            replay
+                .until_caught_up(&self.schemas.live_pool, slack, progress)
+                .await?;
+            if options.dry_run {
+                return Ok(false);
+            }
+            progress.phase(Phase::Swapping);
+            if swap::swap(
+                &mut self.control,
+                replay,
+                &live.schema,
+                &next.schema,
+                old,
+                &self.kept,
+                options.swap_catch_up,
+            )
+            .await?
+            {
+                return Ok(true);
+            }
+            tracing::warn!("the swap did not catch up in time; replaying more and trying again");
+            progress.phase(Phase::Replaying);
+        }
+    }
+
+    /// Drops the schema no longer needed (the old live one once swapped, else the rebuilt one
+    /// once counted) and lets go of the lock; with the rebuilt tables' row counts.
+    async fn finish(
+        mut self,
+        swapped: bool,
+        progress: &mut dyn Progress,
+    ) -> Result<BTreeMap<String, i64>, ProjectorError> {
+        let Schemas {
+            live,
+            next,
+            old,
+            live_pool,
+            next_pool,
+        } = &self.schemas;
+        next_pool.close().await;
+        let after_schema = if swapped {
+            progress.phase(Phase::Dropping);
+            drop_schema(&mut self.control, old).await?;
+            &live.schema
+        } else {
+            &next.schema
+        };
+        let after = swap::row_counts(&mut self.control, after_schema, &self.kept).await?;
+        if !swapped {
+            drop_schema(&mut self.control, &next.schema).await?;
+        }
+        sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
+            .bind(lock_key(&live.schema))
+            .execute(&mut *self.control)
+            .await?;
+        drop(self.control);
+        live_pool.close().await;
+        Ok(after)
+    }
+}
+
+/// One rebuild at a time per schema: a session lock, held by the returned connection until
+/// [`Rebuild::finish`].
+async fn lock(pool: &PgPool, schema: &str) -> Result<PoolConnection<Postgres>, ProjectorError> {
+    let mut control = pool.acquire().await?;
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext($1))")
-        .bind(format!("imgpipe-rebuild:{}", live.schema))
+        .bind(lock_key(schema))
         .fetch_one(&mut *control)
         .await?;
     if !locked {
         return Err(ProjectorError::Rebuild(format!(
-            "another rebuild of schema {} is running",
-            live.schema
+            "another rebuild of schema {schema} is running"
         )));
     }
-    let kept = swap::classify_tables(&mut control, &live.schema).await?;
-    let before = swap::row_counts(&mut control, &live.schema, &kept).await?;
-    // A leftover `_next` is an interrupted rebuild; a leftover `_old` a swap that committed
-    // but was stopped before its drop. Neither is live.
-    for schema in [&next.schema, &old_schema] {
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS \"{schema}\" CASCADE"))
-            .execute(&mut *control)
-            .await?;
-    }
-    db::migrate(&next).await?;
-    swap::check_migrations(&mut control, &live.schema, &next.schema).await?;
+    Ok(control)
+}
 
-    let mut replay = Replay::start(config, options, next_pool.clone(), topic.clone()).await?;
-    progress.phase(Phase::Replaying);
-    tracing::info!(schema = %live.schema, into = %next.schema, "rebuild replaying the log");
-    let swapped = loop {
-        // A dry run swaps nothing, so it replays all the way to the live positions.
-        let slack = if options.dry_run { 0 } else { SWAP_SLACK };
-        replay.until_caught_up(&live_pool, slack, progress).await?;
-        if options.dry_run {
-            break false;
-        }
-        progress.phase(Phase::Swapping);
-        if swap::swap(
-            &mut control,
-            &mut replay,
-            &live.schema,
-            &next.schema,
-            &old_schema,
-            &kept,
-            options.swap_catch_up,
-        )
-        .await?
-        {
-            break true;
-        }
-        tracing::warn!("the swap did not catch up in time; replaying more and trying again");
-        progress.phase(Phase::Replaying);
-    };
-    let report = replay.close();
-    next_pool.close().await;
+fn lock_key(schema: &str) -> String {
+    format!("imgpipe-rebuild:{schema}")
+}
 
-    let after_schema = if swapped {
-        progress.phase(Phase::Dropping);
-        sqlx::query(&format!("DROP SCHEMA \"{old_schema}\" CASCADE"))
-            .execute(&mut *control)
-            .await?;
-        &live.schema
-    } else {
-        &next.schema
-    };
-    let after = swap::row_counts(&mut control, after_schema, &kept).await?;
-    if !swapped {
-        sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", next.schema))
-            .execute(&mut *control)
-            .await?;
-    }
-    sqlx::query("SELECT pg_advisory_unlock(hashtext($1))")
-        .bind(format!("imgpipe-rebuild:{}", live.schema))
-        .execute(&mut *control)
+async fn drop_schema(db: &mut PgConnection, schema: &str) -> Result<(), ProjectorError> {
+    sqlx::query(&format!("DROP SCHEMA \"{schema}\" CASCADE"))
+        .execute(db)
         .await?;
-    drop(control);
-    live_pool.close().await;
+    Ok(())
+}
 
-    let tables = before
+fn by_name(counts: &BTreeMap<&'static str, u64>) -> BTreeMap<String, u64> {
+    counts.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+fn table_rows(
+    before: &BTreeMap<String, i64>,
+    after: &BTreeMap<String, i64>,
+) -> BTreeMap<String, TableRows> {
+    before
         .iter()
         .map(|(table, &before)| {
             let after = after.get(table).copied().unwrap_or(0);
             (table.clone(), TableRows { before, after })
         })
-        .collect();
-    Ok(Summary {
-        schema: live.schema.clone(),
-        dry_run: options.dry_run,
-        swapped,
-        records: report.total.records as u64,
-        events_applied: report
-            .total
-            .applied
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect(),
-        duplicates: report.total.duplicates,
-        rejected: report
-            .total
-            .rejected
-            .iter()
-            .map(|(k, v)| (k.to_string(), *v))
-            .collect(),
-        partitions: report.partitions,
-        seconds: started.elapsed().as_secs_f64(),
-        tables,
-    })
+        .collect()
 }
 
 /// The replay into `<schema>_next`: its own consumer, assigned every partition from the
