@@ -14,3 +14,7 @@ pub mod startup;
 pub use config::Config;
 pub use error::ProcessorError;
 pub use startup::Processor;
+
+/// The consumer group the processors share (after the deployment's prefix); it also labels
+/// their consumer metrics.
+pub const GROUP: &str = "imgpipe-processor";

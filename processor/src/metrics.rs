@@ -155,7 +155,7 @@ impl ProcessorMetrics {
 impl ProcessorMetrics {
     /// The consumer's health (names in `imgpipe_infra::consume::health::metric_names`).
     pub(crate) fn consumer_health(&self, health: &HealthSnapshot) {
-        metrics::with_local_recorder(&*self.recorder, || health.record(crate::startup::GROUP));
+        metrics::with_local_recorder(&*self.recorder, || health.record(crate::GROUP));
     }
 }
 

@@ -19,9 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::handler::VariantHandler;
 use crate::memory::MemoryBudget;
 use crate::metrics::{self, ProcessorMetrics};
-use crate::{Config, ProcessorError};
-
-pub(crate) const GROUP: &str = "imgpipe-processor";
+use crate::{Config, ProcessorError, GROUP};
 
 /// A built processor: subscribed, its ops endpoint bound, not yet consuming.
 pub struct Processor {

@@ -18,3 +18,7 @@ pub use batch::BatchReport;
 pub use config::Config;
 pub use error::ProjectorError;
 pub use startup::Projector;
+
+/// The consumer group the projectors share (after the deployment's prefix); it also labels
+/// their consumer metrics.
+pub const GROUP: &str = "imgpipe-projector";

@@ -73,7 +73,7 @@ impl ProjectorMetrics {
 
     /// The consumer's health (names in `imgpipe_infra::consume::health::metric_names`).
     pub(crate) fn consumer_health(&self, health: &imgpipe_infra::consume::health::HealthSnapshot) {
-        metrics::with_local_recorder(&*self.recorder, || health.record(crate::startup::GROUP));
+        metrics::with_local_recorder(&*self.recorder, || health.record(crate::GROUP));
     }
 
     pub fn handle(&self) -> PrometheusHandle {

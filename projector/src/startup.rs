@@ -18,9 +18,7 @@ use crate::batch::{Applier, Rejects};
 use crate::live::{self, BatchSettings, Live, LiveConsumer, LiveEnd, PositionsContext};
 use crate::metrics::{self, ProjectorMetrics};
 use crate::positions::{self, SharedPositions};
-use crate::{db, Config, ProjectorError};
-
-pub(crate) const GROUP: &str = "imgpipe-projector";
+use crate::{db, Config, ProjectorError, GROUP};
 
 /// A built projector: its ops endpoint bound, not yet consuming.
 pub struct Projector {

@@ -102,7 +102,7 @@ impl StoreBackend {
         let log = LogReader::new(
             kafka,
             &format!("{client_id}-lag"),
-            crate::startup::GROUP,
+            crate::GROUP,
             &kafka.topics().events,
         )?;
         Ok(Self {
