@@ -9,6 +9,7 @@ pub mod progress;
 pub mod rebuild;
 pub mod redrive;
 pub mod replay;
+pub mod report;
 pub mod setup;
 
 pub use error::AdminError;

@@ -62,16 +62,25 @@ pub async fn run(dry_run: bool, json: bool) -> Result<Summary, AdminError> {
     let result = rebuild::run(&config, &options, &mut bar).await;
     bar.finish();
     let summary = result.map_err(AdminError::Rebuilding)?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", serde_json::to_string(&summary)?)?;
-    } else {
-        write_table(&summary, &mut out)?;
-    }
+    crate::report::print(&Rebuilt(&summary), json)?;
     Ok(summary)
 }
 
-fn write_table(summary: &Summary, out: &mut impl Write) -> std::io::Result<()> {
+/// The projector's rebuild summary, as `imgpipe rebuild` prints it.
+struct Rebuilt<'a>(&'a Summary);
+
+impl crate::report::Report for Rebuilt<'_> {
+    fn to_json(&self) -> serde_json::Value {
+        // A struct of numbers, strings and string-keyed maps: serializing it cannot fail.
+        serde_json::to_value(self.0).unwrap_or_default()
+    }
+
+    fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        write_table(self.0, out)
+    }
+}
+
+fn write_table(summary: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     let outcome = if summary.swapped {
         "rebuilt and swapped in"
     } else if summary.dry_run {

@@ -152,12 +152,7 @@ pub async fn run(
     let config = KafkaConfig::from_env()?;
     let codec = EventCodec::reader(&RegistryConfig::from_env()?);
     let summary = redrive(&config, &codec, options, progress).await?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", summary.to_json())?;
-    } else {
-        summary.write_table(&mut out)?;
-    }
+    crate::report::print(&summary, json)?;
     Ok(summary)
 }
 
@@ -423,6 +418,16 @@ async fn put_back(
             topic: origin.topic.clone(),
             source: Box::new(source),
         })
+}
+
+impl crate::report::Report for Summary {
+    fn to_json(&self) -> Value {
+        Summary::to_json(self)
+    }
+
+    fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        Summary::write_table(self, out)
+    }
 }
 
 #[cfg(test)]

@@ -23,7 +23,6 @@ mod summary;
 pub use summary::{ImageLine, Summary};
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -188,12 +187,7 @@ fn producer() -> Producer {
 pub async fn run(options: &ReprocessOptions, json: bool) -> Result<Summary, AdminError> {
     let config = KafkaConfig::from_env()?;
     let summary = reprocess(&config, &RegistryConfig::from_env()?, options).await?;
-    let mut out = std::io::stdout().lock();
-    if json {
-        writeln!(out, "{}", summary.to_json())?;
-    } else {
-        summary.write_table(&mut out)?;
-    }
+    crate::report::print(&summary, json)?;
     Ok(summary)
 }
 

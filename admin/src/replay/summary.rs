@@ -180,6 +180,16 @@ fn outcome_json(outcome: Option<&Outcome>) -> Value {
     }
 }
 
+impl crate::report::Report for Summary {
+    fn to_json(&self) -> Value {
+        Summary::to_json(self)
+    }
+
+    fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+        Summary::write_table(self, out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
