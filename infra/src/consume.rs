@@ -57,6 +57,8 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, TopicPartitionList};
 use tokio::sync::{mpsc, watch, Notify};
+
+use crate::BoxError;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -87,36 +89,48 @@ pub struct RecordPosition {
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// The infrastructure did not answer (S3 5xx or timeout, broker, database): retry.
-    #[error("{class}: {message}")]
-    Transient { class: ErrorClass, message: String },
+    #[error("{class}: {source}")]
+    Transient {
+        class: ErrorClass,
+        #[source]
+        source: BoxError,
+    },
     /// Retrying gives the same answer: dead-letter at once.
-    #[error("{class}: {message}")]
-    Permanent { class: ErrorClass, message: String },
+    #[error("{class}: {source}")]
+    Permanent {
+        class: ErrorClass,
+        #[source]
+        source: BoxError,
+    },
     /// A dependency is known to be down (its circuit breaker is open): wait for
     /// [`EventHandler::until_available`], then handle the record again. Not an attempt.
-    #[error("{class} unavailable: {message}")]
-    Unavailable { class: ErrorClass, message: String },
+    #[error("{class} unavailable: {source}")]
+    Unavailable {
+        class: ErrorClass,
+        #[source]
+        source: BoxError,
+    },
 }
 
 impl HandlerError {
-    pub fn transient(class: ErrorClass, error: impl std::fmt::Display) -> Self {
+    pub fn transient(class: ErrorClass, error: impl Into<BoxError>) -> Self {
         Self::Transient {
             class,
-            message: error.to_string(),
+            source: error.into(),
         }
     }
 
-    pub fn permanent(class: ErrorClass, error: impl std::fmt::Display) -> Self {
+    pub fn permanent(class: ErrorClass, error: impl Into<BoxError>) -> Self {
         Self::Permanent {
             class,
-            message: error.to_string(),
+            source: error.into(),
         }
     }
 
-    pub fn unavailable(class: ErrorClass, error: impl std::fmt::Display) -> Self {
+    pub fn unavailable(class: ErrorClass, error: impl Into<BoxError>) -> Self {
         Self::Unavailable {
             class,
-            message: error.to_string(),
+            source: error.into(),
         }
     }
 

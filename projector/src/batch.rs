@@ -241,9 +241,10 @@ async fn apply_record(
                 partition = record.position.partition, offset = record.position.offset,
                 error = %error, "undecodable record, rejecting it"
             );
+            // The decode error stays with the batch's record; the dead letter carries its text.
             return Ok(Applied::Rejected(HandlerError::permanent(
                 ErrorClass::UndecodableRecord,
-                error,
+                error.to_string(),
             )));
         }
     };

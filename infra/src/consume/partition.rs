@@ -135,7 +135,7 @@ async fn decode<H: EventHandler>(
                 offset = position.offset, error = %error,
                 "undecodable record, dead-lettering it"
             );
-            let failure = HandlerError::permanent(ErrorClass::UndecodableRecord, &error);
+            let failure = HandlerError::permanent(ErrorClass::UndecodableRecord, error);
             shared.dead_letters.send(message, &failure, 1).await;
             Err(Outcome::Done)
         }
