@@ -9,6 +9,7 @@ pub mod db;
 mod error;
 pub mod kafka;
 pub mod log_reader;
+pub mod metrics;
 pub mod ops;
 pub mod registry;
 pub mod storage;

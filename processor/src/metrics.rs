@@ -7,17 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use imgpipe_infra::breaker::BreakerState;
 use imgpipe_infra::consume::health::HealthSnapshot;
 use imgpipe_schemas::ReasonCode;
 use metrics::{Counter, Gauge};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
 /// Images whose variants were stored and announced.
 pub const IMAGES_PROCESSED: &str = "imgpipe_processor_images_processed_total";
@@ -80,14 +74,10 @@ impl ProcessorMetrics {
         const STAGE_BUCKETS: &[f64] = &[
             0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 600.0,
         ];
-        let recorder = match PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(STAGE_SECONDS.into()), STAGE_BUCKETS)
-        {
-            Ok(builder) => builder.build_recorder(),
-            // Only an empty bucket list is refused; summaries are the fallback.
-            Err(_) => PrometheusBuilder::new().build_recorder(),
-        };
-        let recorder = Arc::new(recorder);
+        let recorder = Arc::new(imgpipe_infra::metrics::recorder(&[(
+            STAGE_SECONDS,
+            STAGE_BUCKETS,
+        )]));
         let (processed, storage_errors, in_flight, breaker_state) =
             metrics::with_local_recorder(&*recorder, || {
                 (
@@ -186,17 +176,6 @@ impl<'a> StageTimer<'a> {
     pub(crate) fn done(self) {
         self.metrics.stage(self.stage, self.started.elapsed());
     }
-}
-
-/// `GET /metrics` in the Prometheus text format, for the ops router.
-pub(crate) fn router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let body = handle.render();
-            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
-        }),
-    )
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::handler::VariantHandler;
 use crate::memory::MemoryBudget;
-use crate::metrics::{self, ProcessorMetrics};
+use crate::metrics::ProcessorMetrics;
 use crate::{Config, ProcessorError, GROUP};
 
 /// A built processor: subscribed, its ops endpoint bound, not yet consuming.
@@ -114,22 +114,13 @@ impl Processor {
         let ops = tokio::spawn(ops::serve(
             self.ops_listener,
             ops::router(readiness, Some(self.health.clone()))
-                .merge(metrics::router(metrics_handle.clone())),
+                .merge(imgpipe_infra::metrics::router(metrics_handle.clone())),
             shutdown.clone(),
         ));
-        // Histograms buffer samples until drained; without scrapes that would grow unbounded.
-        tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                let mut upkeep = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        _ = upkeep.tick() => metrics_handle.run_upkeep(),
-                    }
-                }
-            }
-        });
+        tokio::spawn(imgpipe_infra::metrics::upkeep(
+            metrics_handle,
+            shutdown.clone(),
+        ));
         tokio::spawn(lag::report_lag(
             self.lag_reader.clone(),
             CommittedOffsets(self.lag_reader),

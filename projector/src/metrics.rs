@@ -6,14 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
 use metrics::Counter;
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
 /// Events that changed the read models, by `event_type`.
 pub const EVENTS_APPLIED: &str = "imgpipe_projector_events_applied_total";
@@ -49,15 +43,10 @@ impl ProjectorMetrics {
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
         ];
         const RECORDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(BATCH_SECONDS.into()), SECONDS)
-            .and_then(|builder| {
-                builder.set_buckets_for_metric(Matcher::Full(BATCH_RECORDS.into()), RECORDS)
-            })
-            .map(PrometheusBuilder::build_recorder)
-            // Only an empty bucket list is refused; summaries are the fallback.
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
-        let recorder = Arc::new(recorder);
+        let recorder = Arc::new(imgpipe_infra::metrics::recorder(&[
+            (BATCH_SECONDS, SECONDS),
+            (BATCH_RECORDS, RECORDS),
+        ]));
         let (duplicates, conflicts) = metrics::with_local_recorder(&*recorder, || {
             (
                 metrics::counter!(EVENTS_DUPLICATE),
@@ -97,17 +86,6 @@ impl ProjectorMetrics {
     pub(crate) fn conflict(&self) {
         self.conflicts.increment(1);
     }
-}
-
-/// `GET /metrics` in the Prometheus text format, for the ops router.
-pub(crate) fn router(handle: PrometheusHandle) -> Router {
-    Router::new().route(
-        "/metrics",
-        get(move || {
-            let body = handle.render();
-            async move { ([(CONTENT_TYPE, "text/plain; version=0.0.4")], body).into_response() }
-        }),
-    )
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Applier, Rejects};
 use crate::live::{self, BatchSettings, Live, LiveConsumer, LiveEnd, PositionsContext};
-use crate::metrics::{self, ProjectorMetrics};
+use crate::metrics::ProjectorMetrics;
 use crate::positions::{self, SharedPositions};
 use crate::{db, Config, ProjectorError, GROUP};
 
@@ -149,21 +149,13 @@ impl Sidecars {
         let ops = tokio::spawn(ops::serve(
             ops_listener,
             ops::router(readiness, Some(health.clone()))
-                .merge(metrics::router(metrics_handle.clone())),
+                .merge(imgpipe_infra::metrics::router(metrics_handle.clone())),
             shutdown.clone(),
         ));
-        let upkeep = tokio::spawn({
-            let shutdown = shutdown.clone();
-            async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        _ = tick.tick() => metrics_handle.run_upkeep(),
-                    }
-                }
-            }
-        });
+        let upkeep = tokio::spawn(imgpipe_infra::metrics::upkeep(
+            metrics_handle,
+            shutdown.clone(),
+        ));
         let orphan_sweep = orphan_sweep.map(|s| tokio::spawn(s.run(shutdown.clone())));
         let stop_lag = shutdown.child_token();
         let lag = tokio::spawn(lag::report_lag(
