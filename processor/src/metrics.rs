@@ -1,4 +1,5 @@
-//! Every metric the processor exports, named in one place, and `GET /metrics`.
+//! Every metric the processor exports, named in one place (the registry and `GET /metrics` are
+//! `imgpipe_infra::metrics`).
 //!
 //! Each processor records into a registry of its own rather than the process-wide recorder:
 //! the end-to-end tests run ingest and several processors in one process, and each pipeline's

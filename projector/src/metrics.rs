@@ -1,4 +1,5 @@
-//! Every metric the projector exports, named in one place, and `GET /metrics`.
+//! Every metric the projector exports, named in one place (the registry and `GET /metrics` are
+//! `imgpipe_infra::metrics`).
 //!
 //! Each projector records into a registry of its own (not the process-wide recorder), so the
 //! end-to-end tests, which run several services in one process, read their own numbers.
