@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 use imgpipe_e2e::service_process::{ServiceOutput, ServiceProcess};
 use imgpipe_e2e::Pipeline;
 use imgpipe_schemas::{ImageProcessed, Payload};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use uuid::Uuid;
 
 const IMAGES: usize = 10;
@@ -49,48 +48,13 @@ async fn ready_ids(pipeline: &Pipeline) -> Vec<String> {
 }
 
 /// Every `ImageProcessed` on the events topic, by image.
-fn processed_events(pipeline: &Pipeline) -> BTreeMap<Uuid, Vec<ImageProcessed>> {
-    let topic = pipeline.kafka.topics().events;
-    let consumer: BaseConsumer = pipeline
-        .kafka
-        .client_config("crash-test-reader")
-        .set("group.id", "crash-test-reader")
-        .set("enable.auto.commit", "false")
-        .create()
+async fn processed_events(pipeline: &Pipeline) -> BTreeMap<Uuid, Vec<ImageProcessed>> {
+    let records = imgpipe_e2e::read_topic(&pipeline.kafka, &pipeline.kafka.topics().events)
+        .await
         .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = BTreeMap::new();
-    for partition in metadata.topics()[0].partitions() {
-        let id = partition.id();
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, id, Duration::from_secs(10))
-            .unwrap();
-        if low < high {
-            remaining.insert(id, high);
-        }
-        assignment
-            .add_partition_offset(&topic, id, Offset::Offset(low))
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
     let mut processed: BTreeMap<Uuid, Vec<ImageProcessed>> = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !remaining.is_empty() {
-        assert!(Instant::now() < deadline, "events topic not read in time");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|&high| message.offset() + 1 >= high)
-        {
-            remaining.remove(&message.partition());
-        }
-        let event = imgpipe_schemas::decode(message.payload().unwrap()).unwrap();
+    for record in records {
+        let event = imgpipe_schemas::decode(record.payload().unwrap()).unwrap();
         if let Payload::ImageProcessed(result) = event.payload {
             processed.entry(event.image_id).or_default().push(result);
         }
@@ -161,7 +125,7 @@ async fn a_processor_killed_mid_batch_finishes_every_image_once_after_a_restart(
     expected_ids.sort();
     assert_eq!(ready, expected_ids);
 
-    let processed = processed_events(&pipeline);
+    let processed = processed_events(&pipeline).await;
     let spec = ["thumb", "medium", "large"];
     for id in &ids {
         let image_id: Uuid = id.parse().unwrap();

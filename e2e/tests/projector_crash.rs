@@ -23,8 +23,7 @@ use imgpipe_schemas::{
     Event, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted, OrphanRemoved,
     Payload, Producer, ReprocessRequested, Variant,
 };
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{Message, Offset, TopicPartitionList};
+use rdkafka::Message;
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -255,56 +254,22 @@ impl Life {
 }
 
 /// Every record of the topic, from offset 0 to the end it has now, in log order per partition.
-fn read_topic(kafka: &KafkaConfig) -> Vec<(RecordPosition, Event)> {
+async fn read_topic(kafka: &KafkaConfig) -> Vec<(RecordPosition, Event)> {
     let topic = kafka.topics().events;
-    let consumer: BaseConsumer = kafka
-        .client_config("projector-crash-reference")
-        .set("group.id", kafka.group_id("projector-crash-reference"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    let metadata = consumer
-        .fetch_metadata(Some(&topic), Duration::from_secs(10))
-        .unwrap();
-    let mut assignment = TopicPartitionList::new();
-    let mut remaining = BTreeMap::new();
-    for partition in metadata.topics()[0].partitions() {
-        let id = partition.id();
-        let (low, high) = consumer
-            .fetch_watermarks(&topic, id, Duration::from_secs(10))
-            .unwrap();
-        assert_eq!(low, 0, "partition {id} starts at 0");
-        if low < high {
-            remaining.insert(id, high);
-        }
-        assignment
-            .add_partition_offset(&topic, id, Offset::Offset(low))
-            .unwrap();
-    }
-    consumer.assign(&assignment).unwrap();
-    let mut records = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !remaining.is_empty() {
-        assert!(Instant::now() < deadline, "events topic not read in time");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
-        };
-        let message = message.unwrap();
-        if remaining
-            .get(&message.partition())
-            .is_some_and(|&high| message.offset() + 1 >= high)
-        {
-            remaining.remove(&message.partition());
-        }
-        let event = imgpipe_schemas::decode(message.payload().unwrap()).unwrap();
-        let position = RecordPosition {
-            topic: topic.clone(),
-            partition: message.partition(),
-            offset: message.offset(),
-        };
-        records.push((position, event));
-    }
-    records
+    imgpipe_e2e::read_topic(kafka, &topic)
+        .await
+        .unwrap()
+        .iter()
+        .map(|message| {
+            let event = imgpipe_schemas::decode(message.payload().unwrap()).unwrap();
+            let position = RecordPosition {
+                topic: topic.clone(),
+                partition: message.partition(),
+                offset: message.offset(),
+            };
+            (position, event)
+        })
+        .collect()
 }
 
 /// Each read-model table's rows as JSON objects, keyed by the table's primary key.
@@ -454,7 +419,7 @@ async fn a_projector_killed_at_random_points_ends_with_the_read_model_of_an_unin
     // The reference: the same topic from offset 0 into a fresh schema, in one run of the
     // projector's own `apply`, no kills. Not `Projector::run`: its consumer group is the one
     // the killed runs committed for, so it would start at their end rather than at 0.
-    let records = read_topic(&kafka);
+    let records = read_topic(&kafka).await;
     assert_eq!(
         records.len(),
         log.len(),
