@@ -113,18 +113,76 @@ impl Pipeline {
         adjust_processor: impl FnOnce(&mut imgpipe_processor::config::ProcessorSettings),
         adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
     ) -> anyhow::Result<Self> {
-        Self::start_services(adjust_kafka, adjust_s3, adjust_processor, adjust, true).await
+        let workers = InProcess {
+            processor: true,
+            projector: true,
+        };
+        Self::start_services(adjust_kafka, adjust_s3, adjust_processor, adjust, workers).await
     }
 
     /// Ingest and projector only: the test runs the processor itself, as a process of its own
     /// configured by [`Pipeline::processor_env`] (to kill it, say).
     pub async fn start_without_processor() -> anyhow::Result<Self> {
-        Self::start_services(|_| {}, |_| {}, |_| {}, |_| {}, false).await
+        let workers = InProcess {
+            processor: false,
+            projector: true,
+        };
+        Self::start_services(|_| {}, |_| {}, |_| {}, |_| {}, workers).await
+    }
+
+    /// Ingest only: the test runs the processors and projectors itself, as processes of their
+    /// own configured by [`Pipeline::processor_env`] and [`Pipeline::projector_env`].
+    pub async fn start_ingest_only() -> anyhow::Result<Self> {
+        let workers = InProcess {
+            processor: false,
+            projector: false,
+        };
+        Self::start_services(|_| {}, |_| {}, |_| {}, |_| {}, workers).await
+    }
+
+    /// The `IMGPIPE_*` variables that point a projector process at this pipeline's namespace.
+    pub fn projector_env(&self) -> Vec<(String, String)> {
+        let mut env = self.stack_env();
+        env.extend([
+            (
+                "IMGPIPE_DATABASE_URL".to_string(),
+                self.database.url.clone(),
+            ),
+            (
+                "IMGPIPE_DATABASE_SCHEMA".to_string(),
+                self.database.schema.clone(),
+            ),
+            (
+                "IMGPIPE_DATABASE_MAX_CONNECTIONS".to_string(),
+                "4".to_string(),
+            ),
+            (
+                "IMGPIPE_PROJECTOR_OPS_ADDR".to_string(),
+                "127.0.0.1:0".to_string(),
+            ),
+        ]);
+        env
     }
 
     /// The `IMGPIPE_*` variables that point a processor process at this pipeline's namespace,
     /// with the settings the in-process processor gets.
     pub fn processor_env(&self) -> Vec<(String, String)> {
+        let mut env = self.stack_env();
+        env.extend(
+            [
+                ("IMGPIPE_PROCESSOR_OPS_ADDR", "127.0.0.1:0"),
+                ("IMGPIPE_PROCESSOR_VARIANTS", PROCESSOR_VARIANTS),
+                ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1"),
+                ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0"),
+            ]
+            .map(|(name, value)| (name.to_string(), value.to_string())),
+        );
+        env
+    }
+
+    /// The broker and the object store of this pipeline's namespace, as a service process's
+    /// `IMGPIPE_*` variables.
+    fn stack_env(&self) -> Vec<(String, String)> {
         let s3 = &self.s3;
         let mut env = vec![
             ("IMGPIPE_KAFKA_BROKERS", self.kafka.brokers.clone()),
@@ -143,10 +201,6 @@ impl Pipeline {
                 "IMGPIPE_S3_FORCE_PATH_STYLE",
                 s3.force_path_style.to_string(),
             ),
-            ("IMGPIPE_PROCESSOR_OPS_ADDR", "127.0.0.1:0".into()),
-            ("IMGPIPE_PROCESSOR_VARIANTS", PROCESSOR_VARIANTS.into()),
-            ("IMGPIPE_PROCESSOR_SPEC_VERSION", "1".into()),
-            ("IMGPIPE_PROCESSOR_MAX_ATTEMPTS", "0".into()),
             ("IMGPIPE_LOG_FORMAT", "pretty".into()),
         ];
         for (name, value) in [
@@ -173,7 +227,7 @@ impl Pipeline {
         adjust_s3: impl FnOnce(&mut S3Config),
         adjust_processor: impl FnOnce(&mut imgpipe_processor::config::ProcessorSettings),
         adjust: impl FnOnce(&mut imgpipe_ingest::config::IngestSettings),
-        processor_in_process: bool,
+        workers: InProcess,
     ) -> anyhow::Result<Self> {
         let log = LogConfig {
             format: "pretty".into(),
@@ -194,7 +248,7 @@ impl Pipeline {
         let ingest = imgpipe_ingest::Application::build(&ingest_config).await?;
         let base_url = local_url(ingest.port());
         let ingest_ops_url = ingest.ops_port().map(local_url);
-        let processor = if processor_in_process {
+        let processor = if workers.processor {
             Some(imgpipe_processor::Processor::build(&processor_config).await?)
         } else {
             None
@@ -203,12 +257,15 @@ impl Pipeline {
             .as_ref()
             .map(|p| local_url(p.ops_port()))
             .unwrap_or_default();
-        let projector = imgpipe_projector::Projector::build(&projector_config).await?;
-        let projector_ops_url = local_url(projector.ops_port());
-        let tasks = vec![
-            spawn_service("ingest", ingest.run(shutdown.clone())),
-            spawn_service("projector", projector.run(shutdown.clone())),
-        ];
+        let mut tasks = vec![spawn_service("ingest", ingest.run(shutdown.clone()))];
+        let projector_ops_url = if workers.projector {
+            let projector = imgpipe_projector::Projector::build(&projector_config).await?;
+            let ops_url = local_url(projector.ops_port());
+            tasks.push(spawn_service("projector", projector.run(shutdown.clone())));
+            ops_url
+        } else {
+            String::new()
+        };
         let processor = processor.map(|processor| {
             let stop = shutdown.child_token();
             let task = spawn_service("processor", processor.run(stop.clone()));
@@ -442,4 +499,11 @@ pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<
             ),
         }
     }
+}
+
+/// Which workers a [`Pipeline`] runs in its own process (the test runs the others).
+#[derive(Debug, Clone, Copy)]
+struct InProcess {
+    processor: bool,
+    projector: bool,
 }

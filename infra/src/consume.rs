@@ -351,7 +351,7 @@ async fn run_member<H: EventHandler + 'static>(
                         %reason, lag = ?snapshot.lag,
                         assigned_partitions = snapshot.assigned_partitions,
                         idle_secs = snapshot.seconds_since_progress as u64,
-                        "consumer stalled with lag to serve: leaving the group to rejoin"
+                        "lag nobody serves: leaving the group to rejoin"
                     );
                     break MemberEnd::Rejoin;
                 }

@@ -189,7 +189,7 @@ async fn until_stalled(consumer: &LiveConsumer, health: &ConsumerHealth) {
                 %reason, lag = ?snapshot.lag,
                 assigned_partitions = snapshot.assigned_partitions,
                 idle_secs = snapshot.seconds_since_progress as u64,
-                "consumer stalled with lag to serve: leaving the group to rejoin"
+                "lag nobody serves: leaving the group to rejoin"
             );
             return;
         }

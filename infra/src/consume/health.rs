@@ -25,6 +25,9 @@ use tokio::time::Instant;
 
 /// A stall this many stall times long fails liveness: the rejoins did not help.
 pub const LIVENESS_FACTOR: u32 = 4;
+/// Lag on another member's partitions that has not gone down for this many stall times makes
+/// this member rejoin, so the group reassigns them ([`StallReason::UnservedPartitions`]).
+pub const UNSERVED_FACTOR: u32 = 2;
 /// Rejoins that did not end the stall are spaced out, up to this many stall times apart.
 const MAX_REJOIN_BACKOFF_FACTOR: u32 = 16;
 
@@ -35,6 +38,11 @@ pub enum StallReason {
     NoAssignment,
     /// Partitions assigned, with lag, but no record arrives.
     NoProgress,
+    /// Partitions another member holds have lag that has not gone down for
+    /// [`UNSERVED_FACTOR`] stall times: their holder is gone but still in the group's
+    /// assignment (Tansu 0.6 keeps a SIGKILLed member's partitions until some member leaves
+    /// and rejoins). Not this member's fault, so not a stall of its own: it only rejoins.
+    UnservedPartitions,
 }
 
 impl StallReason {
@@ -42,6 +50,7 @@ impl StallReason {
         match self {
             Self::NoAssignment => "no-assignment",
             Self::NoProgress => "no-progress",
+            Self::UnservedPartitions => "unserved-partitions",
         }
     }
 }
@@ -119,6 +128,9 @@ struct State {
     assigned: Option<Vec<i32>>,
     /// Lag per partition of the consumed topic, and when it was measured.
     lag: Option<(Instant, BTreeMap<i32, i64>)>,
+    /// Partitions held by others with lag: the lowest lag seen, and since when it has not gone
+    /// below it.
+    unserved: BTreeMap<i32, (i64, Instant)>,
     /// The last record received or finished, batch applied, or change of waiting.
     last_progress: Instant,
     /// A member that just joined gets a stall time to get going.
@@ -140,6 +152,7 @@ impl ConsumerHealth {
             state: Arc::new(Mutex::new(State {
                 assigned: None,
                 lag: None,
+                unserved: BTreeMap::new(),
                 last_progress: now,
                 last_rejoin: None,
                 in_hand: 0,
@@ -168,8 +181,12 @@ impl ConsumerHealth {
 
     /// The group's lag per partition of the consumed topic, just measured.
     pub fn record_lag(&self, lag: impl IntoIterator<Item = (i32, i64)>) {
-        let lag = lag.into_iter().collect();
-        self.with(|s| s.lag = Some((Instant::now(), lag)));
+        let lag: BTreeMap<i32, i64> = lag.into_iter().collect();
+        let now = Instant::now();
+        self.with(|s| {
+            s.track_unserved(&lag, now);
+            s.lag = Some((now, lag));
+        });
     }
 
     /// A record arrived, or one was finished.
@@ -202,10 +219,17 @@ impl ConsumerHealth {
         let now = Instant::now();
         let stall_after = self.stall_after;
         self.with(|s| {
-            let (reason, _) = s.stall(now, stall_after)?;
+            let reason = match s.stall(now, stall_after) {
+                Some((reason, _)) => reason,
+                None if s.unserved_for(now, stall_after * UNSERVED_FACTOR) => {
+                    StallReason::UnservedPartitions
+                }
+                None => return None,
+            };
             if now < s.next_rejoin {
                 return None;
             }
+            s.unserved.clear();
             s.rejoins += 1;
             s.next_rejoin = now + s.rejoin_backoff;
             s.rejoin_backoff = (s.rejoin_backoff * 2).min(stall_after * MAX_REJOIN_BACKOFF_FACTOR);
@@ -263,6 +287,45 @@ impl ConsumerHealth {
 }
 
 impl State {
+    /// Follows the lag on partitions others hold (only while this member holds some: with
+    /// none, the whole group's lag is its own to answer for).
+    fn track_unserved(&mut self, lag: &BTreeMap<i32, i64>, now: Instant) {
+        let assigned = match self.assigned.as_deref() {
+            Some(assigned) if !assigned.is_empty() => assigned,
+            _ => {
+                self.unserved.clear();
+                return;
+            }
+        };
+        for (&partition, &lag) in lag {
+            if lag == 0 || assigned.contains(&partition) {
+                self.unserved.remove(&partition);
+                continue;
+            }
+            let entry = self.unserved.entry(partition).or_insert((lag, now));
+            if lag < entry.0 {
+                // Someone works on it.
+                *entry = (lag, now);
+            }
+        }
+        self.unserved
+            .retain(|partition, _| lag.contains_key(partition));
+    }
+
+    /// Whether some partition another member holds has had lag that did not go down for
+    /// `window`, by a recent measurement.
+    fn unserved_for(&self, now: Instant, window: Duration) -> bool {
+        let recent = self
+            .lag
+            .as_ref()
+            .is_some_and(|(measured, _)| now.duration_since(*measured) <= window);
+        recent
+            && self
+                .unserved
+                .values()
+                .any(|(_, since)| now.duration_since(*since) >= window)
+    }
+
     /// The lag this consumer answers for: its partitions', or the group's while it has none.
     /// `None` unless measured within a stall time and after the last progress (an older figure
     /// may predate records handled since).
@@ -362,6 +425,39 @@ mod tests {
         assert_eq!(health.should_rejoin(), None);
         // Lag on a partition another member holds is not ours to serve.
         assert_eq!(health.snapshot().lag, Some(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lag_that_nobody_serves_on_another_members_partitions_makes_a_member_rejoin() {
+        let health = ConsumerHealth::new(STALL);
+        health.set_assignment([0]);
+        health.record_lag([(0, 0), (1, 4)]);
+        // Someone works on partition 1: its lag goes down.
+        advance(STALL).await;
+        health.record_lag([(0, 0), (1, 3)]);
+        advance(STALL).await;
+        health.record_lag([(0, 0), (1, 3)]);
+        assert_eq!(
+            health.should_rejoin(),
+            None,
+            "it went down a stall time ago"
+        );
+        // Then nobody does, for the window: its holder is gone.
+        advance(STALL).await;
+        health.record_lag([(0, 0), (1, 5)]);
+        assert_eq!(
+            health.should_rejoin(),
+            Some(StallReason::UnservedPartitions)
+        );
+        // Not this member's own stall: it stays ready.
+        assert!(health.ready().is_ok());
+        assert_eq!(health.snapshot().stalled, None);
+        // Once it holds the partition, the lag is its own.
+        health.set_assignment([0, 1]);
+        advance(STALL * UNSERVED_FACTOR * 2).await;
+        health.progressed();
+        health.record_lag([(0, 0), (1, 5)]);
+        assert_eq!(health.should_rejoin(), None);
     }
 
     #[tokio::test(start_paused = true)]
