@@ -23,6 +23,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::Message;
 use serde_json::{json, Value};
+
+use crate::report::Report;
 use uuid::Uuid;
 
 use crate::error::AdminError;
@@ -69,77 +71,6 @@ pub struct Summary {
     pub committed: bool,
     /// One line per record moved (or that would move).
     pub records: Vec<Value>,
-}
-
-impl Summary {
-    pub fn to_json(&self) -> Value {
-        let classes: serde_json::Map<String, Value> = self
-            .by_error_class
-            .iter()
-            .map(|(class, counts)| {
-                (
-                    class.clone(),
-                    json!({ "scanned": counts.scanned, "moved": counts.moved }),
-                )
-            })
-            .collect();
-        json!({
-            "dry_run": self.dry_run,
-            "image": self.image,
-            "scanned": self.scanned,
-            "moved": self.moved,
-            "skipped_by_filter": self.skipped_by_filter,
-            "skipped_duplicates": self.skipped_duplicates,
-            "skipped_without_origin": self.skipped_without_origin,
-            "by_error_class": classes,
-            "committed": self.committed,
-            "records": self.records,
-        })
-    }
-
-    pub fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        let verb = if self.dry_run { "would move" } else { "moved" };
-        for record in &self.records {
-            writeln!(
-                out,
-                "{verb} {}/{}@{} -> {}/{}@{} key={} class={} group={}",
-                record["dlq_topic"].as_str().unwrap_or_default(),
-                record["dlq_partition"],
-                record["dlq_offset"],
-                record["original_topic"].as_str().unwrap_or_default(),
-                record["original_partition"].as_str().unwrap_or("?"),
-                record["original_offset"].as_str().unwrap_or("?"),
-                record["key"].as_str().unwrap_or("-"),
-                record["error_class"].as_str().unwrap_or_default(),
-                record["consumer_group"].as_str().unwrap_or("-"),
-            )?;
-        }
-        if self.dry_run {
-            writeln!(out, "dry run: nothing was moved or committed")?;
-        }
-        let rows = [
-            ("scanned", self.scanned),
-            (verb, self.moved),
-            ("skipped, other images", self.skipped_by_filter),
-            ("skipped, duplicates", self.skipped_duplicates),
-            ("skipped, no origin", self.skipped_without_origin),
-        ];
-        for (label, count) in rows {
-            writeln!(out, "{label:<24}{count:>8}")?;
-        }
-        if !self.by_error_class.is_empty() {
-            writeln!(out, "{:<24}{:>8}{:>12}", "error class", "scanned", verb)?;
-            for (class, counts) in &self.by_error_class {
-                writeln!(out, "{class:<24}{:>8}{:>12}", counts.scanned, counts.moved)?;
-            }
-        }
-        writeln!(
-            out,
-            "position committed: {}",
-            if self.committed { "yes" } else { "no" }
-        )?;
-        Ok(())
-    }
 }
 
 /// `imgpipe redrive` with the deployment's configuration: progress lines to `progress`, the
@@ -420,13 +351,74 @@ async fn put_back(
         })
 }
 
-impl crate::report::Report for Summary {
+impl Report for Summary {
     fn to_json(&self) -> Value {
-        Summary::to_json(self)
+        let classes: serde_json::Map<String, Value> = self
+            .by_error_class
+            .iter()
+            .map(|(class, counts)| {
+                (
+                    class.clone(),
+                    json!({ "scanned": counts.scanned, "moved": counts.moved }),
+                )
+            })
+            .collect();
+        json!({
+            "dry_run": self.dry_run,
+            "image": self.image,
+            "scanned": self.scanned,
+            "moved": self.moved,
+            "skipped_by_filter": self.skipped_by_filter,
+            "skipped_duplicates": self.skipped_duplicates,
+            "skipped_without_origin": self.skipped_without_origin,
+            "by_error_class": classes,
+            "committed": self.committed,
+            "records": self.records,
+        })
     }
 
     fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        Summary::write_table(self, out)
+        let verb = if self.dry_run { "would move" } else { "moved" };
+        for record in &self.records {
+            writeln!(
+                out,
+                "{verb} {}/{}@{} -> {}/{}@{} key={} class={} group={}",
+                record["dlq_topic"].as_str().unwrap_or_default(),
+                record["dlq_partition"],
+                record["dlq_offset"],
+                record["original_topic"].as_str().unwrap_or_default(),
+                record["original_partition"].as_str().unwrap_or("?"),
+                record["original_offset"].as_str().unwrap_or("?"),
+                record["key"].as_str().unwrap_or("-"),
+                record["error_class"].as_str().unwrap_or_default(),
+                record["consumer_group"].as_str().unwrap_or("-"),
+            )?;
+        }
+        if self.dry_run {
+            writeln!(out, "dry run: nothing was moved or committed")?;
+        }
+        let rows = [
+            ("scanned", self.scanned),
+            (verb, self.moved),
+            ("skipped, other images", self.skipped_by_filter),
+            ("skipped, duplicates", self.skipped_duplicates),
+            ("skipped, no origin", self.skipped_without_origin),
+        ];
+        for (label, count) in rows {
+            writeln!(out, "{label:<24}{count:>8}")?;
+        }
+        if !self.by_error_class.is_empty() {
+            writeln!(out, "{:<24}{:>8}{:>12}", "error class", "scanned", verb)?;
+            for (class, counts) in &self.by_error_class {
+                writeln!(out, "{class:<24}{:>8}{:>12}", counts.scanned, counts.moved)?;
+            }
+        }
+        writeln!(
+            out,
+            "position committed: {}",
+            if self.committed { "yes" } else { "no" }
+        )?;
+        Ok(())
     }
 }
 

@@ -32,6 +32,18 @@ impl Pipeline {
     }
 }
 
+/// A service's `/metrics` page at `ops_url`; `None` while it does not answer (a process that
+/// is down or still starting).
+pub async fn page(http: &reqwest::Client, ops_url: &str) -> Option<String> {
+    http.get(format!("{ops_url}/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()
+}
+
 /// The value of `series` (name and labels, as rendered) on a Prometheus text page.
 pub fn series_value(page: &str, series: &str) -> Option<f64> {
     page.lines()

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use imgpipe_admin::events::{self, Start, Tail};
 use imgpipe_admin::redrive::{self, Summary};
+use imgpipe_admin::report::Report;
 use imgpipe_e2e::{fixtures, Pipeline};
 use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};

@@ -141,14 +141,7 @@ fn settled(status: Option<&str>) -> bool {
 
 /// The sum of a metric's series (all partitions' lag, say).
 async fn metric_sum(http: &reqwest::Client, ops: &str, name: &str) -> Option<f64> {
-    let page = http
-        .get(format!("{ops}/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
+    let page = imgpipe_e2e::metrics::page(http, ops).await?;
     let values: Vec<f64> = page
         .lines()
         .filter(|line| line.starts_with(name) && !line.starts_with('#'))

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use imgpipe_admin::replay::{self, ReprocessOptions, Selection, Summary};
+use imgpipe_admin::report::Report;
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::registry::RegistryConfig;
 use serde_json::Value;

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use imgpipe_e2e::metrics::series_value;
+use imgpipe_e2e::metrics::{self, series_value};
 use imgpipe_e2e::private_stack::{eventually, free_port};
 use imgpipe_e2e::service_process::{ServiceOutput, ServiceProcess};
 use imgpipe_e2e::{fixtures, Pipeline};
@@ -56,15 +56,7 @@ impl Worker {
 
     /// A series' value on its `/metrics`; `None` while it does not answer.
     async fn metric(&self, pipeline: &Pipeline, series: &str) -> Option<f64> {
-        let page = pipeline
-            .http
-            .get(format!("{}/metrics", self.ops))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let page = metrics::page(&pipeline.http, &self.ops).await?;
         Some(series_value(&page, series).unwrap_or(0.0))
     }
 

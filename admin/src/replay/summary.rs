@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use serde_json::{json, Value};
+
+use crate::report::Report;
 use time::format_description::well_known::Rfc3339;
 use uuid::Uuid;
 
@@ -66,8 +68,22 @@ impl Summary {
         }
         (processed, failed, awaiting)
     }
+}
 
-    pub fn to_json(&self) -> Value {
+fn outcome_json(outcome: Option<&Outcome>) -> Value {
+    match outcome {
+        Some(Outcome::Processed { spec_version }) => {
+            json!({ "status": "processed", "spec_version": spec_version })
+        }
+        Some(Outcome::Failed { reason_code }) => {
+            json!({ "status": "failed", "reason_code": reason_code })
+        }
+        None => Value::Null,
+    }
+}
+
+impl Report for Summary {
+    fn to_json(&self) -> Value {
         let skipped: serde_json::Map<String, Value> = self
             .skipped()
             .into_iter()
@@ -122,7 +138,7 @@ impl Summary {
         summary
     }
 
-    pub fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
+    fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
         let verb = if self.dry_run {
             "would request"
         } else {
@@ -165,28 +181,6 @@ impl Summary {
             writeln!(out, "{label:<26}{count:>8}")?;
         }
         Ok(())
-    }
-}
-
-fn outcome_json(outcome: Option<&Outcome>) -> Value {
-    match outcome {
-        Some(Outcome::Processed { spec_version }) => {
-            json!({ "status": "processed", "spec_version": spec_version })
-        }
-        Some(Outcome::Failed { reason_code }) => {
-            json!({ "status": "failed", "reason_code": reason_code })
-        }
-        None => Value::Null,
-    }
-}
-
-impl crate::report::Report for Summary {
-    fn to_json(&self) -> Value {
-        Summary::to_json(self)
-    }
-
-    fn write_table(&self, out: &mut dyn Write) -> std::io::Result<()> {
-        Summary::write_table(self, out)
     }
 }
 
