@@ -1,6 +1,7 @@
 //! No Docker engine runs here, so compose.yaml is checked against the code instead: every
 //! variable a service gets is one its config reads, the init job creates exactly the topics
-//! in redpanda/topics.conf, and every service has a healthcheck and resource limits.
+//! in redpanda/topics.conf, every service has a healthcheck and resource limits, and the
+//! workers can be scaled (`--scale processor=3`).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -115,6 +116,25 @@ fn services_run_their_own_binary_with_a_healthcheck_and_limits() {
 }
 
 /// Runs redpanda/create-topics.sh with a stand-in `rpk` that records its arguments.
+/// `docker compose up --scale processor=3` (or projector) needs the scaled services to have
+/// neither a fixed container name nor a fixed host port: the second replica could not take
+/// either.
+#[test]
+fn the_workers_can_be_scaled() {
+    let compose = compose();
+    for name in ["processor", "projector"] {
+        let service = service(&compose, name);
+        assert!(
+            service.get("container_name").is_none(),
+            "{name} has a fixed container_name"
+        );
+        assert!(
+            service.get("ports").is_none(),
+            "{name} publishes host ports; its replicas would collide"
+        );
+    }
+}
+
 fn topics_created_by_init_job() -> Vec<TopicSpec> {
     let dir = std::env::temp_dir().join(format!("imgpipe-rpk-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
