@@ -4,6 +4,9 @@
 //! producer) around a [`Payload`]. The Avro schemas in `avro/vN/` are the source of truth; the
 //! Rust types here mirror them and [`codec`] converts between the two. This crate does no IO.
 
+#[macro_use]
+pub mod words;
+
 pub mod codec;
 mod error;
 mod events;

@@ -15,7 +15,6 @@
 mod history;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -25,51 +24,17 @@ use crate::events::{ImageUploaded, Payload, Variant};
 
 pub use history::ImageHistory;
 
-/// Where an image is in its life. The read model's `images.status` holds [`Status::as_str`],
-/// and so does JSON (serde).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Status {
-    Uploaded,
-    Processing,
-    Ready,
-    Failed,
-    Deleted,
-}
-
-impl Status {
-    /// In the order of an image's life.
-    pub const ALL: [Status; 5] = [
-        Status::Uploaded,
-        Status::Processing,
-        Status::Ready,
-        Status::Failed,
-        Status::Deleted,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Status::Uploaded => "uploaded",
-            Status::Processing => "processing",
-            Status::Ready => "ready",
-            Status::Failed => "failed",
-            Status::Deleted => "deleted",
-        }
-    }
-}
-
-impl FromStr for Status {
-    type Err = SchemaError;
-
-    /// The status [`Status::as_str`] names.
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        Status::ALL
-            .into_iter()
-            .find(|status| status.as_str() == name)
-            .ok_or_else(|| SchemaError::UnknownWord {
-                kind: "image status",
-                word: name.to_string(),
-            })
+words! {
+    /// Where an image is in its life. The read model's `images.status` holds [`Status::as_str`],
+    /// and so does JSON (serde).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+    #[serde(rename_all = "lowercase")]
+    pub enum Status ("image status") {
+        Uploaded = "uploaded",
+        Processing = "processing",
+        Ready = "ready",
+        Failed = "failed",
+        Deleted = "deleted",
     }
 }
 
