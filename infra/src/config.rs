@@ -131,6 +131,14 @@ pub struct KafkaConfig {
     /// PEM file of the CA that signed the brokers' certificates; unset: the system's CAs.
     #[serde(default)]
     pub ssl_ca_location: Option<String>,
+    /// Static group membership (KIP-345, librdkafka's `group.instance.id`): this instance's
+    /// stable name in its consumer group, e.g. a StatefulSet pod's name. A member that restarts
+    /// under the same name within the session timeout gets its partitions back without a
+    /// rebalance of the others; a member that is gone keeps its partitions until its session
+    /// lapses. Unset or empty: dynamic membership. Only the group's consuming member uses it;
+    /// readers that never join (lag, tools) do not.
+    #[serde(default)]
+    pub group_instance_id: Option<String>,
 }
 
 impl KafkaConfig {

@@ -85,6 +85,18 @@ impl KafkaConfig {
             .set("enable.partition.eof", "false");
         config
     }
+
+    /// [`KafkaConfig::consumer_config`] for a group's consuming member: with the static
+    /// membership name when `IMGPIPE_KAFKA_GROUP_INSTANCE_ID` gives one. Two clients with one
+    /// name in one group fence each other, so only the member subscribing to the group's
+    /// topic uses this; readers that never subscribe use `consumer_config`.
+    pub fn member_config(&self, client_id: &str, group: &str) -> ClientConfig {
+        let mut config = self.consumer_config(client_id, group);
+        if let Some(name) = self.group_instance_id.as_deref().filter(|n| !n.is_empty()) {
+            config.set("group.instance.id", name);
+        }
+        config
+    }
 }
 
 /// Where an event landed in the log.
@@ -303,5 +315,33 @@ impl KafkaConfig {
             .set("message.timeout.ms", self.produce_timeout_ms.to_string())
             .set("linger.ms", "5");
         config
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::FromEnv;
+
+    fn kafka(instance_id: Option<&str>) -> KafkaConfig {
+        let vars = instance_id.map(|id| ("IMGPIPE_KAFKA_GROUP_INSTANCE_ID".to_string(), id.into()));
+        KafkaConfig::from_iter(vars).expect("defaults suffice")
+    }
+
+    #[test]
+    fn only_the_consuming_member_carries_the_static_membership_name() {
+        let config = kafka(Some("processor-0"));
+        let member = config.member_config("imgpipe-processor", "imgpipe-processor");
+        assert_eq!(member.get("group.instance.id"), Some("processor-0"));
+        let reader = config.consumer_config("imgpipe-processor-lag", "imgpipe-processor");
+        assert_eq!(reader.get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn no_or_an_empty_name_is_dynamic_membership() {
+        for config in [kafka(None), kafka(Some(""))] {
+            let member = config.member_config("imgpipe-projector", "imgpipe-projector");
+            assert_eq!(member.get("group.instance.id"), None);
+        }
     }
 }

@@ -41,7 +41,7 @@ fn connect(
     kafka: &imgpipe_infra::KafkaConfig,
 ) -> Result<StreamConsumer, imgpipe_infra::InfraError> {
     let consumer: StreamConsumer = kafka
-        .consumer_config("imgpipe-processor", GROUP)
+        .member_config("imgpipe-processor", GROUP)
         // An image can take seconds; give slow ones room before the group evicts us.
         .set("max.poll.interval.ms", "600000")
         .create()?;

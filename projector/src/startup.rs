@@ -39,7 +39,7 @@ pub struct Projector {
 impl Projector {
     pub async fn build(config: &Config) -> Result<Self, ProjectorError> {
         let positions = SharedPositions::default();
-        let mut consumer_config = config.kafka.consumer_config("imgpipe-projector", GROUP);
+        let mut consumer_config = config.kafka.member_config("imgpipe-projector", GROUP);
         // Eager rebalancing: the callback assigns the whole assignment at stored positions.
         consumer_config.set("partition.assignment.strategy", "range,roundrobin");
         let consumer = create_consumer(&consumer_config, &positions)?;
