@@ -13,6 +13,7 @@ mod namespace;
 pub mod private_server;
 pub mod private_stack;
 pub mod service_process;
+pub mod tools;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -3,34 +3,15 @@
 //! client reads and deletes what it just uploaded, before the projector has applied it.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use imgpipe_e2e::Pipeline;
-
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+use imgpipe_e2e::{tools, Pipeline};
 
 /// schemathesis' `st`, from the venv `scripts/venv` creates (once) and names.
 fn schemathesis() -> PathBuf {
-    let script = workspace_root().join("scripts/venv");
-    let output = Command::new(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("{} cannot run: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "{} could not create the schemathesis venv (python3 with venv and pip, and PyPI, are \
-         needed):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let bin = String::from_utf8(output.stdout).unwrap();
-    PathBuf::from(bin.trim()).join("st")
+    tools::venv_tool("st")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -38,7 +19,7 @@ async fn schemathesis_finds_no_broken_promise() {
     let st = schemathesis();
     let pipeline = Pipeline::start().await.expect("pipeline starts");
     let document = pipeline.url("/v1/openapi.json");
-    let config = workspace_root().join("e2e/schemathesis.toml");
+    let config = tools::workspace_root().join("e2e/schemathesis.toml");
     let authorization = format!("Authorization: Bearer {}", pipeline.api_key);
     // Run from a scratch directory: schemathesis may leave files where it runs.
     let scratch = std::env::temp_dir().join(format!("imgpipe-st-{}", pipeline.namespace));

@@ -5,16 +5,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
+use imgpipe_e2e::tools;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::topics::{self, TopicSpec};
 use imgpipe_infra::{DatabaseConfig, FromEnv, KafkaConfig, S3Config};
 use serde_norway::Value;
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    tools::workspace_root()
 }
 
 fn compose() -> Value {
@@ -45,10 +46,7 @@ fn environment(service: &Value) -> BTreeSet<String> {
 }
 
 fn assert_reads_all(service_name: &str, given: &BTreeSet<String>, read: &[String]) {
-    let unknown: Vec<&String> = given
-        .iter()
-        .filter(|var| *var != "RUST_LOG" && !read.contains(var))
-        .collect();
+    let unknown = tools::unread_vars(given, read);
     assert!(
         unknown.is_empty(),
         "compose gives {service_name} variables its config never reads: {unknown:?}"

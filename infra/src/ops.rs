@@ -89,11 +89,17 @@ struct OpsState {
     consumer: Option<ConsumerHealth>,
 }
 
+/// Liveness: the service's own loop only, never its dependencies. The Kubernetes manifests'
+/// liveness probes use it (`e2e/tests/deploy.rs` holds them to these paths).
+pub const LIVENESS_PATH: &str = "/healthz";
+/// Readiness: the dependencies answer and the consume loop is making progress.
+pub const READINESS_PATH: &str = "/readyz";
+
 /// `/healthz` and `/readyz` of a worker; `consumer` is its consume loop's health.
 pub fn router(readiness: Arc<dyn Readiness>, consumer: Option<ConsumerHealth>) -> Router {
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(LIVENESS_PATH, get(healthz))
+        .route(READINESS_PATH, get(readyz))
         .with_state(OpsState {
             readiness,
             consumer,

@@ -17,6 +17,9 @@ use crate::state::AppState;
 /// How long in-flight requests may run on after shutdown begins: longer than a healthy upload
 /// takes, shorter than the 60 s body timeout a stalled client could otherwise hold out.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// How long the producer may then take to deliver the events still queued. A pod's termination
+/// grace must exceed the two together (`deploy/base/ingest.yaml`).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
 
 /// A built ingest service: its listener bound, not yet serving.
 pub struct Application {
@@ -117,7 +120,7 @@ impl Application {
         if let Some(ops) = ops {
             ops.abort();
         }
-        events.flush(Duration::from_secs(10)).await;
+        events.flush(SHUTDOWN_FLUSH).await;
         pool.close().await;
         tracing::info!("ingest stopped");
         Ok(())

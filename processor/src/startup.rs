@@ -21,6 +21,11 @@ use crate::memory::MemoryBudget;
 use crate::metrics::ProcessorMetrics;
 use crate::{Config, ProcessorError, GROUP};
 
+/// How long the producer may take on shutdown to deliver the events still queued, after the
+/// consume loop stopped (its record in hand had up to `consume::FINISH_GRACE`). A pod's
+/// termination grace must exceed the two together (`deploy/base/processor.yaml`).
+pub const SHUTDOWN_FLUSH: Duration = Duration::from_secs(10);
+
 /// A built processor: subscribed, its ops endpoint bound, not yet consuming.
 pub struct Processor {
     consumer: StreamConsumer,
@@ -150,7 +155,7 @@ impl Processor {
             shutdown,
         )
         .await;
-        events.flush(Duration::from_secs(10)).await;
+        events.flush(SHUTDOWN_FLUSH).await;
         if let Ok(Err(error)) = ops.await {
             tracing::warn!(error = %error, "ops endpoint stopped with an error");
         }

@@ -1,0 +1,54 @@
+//! The tools the offline checks run, which the project installs itself: the Python venv
+//! `scripts/venv` makes (schemathesis, kubernetes-validate, kubectl).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace's root directory.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("e2e sits in the workspace")
+        .to_path_buf()
+}
+
+/// The venv's bin directory: `scripts/venv` creates it (once) and names it.
+pub fn venv_bin() -> PathBuf {
+    let script = workspace_root().join("scripts/venv");
+    let output = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("{} cannot run: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} could not create the test tools' venv (python3 with venv and pip, and PyPI, are \
+         needed):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let bin = String::from_utf8(output.stdout).expect("a path");
+    PathBuf::from(bin.trim())
+}
+
+/// A program installed in the venv (`st`, `kubectl`, `python`).
+pub fn venv_tool(name: &str) -> PathBuf {
+    let tool = venv_bin().join(name);
+    assert!(
+        tool.is_file(),
+        "{} is missing: scripts/venv installs it (delete the venv's imgpipe-requirements.txt \
+         to make it install again)",
+        tool.display()
+    );
+    tool
+}
+
+/// The variables among `given` that none of `read` names. `RUST_LOG` is the log filter, read
+/// by tracing rather than by a config struct, so it is always allowed.
+pub fn unread_vars<'a>(
+    given: impl IntoIterator<Item = &'a String>,
+    read: &[String],
+) -> Vec<&'a String> {
+    given
+        .into_iter()
+        .filter(|var| *var != "RUST_LOG" && !read.contains(var))
+        .collect()
+}
