@@ -1,7 +1,8 @@
 //! No Docker engine runs here, so compose.yaml is checked against the code instead: every
 //! variable a service gets is one its config reads, the init job creates exactly the topics
-//! in redpanda/topics.conf, every service has a healthcheck and resource limits, and the
-//! workers can be scaled (`--scale processor=3`).
+//! in redpanda/topics.conf, every service has a healthcheck and resource limits, the workers
+//! can be scaled (`--scale processor=3`), published ports are on loopback, mounted files
+//! exist, and Prometheus scrapes each service (every replica) where its `/metrics` listens.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -82,12 +83,14 @@ fn every_variable_a_service_gets_is_one_its_config_reads() {
 fn services_run_their_own_binary_with_a_healthcheck_and_limits() {
     let compose = compose();
     for name in ["ingest", "processor", "projector"] {
-        let service = service(&compose, name);
         assert_eq!(
-            service["command"][0].as_str(),
+            service(&compose, name)["command"][0].as_str(),
             Some(format!("imgpipe-{name}").as_str()),
             "{name} command"
         );
+    }
+    for name in ["ingest", "processor", "projector", "prometheus", "grafana"] {
+        let service = service(&compose, name);
         assert!(
             service["healthcheck"]["test"].is_sequence(),
             "{name} has a healthcheck"
@@ -102,7 +105,15 @@ fn services_run_their_own_binary_with_a_healthcheck_and_limits() {
         service(&compose, "postgres").get("ports").is_none(),
         "Postgres is not published on a host port"
     );
-    for name in ["redpanda", "console", "postgres", "minio", "init-topics"] {
+    for name in [
+        "redpanda",
+        "console",
+        "postgres",
+        "minio",
+        "init-topics",
+        "prometheus",
+        "grafana",
+    ] {
         let image = service(&compose, name)["image"]
             .as_str()
             .unwrap_or_default();
@@ -205,4 +216,146 @@ fn topics_created_by_init_job() -> Vec<TopicSpec> {
 #[test]
 fn the_init_job_creates_exactly_the_topics_the_code_defines() {
     assert_eq!(topics_created_by_init_job(), topics::bundled().unwrap());
+}
+
+#[test]
+fn published_ports_listen_on_loopback_only() {
+    let compose = compose();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for port in service["ports"].as_sequence().into_iter().flatten() {
+            let port = port.as_str().unwrap_or_default();
+            assert!(port.starts_with("127.0.0.1:"), "{name:?} publishes {port}");
+        }
+    }
+}
+
+/// A service's bind mounts: the path in the repository and where it appears in the container.
+fn bind_mounts(service: &Value) -> Vec<(PathBuf, String)> {
+    service["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(|mount| {
+            let mut parts = mount.as_str()?.split(':');
+            let host = parts.next()?.strip_prefix("./")?;
+            Some((root().join(host), parts.next()?.to_string()))
+        })
+        .collect()
+}
+
+/// Where a path in the container comes from in the repository, through the bind mounts.
+fn host_path(service: &Value, in_container: &str) -> PathBuf {
+    bind_mounts(service)
+        .into_iter()
+        .find_map(|(host, container)| {
+            let rest = in_container.strip_prefix(container.as_str())?;
+            Some(host.join(rest.trim_start_matches('/')))
+        })
+        .unwrap_or_else(|| panic!("no bind mount holds {in_container}"))
+}
+
+#[test]
+fn every_bind_mount_exists_in_the_repository() {
+    let compose = compose();
+    for (name, service) in compose["services"].as_mapping().unwrap() {
+        for (host, _) in bind_mounts(service) {
+            assert!(
+                host.exists(),
+                "{name:?} mounts {}, which is missing",
+                host.display()
+            );
+        }
+    }
+}
+
+/// The port in a service's `IMGPIPE_*_ADDR` variable (`0.0.0.0:8001`).
+fn address_port(service: &Value, variable: &str) -> Option<u16> {
+    let mut service = service.clone();
+    service.apply_merge().expect("merge keys resolve");
+    let address = service["environment"].get(variable)?.as_str()?.to_string();
+    Some(address.rsplit_once(':')?.1.parse().expect("a port number"))
+}
+
+/// Where a service's `/metrics` listens: its ops address, or (ingest without one) its API's.
+fn metrics_port(compose: &Value, name: &str) -> u16 {
+    let service = service(compose, name);
+    let upper = name.to_uppercase();
+    address_port(service, &format!("IMGPIPE_{upper}_OPS_ADDR"))
+        .or_else(|| address_port(service, &format!("IMGPIPE_{upper}_LISTEN_ADDR")))
+        .unwrap_or_else(|| panic!("{name} has no ops or listen address"))
+}
+
+fn prometheus_config(compose: &Value) -> Value {
+    let prometheus = service(compose, "prometheus");
+    let config = prometheus["command"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find_map(|arg| arg.as_str()?.strip_prefix("--config.file="))
+        .expect("prometheus gets --config.file");
+    let path = host_path(prometheus, config);
+    assert_eq!(
+        path,
+        root().join("deploy/observability/prometheus/prometheus.yml")
+    );
+    serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+#[test]
+fn prometheus_scrapes_every_replica_of_each_service_where_its_metrics_listen() {
+    let compose = compose();
+    let config = prometheus_config(&compose);
+    let mut jobs = BTreeSet::new();
+    for job in config["scrape_configs"].as_sequence().unwrap() {
+        let name = job["job_name"].as_str().unwrap();
+        jobs.insert(name.to_string());
+        let port = metrics_port(&compose, name);
+        match name {
+            // Scalable: found by DNS, one A record per replica of the compose service.
+            "processor" | "projector" => {
+                let dns = &job["dns_sd_configs"][0];
+                assert_eq!(dns["names"][0].as_str(), Some(name), "{name} DNS name");
+                assert_eq!(dns["type"].as_str(), Some("A"), "{name} record type");
+                assert_eq!(dns["port"].as_u64(), Some(port.into()), "{name} port");
+            }
+            _ => {
+                let target = job["static_configs"][0]["targets"][0].as_str();
+                assert_eq!(target, Some(format!("{name}:{port}").as_str()), "{name}");
+            }
+        }
+    }
+    let expected: BTreeSet<String> = ["ingest", "processor", "projector"]
+        .map(String::from)
+        .into();
+    assert_eq!(jobs, expected, "scrape jobs");
+}
+
+#[test]
+fn grafana_provisions_the_prometheus_data_source_and_the_dashboard() {
+    let compose = compose();
+    let grafana = service(&compose, "grafana");
+    let provisioning = |file: &str| -> Value {
+        let path = host_path(grafana, &format!("/etc/grafana/provisioning/{file}"));
+        serde_norway::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+    };
+    let sources = provisioning("datasources/prometheus.yml");
+    let source = &sources["datasources"][0];
+    assert_eq!(source["type"].as_str(), Some("prometheus"));
+    let published = service(&compose, "prometheus")["ports"][0]
+        .as_str()
+        .unwrap();
+    let container_port = published.rsplit(':').next().unwrap();
+    assert_eq!(
+        source["url"].as_str(),
+        Some(format!("http://prometheus:{container_port}").as_str())
+    );
+    let dashboards = provisioning("dashboards/imgpipe.yml");
+    let folder = dashboards["providers"][0]["options"]["path"]
+        .as_str()
+        .unwrap();
+    let dashboard = host_path(grafana, &format!("{folder}/imgpipe.json"));
+    assert_eq!(
+        dashboard,
+        root().join("deploy/observability/grafana/imgpipe.json")
+    );
 }

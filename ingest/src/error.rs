@@ -217,6 +217,7 @@ impl IntoResponse for IngestError {
             }
             _ => tracing::info!(code = self.code(), error = %self, "request rejected"),
         }
+        metrics::counter!(crate::metrics::ERRORS, "code" => self.code()).increment(1);
         let body = ErrorBody {
             code: self.code(),
             message: self.to_string(),

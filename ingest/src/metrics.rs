@@ -7,6 +7,7 @@ use axum::extract::{MatchedPath, Request};
 use axum::http::header::CONTENT_TYPE;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use imgpipe_infra::metrics::MetricKind;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Requests answered, by route template, method and status.
@@ -17,6 +18,19 @@ pub const REQUEST_SECONDS: &str = "imgpipe_ingest_request_duration_seconds";
 pub const UPLOAD_BYTES: &str = "imgpipe_ingest_upload_bytes_total";
 /// Seconds the broker took to acknowledge an event.
 pub const PRODUCE_SECONDS: &str = "imgpipe_ingest_produce_duration_seconds";
+/// Error responses, by their `code` (the API's error codes: `rate-limited`,
+/// `storage-unavailable`, ...); [`REQUESTS`] has only the status.
+pub const ERRORS: &str = "imgpipe_ingest_errors_total";
+
+/// Every metric above, for the check of the dashboards and alert rules. The durations have no
+/// bucket bounds, so they render as summaries.
+pub const ALL: &[(&str, MetricKind)] = &[
+    (REQUESTS, MetricKind::Counter),
+    (REQUEST_SECONDS, MetricKind::Summary),
+    (UPLOAD_BYTES, MetricKind::Counter),
+    (PRODUCE_SECONDS, MetricKind::Summary),
+    (ERRORS, MetricKind::Counter),
+];
 
 /// The process-wide recorder (a process has one, even with several apps in a test binary).
 pub fn handle() -> &'static PrometheusHandle {
@@ -57,4 +71,29 @@ pub async fn track(request: Request, next: Next) -> Response {
     metrics::histogram!(REQUEST_SECONDS, "route" => route, "method" => method)
         .record(started.elapsed().as_secs_f64());
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IngestError;
+
+    #[test]
+    fn error_responses_are_counted_by_code_under_the_documented_names() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        metrics::with_local_recorder(&recorder, || {
+            let _ = IngestError::MissingApiKey.into_response();
+            let _ = IngestError::MissingApiKey.into_response();
+            metrics::counter!(REQUESTS, "route" => "/v1/images", "method" => "POST", "status" => "401")
+                .increment(1);
+            metrics::histogram!(REQUEST_SECONDS).record(0.01);
+        });
+        let text = recorder.handle().render();
+        assert!(
+            text.contains("imgpipe_ingest_errors_total{code=\"missing-api-key\"} 2"),
+            "{text}"
+        );
+        let undeclared = imgpipe_infra::metrics::undeclared(&text, ALL);
+        assert!(undeclared.is_empty(), "not in ALL: {undeclared:?}");
+    }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use imgpipe_infra::breaker::BreakerState;
 use imgpipe_infra::consume::health::HealthSnapshot;
+use imgpipe_infra::metrics::MetricKind;
 use imgpipe_schemas::ReasonCode;
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
@@ -33,6 +34,19 @@ pub const STORAGE_BREAKER_TRANSITIONS: &str = "imgpipe_processor_storage_breaker
 /// Records refused (dead-lettered) for naming an object that is not their image's own: forged
 /// or corrupt records; any is worth a look.
 pub const FOREIGN_OBJECT_RECORDS: &str = "imgpipe_processor_foreign_object_records_total";
+
+/// Every metric above, for the check of the dashboards and alert rules (the consumer's health
+/// metrics are `imgpipe_infra::consume::health::metric_names::ALL`).
+pub const ALL: &[(&str, MetricKind)] = &[
+    (IMAGES_PROCESSED, MetricKind::Counter),
+    (IMAGES_FAILED, MetricKind::Counter),
+    (STAGE_SECONDS, MetricKind::Histogram),
+    (IMAGES_IN_FLIGHT, MetricKind::Gauge),
+    (STORAGE_ERRORS, MetricKind::Counter),
+    (STORAGE_BREAKER_STATE, MetricKind::Gauge),
+    (STORAGE_BREAKER_TRANSITIONS, MetricKind::Counter),
+    (FOREIGN_OBJECT_RECORDS, MetricKind::Counter),
+];
 
 /// A step of handling an image, timed under [`STAGE_SECONDS`].
 #[derive(Debug, Clone, Copy)]
@@ -208,6 +222,9 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
+        let declared = [ALL, imgpipe_infra::consume::health::metric_names::ALL].concat();
+        let undeclared = imgpipe_infra::metrics::undeclared(&text, &declared);
+        assert!(undeclared.is_empty(), "not in ALL: {undeclared:?}");
         drop(guard);
         assert!(metrics
             .handle()

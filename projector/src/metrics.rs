@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use imgpipe_infra::metrics::MetricKind;
 use metrics::Counter;
 use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
 
@@ -24,6 +25,17 @@ pub const BATCH_SECONDS: &str = "imgpipe_projector_batch_duration_seconds";
 /// Batches rolled back because the stored position was not the one expected (another
 /// instance moved it, or a rebuild was swapped in); the projector then seeks to the stored one.
 pub const POSITION_CONFLICTS: &str = "imgpipe_projector_position_conflicts_total";
+
+/// Every metric above, for the check of the dashboards and alert rules (the consumer's health
+/// metrics are `imgpipe_infra::consume::health::metric_names::ALL`).
+pub const ALL: &[(&str, MetricKind)] = &[
+    (EVENTS_APPLIED, MetricKind::Counter),
+    (EVENTS_DUPLICATE, MetricKind::Counter),
+    (RECORDS_DEAD_LETTERED, MetricKind::Counter),
+    (BATCH_RECORDS, MetricKind::Histogram),
+    (BATCH_SECONDS, MetricKind::Histogram),
+    (POSITION_CONFLICTS, MetricKind::Counter),
+];
 
 #[derive(Clone)]
 pub struct ProjectorMetrics {
@@ -122,5 +134,8 @@ mod tests {
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }
+        let declared = [ALL, imgpipe_infra::consume::health::metric_names::ALL].concat();
+        let undeclared = imgpipe_infra::metrics::undeclared(&text, &declared);
+        assert!(undeclared.is_empty(), "not in ALL: {undeclared:?}");
     }
 }

@@ -71,6 +71,8 @@ pub struct Stall {
 /// The health's metrics, one series per consumer `group`; recorded by
 /// [`HealthSnapshot::record`] into the service's own recorder.
 pub mod metric_names {
+    use crate::metrics::MetricKind;
+
     /// Partitions the member holds now.
     pub const ASSIGNED_PARTITIONS: &str = "imgpipe_consumer_assigned_partitions";
     /// Seconds since a record arrived or finished (or an outage began or ended).
@@ -81,6 +83,15 @@ pub mod metric_names {
     pub const REJOINS: &str = "imgpipe_consumer_rejoins_total";
     /// The group's records not yet consumed, per `partition` of the consumed topic.
     pub const LAG: &str = "imgpipe_consumer_lag";
+
+    /// Every metric above, for the check of the dashboards and alert rules.
+    pub const ALL: &[(&str, MetricKind)] = &[
+        (ASSIGNED_PARTITIONS, MetricKind::Gauge),
+        (SECONDS_SINCE_PROGRESS, MetricKind::Gauge),
+        (STALLED, MetricKind::Gauge),
+        (REJOINS, MetricKind::Counter),
+        (LAG, MetricKind::Gauge),
+    ];
 }
 
 /// What the metrics and the health endpoints show.
