@@ -148,5 +148,15 @@ async fn poison_is_dead_lettered_and_the_partition_keeps_moving(poison: Vec<u8>)
             pipeline.kafka.group_id("imgpipe-projector")
         ]
     );
+    // Each service counted its dead letter, by class.
+    let series = |name: &str| format!("{name}{{class=\"undecodable-record\"}}");
+    let processor_series = series(imgpipe_processor::metrics::RECORDS_DEAD_LETTERED);
+    assert_eq!(pipeline.processor_metric(&processor_series).await, 1.0);
+    let projector_page = pipeline.projector_metrics().await;
+    let projector_series = series(imgpipe_projector::metrics::RECORDS_DEAD_LETTERED);
+    assert_eq!(
+        imgpipe_e2e::metrics::series_value(&projector_page, &projector_series),
+        Some(1.0)
+    );
     pipeline.stop().await.unwrap();
 }

@@ -113,6 +113,17 @@ async fn every_corpus_photo_ends_ready_with_its_variants_stored() {
             .unwrap();
         assert!(count >= photos.len() as f64, "{series}{count}");
     }
+    // And the projector timed each image from its upload to ready, once.
+    let projector = pipeline.projector_metrics().await;
+    let series = format!(
+        "{}_count",
+        imgpipe_projector::metrics::UPLOAD_TO_READY_SECONDS
+    );
+    assert_eq!(
+        imgpipe_e2e::metrics::series_value(&projector, &series),
+        Some(photos.len() as f64),
+        "{series} in:\n{projector}"
+    );
     pipeline.stop().await.unwrap();
 }
 

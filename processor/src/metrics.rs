@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use imgpipe_infra::breaker::BreakerState;
 use imgpipe_infra::consume::health::HealthSnapshot;
 use imgpipe_infra::metrics::MetricKind;
+use imgpipe_schemas::headers::ErrorClass;
 use imgpipe_schemas::ReasonCode;
 use metrics::{Counter, Gauge};
 use metrics_exporter_prometheus::{PrometheusHandle, PrometheusRecorder};
@@ -34,6 +35,10 @@ pub const STORAGE_BREAKER_TRANSITIONS: &str = "imgpipe_processor_storage_breaker
 /// Records refused (dead-lettered) for naming an object that is not their image's own: forged
 /// or corrupt records; any is worth a look.
 pub const FOREIGN_OBJECT_RECORDS: &str = "imgpipe_processor_foreign_object_records_total";
+/// Records copied to the dead-letter topic, by error `class` (`schemas::headers::ErrorClass`):
+/// retries ran out (`storage`, `event-log`), or the record cannot be handled at all
+/// (`undecodable-record`, `foreign-object`, `handler-panicked`). Each waits for a redrive.
+pub const RECORDS_DEAD_LETTERED: &str = "imgpipe_processor_records_dead_lettered_total";
 
 /// Every metric above, for the check of the dashboards and alert rules (the consumer's health
 /// metrics are `imgpipe_infra::consume::health::metric_names::ALL`).
@@ -46,6 +51,7 @@ pub const ALL: &[(&str, MetricKind)] = &[
     (STORAGE_BREAKER_STATE, MetricKind::Gauge),
     (STORAGE_BREAKER_TRANSITIONS, MetricKind::Counter),
     (FOREIGN_OBJECT_RECORDS, MetricKind::Counter),
+    (RECORDS_DEAD_LETTERED, MetricKind::Counter),
 ];
 
 /// A step of handling an image, timed under [`STAGE_SECONDS`].
@@ -130,6 +136,12 @@ impl ProcessorMetrics {
         });
     }
 
+    pub(crate) fn dead_lettered(&self, class: ErrorClass) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::counter!(RECORDS_DEAD_LETTERED, "class" => class.as_str()).increment(1);
+        });
+    }
+
     pub(crate) fn image_failed(&self, reason_code: ReasonCode) {
         let reason = reason_code.as_str();
         metrics::with_local_recorder(&*self.recorder, || {
@@ -209,6 +221,7 @@ mod tests {
         health.record_lag([(3, 7)]);
         metrics.consumer_health(&health.snapshot());
         metrics.foreign_object();
+        metrics.dead_lettered(ErrorClass::UndecodableRecord);
         let text = metrics.handle().render();
         for expected in [
             "imgpipe_processor_images_processed_total 1",
@@ -219,6 +232,7 @@ mod tests {
             "imgpipe_processor_storage_breaker_transitions_total{to=\"open\"} 1",
             "imgpipe_consumer_lag{group=\"imgpipe-processor\",partition=\"3\"} 7",
             "imgpipe_processor_foreign_object_records_total 1",
+            "imgpipe_processor_records_dead_lettered_total{class=\"undecodable-record\"} 1",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");
         }

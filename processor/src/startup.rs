@@ -69,6 +69,11 @@ impl Processor {
             let metrics = metrics.clone();
             Arc::new(move |to| metrics.breaker_transition(to))
         });
+        let dead_letters = DeadLetterProducer::new(&config.kafka, "imgpipe-processor", GROUP)?
+            .on_sent({
+                let metrics = metrics.clone();
+                Arc::new(move |class| metrics.dead_lettered(class))
+            });
         let handler = VariantHandler {
             store: ObjectStore::connect(&config.s3).await,
             store_breaker,
@@ -82,7 +87,7 @@ impl Processor {
         Ok(Self {
             consumer,
             codec,
-            dead_letters: DeadLetterProducer::new(&config.kafka, "imgpipe-processor", GROUP)?,
+            dead_letters,
             handler,
             retry: RetryPolicy {
                 max_attempts: (settings.max_attempts > 0).then_some(settings.max_attempts),

@@ -14,7 +14,7 @@ use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
 use sqlx::{PgConnection, PgPool};
 
-use crate::db;
+use crate::db::{self, Outcome};
 use crate::positions::{self, PositionMap};
 
 /// What happens to a record that cannot be applied: one that cannot be decoded, or that
@@ -40,6 +40,8 @@ pub struct BatchReport {
     pub duplicates: u64,
     /// Records rejected (dead-lettered, or counted during a rebuild), by error class.
     pub rejected: BTreeMap<&'static str, u64>,
+    /// For each image the batch turned ready for the first time: how long after its upload.
+    pub first_ready_after_upload: Vec<Duration>,
 }
 
 impl BatchReport {
@@ -53,6 +55,8 @@ impl BatchReport {
         for (class, count) in &other.rejected {
             *self.rejected.entry(class).or_default() += count;
         }
+        self.first_ready_after_upload
+            .extend(&other.first_ready_after_upload);
     }
 }
 
@@ -166,7 +170,10 @@ impl Applier {
         let mut rejected = Vec::new();
         for record in decoded {
             match apply_record(&mut tx, record, careful).await? {
-                Applied::Changed(event_type) => *report.applied.entry(event_type).or_default() += 1,
+                Applied::Changed(event_type, first_ready) => {
+                    *report.applied.entry(event_type).or_default() += 1;
+                    report.first_ready_after_upload.extend(first_ready);
+                }
                 Applied::Duplicate => report.duplicates += 1,
                 Applied::Rejected(error) => rejected.push((record.message, error)),
             }
@@ -219,8 +226,9 @@ impl Applier {
 
 /// What became of one record of a batch.
 enum Applied {
-    /// The event changed the read models; its type.
-    Changed(&'static str),
+    /// The event changed the read models: its type, and how long after its upload the image
+    /// turned ready if this made it ready for the first time.
+    Changed(&'static str, Option<Duration>),
     /// The event was applied before.
     Duplicate,
     /// The record cannot be applied.
@@ -254,8 +262,11 @@ async fn apply_record(
         Ok(db::apply(tx, event, &record.position).await?)
     };
     Ok(match applied {
-        Ok(true) => Applied::Changed(event.event_type().as_str()),
-        Ok(false) => Applied::Duplicate,
+        Ok(Outcome::Duplicate) => Applied::Duplicate,
+        Ok(Outcome::Changed) => Applied::Changed(event.event_type().as_str(), None),
+        Ok(Outcome::FirstReady { after_upload }) => {
+            Applied::Changed(event.event_type().as_str(), Some(after_upload))
+        }
         Err(error) => {
             tracing::error!(
                 image_id = %event.image_id, event_id = %event.event_id,
@@ -273,7 +284,7 @@ async fn apply_behind_savepoint(
     tx: &mut PgConnection,
     event: &Event,
     position: &RecordPosition,
-) -> Result<Result<bool, sqlx::Error>, sqlx::Error> {
+) -> Result<Result<Outcome, sqlx::Error>, sqlx::Error> {
     sqlx::query("SAVEPOINT event").execute(&mut *tx).await?;
     match db::apply(&mut *tx, event, position).await {
         Ok(applied) => {

@@ -4,6 +4,7 @@ use imgpipe_infra::consume::RecordPosition;
 use imgpipe_infra::DatabaseConfig;
 use imgpipe_schemas::{Event, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted, Payload};
 use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
 
 use crate::ProjectorError;
 
@@ -19,19 +20,36 @@ pub async fn migrate(config: &DatabaseConfig) -> Result<(), ProjectorError> {
     Ok(())
 }
 
-/// Applies one event inside the caller's transaction. Returns false when the event was
-/// applied before (its id is already in the timeline), in which case nothing changes.
+/// What applying one event did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Outcome {
+    /// The event was applied before (its id is already in the timeline): nothing changed.
+    Duplicate,
+    /// The read models changed.
+    Changed,
+    /// The read models changed and an uploaded image turned ready for the first time, this
+    /// long after its upload was accepted (by the database's clock, at the apply).
+    FirstReady { after_upload: Duration },
+}
+
+impl Outcome {
+    pub fn changed(self) -> bool {
+        self != Outcome::Duplicate
+    }
+}
+
+/// Applies one event inside the caller's transaction.
 pub async fn apply(
     tx: &mut PgConnection,
     event: &Event,
     position: &RecordPosition,
-) -> Result<bool, sqlx::Error> {
+) -> Result<Outcome, sqlx::Error> {
     if !record_in_timeline(tx, event, position).await? {
-        return Ok(false);
+        return Ok(Outcome::Duplicate);
     }
     match &event.payload {
         Payload::ImageUploaded(uploaded) => apply_uploaded(tx, event, uploaded).await?,
-        Payload::ImageProcessed(processed) => apply_processed(tx, event, processed).await?,
+        Payload::ImageProcessed(processed) => return apply_processed(tx, event, processed).await,
         Payload::ImageFailed(failed) => apply_failed(tx, event, failed).await?,
         Payload::ImageDeleted(_) => apply_deleted(tx, event).await?,
         Payload::ObjectsDeleted(deleted) => apply_objects_deleted(tx, event, deleted).await?,
@@ -39,7 +57,7 @@ pub async fn apply(
         // An audit record: the timeline row is all it changes.
         Payload::OrphanRemoved(_) => {}
     }
-    Ok(true)
+    Ok(Outcome::Changed)
 }
 
 /// Adds the event to the timeline; false when its id is there already.
@@ -104,13 +122,18 @@ async fn apply_processed(
     tx: &mut PgConnection,
     event: &Event,
     processed: &ImageProcessed,
-) -> Result<(), sqlx::Error> {
-    let updated = sqlx::query(
-        "UPDATE images
+) -> Result<Outcome, sqlx::Error> {
+    // The status before the update (the CTE reads the row as it was), and the time since the
+    // upload: an image that was `uploaded` until now turned ready for the first time.
+    let updated: Option<(bool, f64)> = sqlx::query_as(
+        "WITH before AS (SELECT status FROM images WHERE image_id = $1)
+         UPDATE images
          SET status = 'ready', spec_version = $2, width = $3, height = $4,
              dominant_color = $5, blurhash = $6, animated = $8,
              failure_code = NULL, failure_reason = NULL, updated_at = $7
-         WHERE image_id = $1 AND status <> 'deleted'",
+         WHERE image_id = $1 AND status <> 'deleted'
+         RETURNING (SELECT status FROM before) = 'uploaded',
+                   extract(epoch FROM clock_timestamp() - uploaded_at)::float8",
     )
     .bind(event.image_id)
     .bind(processed.spec_version)
@@ -120,13 +143,12 @@ async fn apply_processed(
     .bind(&processed.blurhash)
     .bind(event.occurred_at)
     .bind(processed.animated)
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 0 {
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((first_ready, seconds_since_upload)) = updated else {
         tracing::warn!(image_id = %event.image_id, "ImageProcessed for an unknown or deleted image");
-        return Ok(());
-    }
+        return Ok(Outcome::Changed);
+    };
     sqlx::query("DELETE FROM variants WHERE image_id = $1")
         .bind(event.image_id)
         .execute(&mut *tx)
@@ -150,7 +172,14 @@ async fn apply_processed(
         .execute(&mut *tx)
         .await?;
     }
-    Ok(())
+    Ok(if first_ready {
+        Outcome::FirstReady {
+            // Clocks of different hosts may disagree a little: never a negative duration.
+            after_upload: Duration::from_secs_f64(seconds_since_upload.max(0.0)),
+        }
+    } else {
+        Outcome::Changed
+    })
 }
 
 async fn apply_failed(

@@ -22,6 +22,10 @@ pub const RECORDS_DEAD_LETTERED: &str = "imgpipe_projector_records_dead_lettered
 pub const BATCH_RECORDS: &str = "imgpipe_projector_batch_records";
 /// Seconds from a batch's first record received to its transaction committed.
 pub const BATCH_SECONDS: &str = "imgpipe_projector_batch_duration_seconds";
+/// Seconds from an upload accepted (its `ImageUploaded` event) to the image first shown
+/// `ready` by the read model (the batch that applied its `ImageProcessed` committed): the
+/// whole pipeline as a client polling the API sees it.
+pub const UPLOAD_TO_READY_SECONDS: &str = "imgpipe_projector_upload_to_ready_seconds";
 /// Batches rolled back because the stored position was not the one expected (another
 /// instance moved it, or a rebuild was swapped in); the projector then seeks to the stored one.
 pub const POSITION_CONFLICTS: &str = "imgpipe_projector_position_conflicts_total";
@@ -35,6 +39,7 @@ pub const ALL: &[(&str, MetricKind)] = &[
     (BATCH_RECORDS, MetricKind::Histogram),
     (BATCH_SECONDS, MetricKind::Histogram),
     (POSITION_CONFLICTS, MetricKind::Counter),
+    (UPLOAD_TO_READY_SECONDS, MetricKind::Histogram),
 ];
 
 #[derive(Clone)]
@@ -56,9 +61,14 @@ impl ProjectorMetrics {
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 60.0,
         ];
         const RECORDS: &[f64] = &[1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
+        // Sub-second when idle (BENCHMARKS: p50 0.63 s), minutes when a backlog queues.
+        const UPLOAD_TO_READY: &[f64] = &[
+            0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0,
+        ];
         let recorder = Arc::new(imgpipe_infra::metrics::recorder(&[
             (BATCH_SECONDS, SECONDS),
             (BATCH_RECORDS, RECORDS),
+            (UPLOAD_TO_READY_SECONDS, UPLOAD_TO_READY),
         ]));
         let (duplicates, conflicts) = metrics::with_local_recorder(&*recorder, || {
             (
@@ -93,6 +103,10 @@ impl ProjectorMetrics {
             }
             metrics::histogram!(BATCH_RECORDS).record(report.records as f64);
             metrics::histogram!(BATCH_SECONDS).record(took.as_secs_f64());
+            let upload_to_ready = metrics::histogram!(UPLOAD_TO_READY_SECONDS);
+            for after in &report.first_ready_after_upload {
+                upload_to_ready.record(after.as_secs_f64());
+            }
         });
     }
 
@@ -116,6 +130,7 @@ mod tests {
         };
         report.applied.insert("ImageUploaded", 2);
         report.rejected.insert("undecodable-record", 1);
+        report.first_ready_after_upload = vec![Duration::from_millis(700)];
         metrics.batch(&report, Duration::from_millis(3));
         metrics.conflict();
         let health =
@@ -130,6 +145,8 @@ mod tests {
             "imgpipe_projector_batch_records_bucket{le=\"5\"} 1",
             "imgpipe_projector_batch_duration_seconds_bucket{le=\"0.005\"} 1",
             "imgpipe_projector_position_conflicts_total 1",
+            "imgpipe_projector_upload_to_ready_seconds_bucket{le=\"0.5\"} 0",
+            "imgpipe_projector_upload_to_ready_seconds_bucket{le=\"1\"} 1",
             "imgpipe_consumer_lag{group=\"imgpipe-projector\",partition=\"2\"} 5",
         ] {
             assert!(text.contains(expected), "{expected} missing from:\n{text}");

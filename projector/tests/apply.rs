@@ -42,7 +42,7 @@ async fn apply(pool: &PgPool, event: &Event, offset: i64) -> bool {
     let mut tx = pool.begin().await.unwrap();
     let applied = db::apply(&mut tx, event, &position).await.unwrap();
     tx.commit().await.unwrap();
-    applied
+    applied.changed()
 }
 
 async fn status(pool: &PgPool, image_id: Uuid) -> String {
@@ -240,6 +240,78 @@ async fn image_processed_stores_the_colour_descriptors() {
     assert!(apply(&pool, &processed(None, None), 2).await);
     assert_eq!(descriptors(&pool, id).await, (None, None));
     assert_eq!(status(&pool, id).await, "ready");
+
+    sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", config.schema))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
+/// The first `ImageProcessed` of an uploaded image reports how long after the upload it turned
+/// ready (the projector's upload-to-ready histogram); a later result, the same one again, and a
+/// result for an unknown image do not.
+#[tokio::test]
+async fn only_the_first_result_of_an_upload_reports_its_upload_to_ready_time() {
+    let (config, pool) = database().await;
+    let id = Uuid::now_v7();
+    let mut uploaded = event(
+        id,
+        ImageUploaded {
+            owner: "client-a".into(),
+            original_key: format!("originals/{id}"),
+            format: "png".into(),
+            bytes: 10,
+            sha256: "ab".repeat(32),
+            width: 300,
+            height: 200,
+            metadata: Default::default(),
+        },
+    );
+    // Accepted three seconds ago.
+    uploaded.occurred_at -= time::Duration::seconds(3);
+    let processed = |image_id: Uuid| {
+        event(
+            image_id,
+            ImageProcessed {
+                spec_version: 1,
+                original_width: 300,
+                original_height: 200,
+                variants: Vec::new(),
+                dominant_color: None,
+                blurhash: None,
+                animated: false,
+            },
+        )
+    };
+    let apply_at = |event: Event, offset: i64| {
+        let pool = pool.clone();
+        async move {
+            let position = RecordPosition {
+                topic: "imgpipe.events".into(),
+                partition: 0,
+                offset,
+            };
+            let mut tx = pool.begin().await.unwrap();
+            let outcome = db::apply(&mut tx, &event, &position).await.unwrap();
+            tx.commit().await.unwrap();
+            outcome
+        }
+    };
+    assert_eq!(apply_at(uploaded, 0).await, db::Outcome::Changed);
+    let first = processed(id);
+    match apply_at(first.clone(), 1).await {
+        db::Outcome::FirstReady { after_upload } => assert!(
+            (3.0..60.0).contains(&after_upload.as_secs_f64()),
+            "ready {after_upload:?} after an upload three seconds ago"
+        ),
+        other => panic!("the first result made the image ready: {other:?}"),
+    }
+    assert_eq!(apply_at(first, 1).await, db::Outcome::Duplicate);
+    assert_eq!(apply_at(processed(id), 2).await, db::Outcome::Changed);
+    assert_eq!(
+        apply_at(processed(Uuid::now_v7()), 3).await,
+        db::Outcome::Changed
+    );
 
     sqlx::query(&format!("DROP SCHEMA \"{}\" CASCADE", config.schema))
         .execute(&pool)

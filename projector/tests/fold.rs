@@ -218,7 +218,10 @@ async fn the_fold_and_the_projection_make_the_same_image_of_random_timelines() {
             };
             offset += 1;
             let mut tx = pool.begin().await.unwrap();
-            assert!(db::apply(&mut tx, &event, &position).await.unwrap());
+            assert!(db::apply(&mut tx, &event, &position)
+                .await
+                .unwrap()
+                .changed());
             tx.commit().await.unwrap();
             applied.push(event);
         }

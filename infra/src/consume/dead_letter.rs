@@ -1,6 +1,9 @@
 //! Copies records the loop gives up on to the dead-letter topic.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use imgpipe_schemas::headers::ErrorClass;
 
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -17,7 +20,12 @@ pub struct DeadLetterProducer {
     producer: FutureProducer,
     topic: String,
     group: String,
+    on_sent: Option<OnSent>,
 }
+
+/// Told the class of each record once the broker has its copy (a service counts them in its
+/// metrics; the registry is the service's, so infra only calls back).
+pub type OnSent = Arc<dyn Fn(ErrorClass) + Send + Sync>;
 
 impl DeadLetterProducer {
     pub fn new(
@@ -34,7 +42,14 @@ impl DeadLetterProducer {
             producer,
             topic: config.topics().dead_letter,
             group: config.group_id(group),
+            on_sent: None,
         })
+    }
+
+    /// Calls `on_sent` with each record's error class once its copy is on the broker.
+    pub fn on_sent(mut self, on_sent: OnSent) -> Self {
+        self.on_sent = Some(on_sent);
+        self
     }
 
     /// Returns once the broker has the copy. Retries until then: losing a record here would
@@ -81,7 +96,12 @@ impl DeadLetterProducer {
                 .send(record, Timeout::After(Duration::from_secs(10)))
                 .await
             {
-                Ok(_) => return,
+                Ok(_) => {
+                    if let Some(on_sent) = &self.on_sent {
+                        on_sent(error.class());
+                    }
+                    return;
+                }
                 Err((error, _)) => {
                     tracing::error!(error = %error, "dead-letter produce failed, retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
