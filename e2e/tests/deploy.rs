@@ -21,6 +21,8 @@ use serde_norway::Value;
 
 #[path = "deploy/manifests.rs"]
 mod manifests;
+#[path = "deploy/relabel.rs"]
+mod relabel;
 
 use manifests::{
     containers, deployment, environment, every_render, name, of_kind, secret_refs, workloads,
@@ -492,6 +494,88 @@ fn every_secret_a_render_refers_to_exists_with_its_keys() {
                 );
             }
         }
+    }
+}
+
+/// Prometheus on Kubernetes (deploy/observability/prometheus/kubernetes.yml) over the rendered
+/// pods: each service's pod is one target, at its ops port and the metrics path, whose `job` is
+/// the job name compose's Prometheus gives the same service, so the alert rules and the
+/// dashboard (which select on `job`) see both stacks alike. A stock annotation-based scrape job
+/// would label them all with its own name.
+#[test]
+fn prometheus_on_kubernetes_labels_each_service_as_compose_does() {
+    let root = tools::workspace_root();
+    let read_yaml = |path: &str| -> Value {
+        serde_norway::from_str(&std::fs::read_to_string(root.join(path)).unwrap()).unwrap()
+    };
+    let compose_jobs: BTreeSet<String> =
+        read_yaml("deploy/observability/prometheus/prometheus.yml")["scrape_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|job| job["job_name"].as_str().unwrap().to_string())
+            .collect();
+    let config = read_yaml("deploy/observability/prometheus/kubernetes.yml");
+    let [scrape] = config["scrape_configs"].as_sequence().unwrap().as_slice() else {
+        panic!("kubernetes.yml has one scrape job");
+    };
+    let rules = scrape["relabel_configs"].as_sequence().unwrap();
+    let namespaces = &scrape["kubernetes_sd_configs"][0]["namespaces"]["names"];
+    for dir in OVERLAYS {
+        let docs = manifests::render(dir);
+        let namespace = of_kind(&docs, "Namespace").next().map(name).unwrap();
+        assert!(
+            namespaces
+                .as_sequence()
+                .unwrap()
+                .contains(&Value::from(namespace)),
+            "{dir}: kubernetes.yml does not discover the namespace {namespace}"
+        );
+        let mut jobs = BTreeSet::new();
+        for workload in workloads(&docs) {
+            let mut targets = Vec::new();
+            for container in containers(&workload) {
+                let ports: Vec<Option<&Value>> = match container["ports"].as_sequence() {
+                    Some(ports) => ports.iter().map(Some).collect(),
+                    None => vec![None],
+                };
+                for port in ports {
+                    let discovered =
+                        relabel::pod_port_labels(namespace, workload.name, workload.template, port);
+                    targets.extend(relabel::relabel(rules, discovered));
+                }
+            }
+            if workload.kind != "Deployment" {
+                assert!(targets.is_empty(), "{dir}: {} is scraped", workload.name);
+                continue;
+            }
+            let [target] = targets.as_slice() else {
+                panic!(
+                    "{dir}: {} is {} targets, not one",
+                    workload.name,
+                    targets.len()
+                );
+            };
+            let job = target.get("job").map_or("(the job name)", String::as_str);
+            assert_eq!(job, workload.component, "{dir}: {}'s job", workload.name);
+            let ops_var = format!("IMGPIPE_{}_OPS_ADDR", workload.component.to_uppercase());
+            let ops_port = bound_port(&variable(&docs, &workload, &ops_var));
+            assert_eq!(
+                target["__address__"],
+                format!("10.0.0.1:{ops_port}"),
+                "{dir}: {} is scraped at its ops port",
+                workload.name
+            );
+            let path = target
+                .get("__metrics_path__")
+                .map_or("/metrics", String::as_str);
+            assert_eq!(path, "/metrics", "{dir}: {}", workload.name);
+            jobs.insert(job.to_string());
+        }
+        assert_eq!(
+            jobs, compose_jobs,
+            "{dir}: the jobs on Kubernetes and in compose"
+        );
     }
 }
 

@@ -59,6 +59,8 @@ pub struct Workload<'a> {
     /// `app.kubernetes.io/component`: ingest, processor, projector or admin.
     pub component: &'a str,
     pub pod: &'a Value,
+    /// The pod template: `metadata` (labels, annotations) and `spec` (= `pod`).
+    pub template: &'a Value,
 }
 
 pub fn workloads(docs: &[Value]) -> Vec<Workload<'_>> {
@@ -76,6 +78,7 @@ pub fn workloads(docs: &[Value]) -> Vec<Workload<'_>> {
                     .as_str()
                     .unwrap_or_else(|| panic!("{} has no component label", name(doc))),
                 pod: &template["spec"],
+                template,
             })
         })
         .collect()
