@@ -24,6 +24,10 @@ enum Command {
         /// Leave topics alone (the compose init job creates them with rpk).
         #[arg(long)]
         skip_topics: bool,
+        /// Create the topics with this many replicas instead of topics.conf's (1, for a single
+        /// broker), e.g. 3 on a production cluster. Existing topics are left as they are.
+        #[arg(long, conflicts_with = "skip_topics", value_parser = clap::value_parser!(i32).range(1..))]
+        replication_factor: Option<i32>,
     },
     /// Apply pending database migrations.
     Migrate,
@@ -247,7 +251,10 @@ async fn main() -> anyhow::Result<()> {
     };
     imgpipe_infra::telemetry::init(&log);
     match cli.command {
-        Command::Setup { skip_topics } => setup::setup(skip_topics).await?,
+        Command::Setup {
+            skip_topics,
+            replication_factor,
+        } => setup::setup(skip_topics, replication_factor).await?,
         Command::Migrate => setup::migrate().await?,
         Command::Events { command } => match command {
             EventsCommand::Tail {

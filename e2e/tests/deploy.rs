@@ -17,125 +17,17 @@ use imgpipe_infra::ops::{LIVENESS_PATH, READINESS_PATH};
 use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
-use serde::Deserialize;
 use serde_norway::Value;
 
-const BASE: &str = "deploy/base";
-const OVERLAYS: [&str; 2] = ["deploy/overlays/dev", "deploy/overlays/prod"];
-/// The image the base names; the overlays give it its tag.
-const IMAGE: &str = "ghcr.io/imgpipe/imgpipe";
+#[path = "deploy/manifests.rs"]
+mod manifests;
+#[path = "deploy/relabel.rs"]
+mod relabel;
 
-fn every_render() -> impl Iterator<Item = (&'static str, Vec<Value>)> {
-    std::iter::once(BASE)
-        .chain(OVERLAYS)
-        .map(|dir| (dir, render(dir)))
-}
-
-/// `kubectl kustomize dir`, as documents.
-fn render(dir: &str) -> Vec<Value> {
-    let kubectl = tools::venv_tool("kubectl");
-    let output = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(tools::workspace_root().join(dir))
-        .output()
-        .unwrap_or_else(|e| panic!("{} cannot run: {e}", kubectl.display()));
-    assert!(
-        output.status.success(),
-        "kubectl kustomize {dir} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let text = String::from_utf8(output.stdout).unwrap();
-    serde_norway::Deserializer::from_str(&text)
-        .map(|doc| Value::deserialize(doc).expect("kustomize renders YAML"))
-        .filter(|doc| !doc.is_null())
-        .collect()
-}
-
-fn kind(doc: &Value) -> &str {
-    doc["kind"].as_str().unwrap_or_default()
-}
-
-fn name(doc: &Value) -> &str {
-    doc["metadata"]["name"].as_str().unwrap_or_default()
-}
-
-fn of_kind<'a>(docs: &'a [Value], wanted: &'a str) -> impl Iterator<Item = &'a Value> {
-    docs.iter().filter(move |doc| kind(doc) == wanted)
-}
-
-/// A Deployment, Job or CronJob: what its pods run.
-struct Workload<'a> {
-    name: &'a str,
-    kind: &'a str,
-    /// `app.kubernetes.io/component`: ingest, processor, projector or admin.
-    component: &'a str,
-    pod: &'a Value,
-}
-
-fn workloads(docs: &[Value]) -> Vec<Workload<'_>> {
-    docs.iter()
-        .filter_map(|doc| {
-            let template = match kind(doc) {
-                "Deployment" | "Job" => &doc["spec"]["template"],
-                "CronJob" => &doc["spec"]["jobTemplate"]["spec"]["template"],
-                _ => return None,
-            };
-            Some(Workload {
-                name: name(doc),
-                kind: kind(doc),
-                component: template["metadata"]["labels"]["app.kubernetes.io/component"]
-                    .as_str()
-                    .unwrap_or_else(|| panic!("{} has no component label", name(doc))),
-                pod: &template["spec"],
-            })
-        })
-        .collect()
-}
-
-fn deployment<'a>(docs: &'a [Value], component: &str) -> Workload<'a> {
-    workloads(docs)
-        .into_iter()
-        .find(|w| w.kind == "Deployment" && w.component == component)
-        .unwrap_or_else(|| panic!("no {component} Deployment"))
-}
-
-fn containers<'a>(workload: &Workload<'a>) -> &'a Vec<Value> {
-    workload.pod["containers"]
-        .as_sequence()
-        .unwrap_or_else(|| panic!("{} has no containers", workload.name))
-}
-
-/// Every variable the container gets, with its value where the manifests hold it (literal or
-/// from a ConfigMap); a Secret's value is not in the manifests.
-fn environment(docs: &[Value], container: &Value) -> BTreeMap<String, Option<String>> {
-    let mut env = BTreeMap::new();
-    for source in container["envFrom"].as_sequence().into_iter().flatten() {
-        let (kind, reference) = match (source.get("configMapRef"), source.get("secretRef")) {
-            (Some(reference), _) => ("ConfigMap", reference),
-            (None, Some(reference)) => ("Secret", reference),
-            _ => panic!("envFrom of an unknown kind: {source:?}"),
-        };
-        let wanted = reference["name"].as_str().unwrap();
-        let object = of_kind(docs, kind)
-            .find(|doc| name(doc) == wanted)
-            .unwrap_or_else(|| {
-                panic!(
-                    "envFrom names the {kind} {wanted}, which the render does not hold, so its \
-                     variables cannot be checked (give a Secret's keys one by one with \
-                     secretKeyRef)"
-                )
-            });
-        for (key, value) in object["data"].as_mapping().into_iter().flatten() {
-            let value = (kind == "ConfigMap").then(|| value.as_str().unwrap().to_string());
-            env.insert(key.as_str().unwrap().to_string(), value);
-        }
-    }
-    for var in container["env"].as_sequence().into_iter().flatten() {
-        let value = var["value"].as_str().map(str::to_string);
-        env.insert(var["name"].as_str().unwrap().to_string(), value);
-    }
-    env
-}
+use manifests::{
+    containers, deployment, environment, every_render, name, of_kind, secret_refs, workloads,
+    Workload, BASE, IMAGE, OVERLAYS,
+};
 
 /// What the workload's program reads: each service's `Config::env_vars()`; for the admin
 /// command, the infra configs its subcommands read (setup and migrate: broker, bucket,
@@ -504,6 +396,185 @@ fn the_termination_grace_outlasts_the_shutdown() {
         assert!(
             termination_grace(&ingest) > ingest_shutdown,
             "{dir}: ingest's grace must exceed {ingest_shutdown:?}"
+        );
+    }
+}
+
+/// The keys of each Secret deploy/README.md has the operator create in the overlay's
+/// `namespace` (`kubectl -n NS create secret generic NAME --from-env-file=F | --from-file=F`):
+/// an env file's are those of `<overlay>/F.example`, each with a value; a file's key is its name.
+fn secrets_the_readme_creates(
+    overlay: &str,
+    namespace: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let root = tools::workspace_root();
+    let readme = std::fs::read_to_string(root.join("deploy/README.md")).unwrap();
+    let mut secrets = BTreeMap::new();
+    for line in readme.lines() {
+        let command = format!("-n {namespace} create secret generic ");
+        let Some((_, rest)) = line.split_once(&command) else {
+            continue;
+        };
+        let mut words = rest.split_whitespace();
+        let secret = words.next().unwrap().to_string();
+        let mut keys = BTreeSet::new();
+        for word in words {
+            if let Some(file) = word.strip_prefix("--from-env-file=") {
+                let example = root.join(overlay).join(format!("{file}.example"));
+                let text = std::fs::read_to_string(&example)
+                    .unwrap_or_else(|e| panic!("{}: {e}", example.display()));
+                for entry in text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.is_empty())
+                {
+                    let (key, value) = entry.split_once('=').unwrap();
+                    // `--from-env-file` keeps an empty value as a key set to "": the variable
+                    // is then set, and an empty credential is not an absent one.
+                    assert!(
+                        !value.is_empty(),
+                        "{}: {key} is empty; leave an optional key out instead",
+                        example.display()
+                    );
+                    keys.insert(key.to_string());
+                }
+            } else if let Some(file) = word.strip_prefix("--from-file=") {
+                keys.insert(
+                    file.rsplit_once('=')
+                        .map_or(file, |(key, _)| key)
+                        .to_string(),
+                );
+            }
+        }
+        secrets.insert(secret, keys);
+    }
+    secrets
+}
+
+#[test]
+fn every_secret_a_render_refers_to_exists_with_its_keys() {
+    for dir in OVERLAYS {
+        let docs = manifests::render(dir);
+        let namespace = of_kind(&docs, "Namespace").next().map(name).unwrap();
+        let created = secrets_the_readme_creates(dir, namespace);
+        let mut referenced: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for reference in secret_refs(&docs) {
+            let at = format!(
+                "{dir}: {} refers to the Secret {}",
+                reference.by, reference.secret
+            );
+            let keys: BTreeSet<String> =
+                match of_kind(&docs, "Secret").find(|secret| name(secret) == reference.secret) {
+                    Some(generated) => generated["data"]
+                        .as_mapping()
+                        .into_iter()
+                        .flatten()
+                        .map(|(key, _)| key.as_str().unwrap().to_string())
+                        .collect(),
+                    None => created.get(&reference.secret).cloned().unwrap_or_else(|| {
+                        panic!("{at}, which neither the render holds nor deploy/README.md creates")
+                    }),
+                };
+            if let Some(key) = &reference.key {
+                referenced
+                    .entry(reference.secret.clone())
+                    .or_default()
+                    .insert(key.clone());
+                assert!(
+                    reference.optional || keys.contains(key),
+                    "{at}, key {key}, which it does not have (it has {keys:?})"
+                );
+            }
+        }
+        // Nothing the operator is told to put in a Secret goes unused.
+        for (secret, keys) in &created {
+            for key in keys {
+                assert!(
+                    referenced.get(secret).is_some_and(|r| r.contains(key)),
+                    "{dir}: deploy/README.md puts {key} in {secret}, which nothing reads"
+                );
+            }
+        }
+    }
+}
+
+/// Prometheus on Kubernetes (deploy/observability/prometheus/kubernetes.yml) over the rendered
+/// pods: each service's pod is one target, at its ops port and the metrics path, whose `job` is
+/// the job name compose's Prometheus gives the same service, so the alert rules and the
+/// dashboard (which select on `job`) see both stacks alike. A stock annotation-based scrape job
+/// would label them all with its own name.
+#[test]
+fn prometheus_on_kubernetes_labels_each_service_as_compose_does() {
+    let root = tools::workspace_root();
+    let read_yaml = |path: &str| -> Value {
+        serde_norway::from_str(&std::fs::read_to_string(root.join(path)).unwrap()).unwrap()
+    };
+    let compose_jobs: BTreeSet<String> =
+        read_yaml("deploy/observability/prometheus/prometheus.yml")["scrape_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .map(|job| job["job_name"].as_str().unwrap().to_string())
+            .collect();
+    let config = read_yaml("deploy/observability/prometheus/kubernetes.yml");
+    let [scrape] = config["scrape_configs"].as_sequence().unwrap().as_slice() else {
+        panic!("kubernetes.yml has one scrape job");
+    };
+    let rules = scrape["relabel_configs"].as_sequence().unwrap();
+    let namespaces = &scrape["kubernetes_sd_configs"][0]["namespaces"]["names"];
+    for dir in OVERLAYS {
+        let docs = manifests::render(dir);
+        let namespace = of_kind(&docs, "Namespace").next().map(name).unwrap();
+        assert!(
+            namespaces
+                .as_sequence()
+                .unwrap()
+                .contains(&Value::from(namespace)),
+            "{dir}: kubernetes.yml does not discover the namespace {namespace}"
+        );
+        let mut jobs = BTreeSet::new();
+        for workload in workloads(&docs) {
+            let mut targets = Vec::new();
+            for container in containers(&workload) {
+                let ports: Vec<Option<&Value>> = match container["ports"].as_sequence() {
+                    Some(ports) => ports.iter().map(Some).collect(),
+                    None => vec![None],
+                };
+                for port in ports {
+                    let discovered =
+                        relabel::pod_port_labels(namespace, workload.name, workload.template, port);
+                    targets.extend(relabel::relabel(rules, discovered));
+                }
+            }
+            if workload.kind != "Deployment" {
+                assert!(targets.is_empty(), "{dir}: {} is scraped", workload.name);
+                continue;
+            }
+            let [target] = targets.as_slice() else {
+                panic!(
+                    "{dir}: {} is {} targets, not one",
+                    workload.name,
+                    targets.len()
+                );
+            };
+            let job = target.get("job").map_or("(the job name)", String::as_str);
+            assert_eq!(job, workload.component, "{dir}: {}'s job", workload.name);
+            let ops_var = format!("IMGPIPE_{}_OPS_ADDR", workload.component.to_uppercase());
+            let ops_port = bound_port(&variable(&docs, &workload, &ops_var));
+            assert_eq!(
+                target["__address__"],
+                format!("10.0.0.1:{ops_port}"),
+                "{dir}: {} is scraped at its ops port",
+                workload.name
+            );
+            let path = target
+                .get("__metrics_path__")
+                .map_or("/metrics", String::as_str);
+            assert_eq!(path, "/metrics", "{dir}: {}", workload.name);
+            jobs.insert(job.to_string());
+        }
+        assert_eq!(
+            jobs, compose_jobs,
+            "{dir}: the jobs on Kubernetes and in compose"
         );
     }
 }

@@ -47,8 +47,12 @@ fn exported_series() -> BTreeSet<String> {
     series
 }
 
-/// The metric names an expression selects.
-struct Selected(Vec<String>);
+/// The metric names an expression selects, and the `job` values its matchers name.
+#[derive(Default)]
+struct Selected {
+    metrics: Vec<String>,
+    jobs: Vec<String>,
+}
 
 impl ExprVisitor for Selected {
     type Error = String;
@@ -59,7 +63,14 @@ impl ExprVisitor for Selected {
             Expr::MatrixSelector(matrix) => &matrix.vs,
             _ => return Ok(true),
         };
-        self.0.push(metric_name(selector)?);
+        self.metrics.push(metric_name(selector)?);
+        for matcher in &selector.matchers.matchers {
+            // `job="x"` or `job=~"a|b"`; a Grafana variable (`$job`) names no job itself.
+            if matcher.name == "job" && !matcher.value.contains('$') {
+                self.jobs
+                    .extend(matcher.value.split('|').map(str::to_string));
+            }
+        }
         Ok(true)
     }
 }
@@ -87,12 +98,17 @@ fn as_sent_by_grafana(expr: &str) -> String {
         })
 }
 
+/// Parses `expr` and returns what it selects.
+fn selected(expr: &str) -> Result<Selected, String> {
+    let parsed = promql_parser::parser::parse(expr)?;
+    let mut selected = Selected::default();
+    walk_expr(&mut selected, &parsed)?;
+    Ok(selected)
+}
+
 /// Parses `expr` and returns the metric names it selects.
 fn selected_metrics(expr: &str) -> Result<Vec<String>, String> {
-    let parsed = promql_parser::parser::parse(expr)?;
-    let mut selected = Selected(Vec::new());
-    walk_expr(&mut selected, &parsed)?;
-    Ok(selected.0)
+    selected(expr).map(|selected| selected.metrics)
 }
 
 /// Checks each `(where, expr)`: it parses, and selects only exported series. Returns the
@@ -285,6 +301,41 @@ fn every_rule_expression_parses_and_selects_exported_metrics() {
         .collect();
     let problems = check_expressions(&expressions);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The job names compose's Prometheus gives its targets (prometheus.yml's `job_name`s);
+/// deploy/observability/prometheus/kubernetes.yml gives the pods the same ones
+/// (`e2e/tests/deploy.rs` checks that against the rendered manifests).
+fn scraped_jobs() -> BTreeSet<String> {
+    yaml(&root().join(PROMETHEUS_CONFIG))["scrape_configs"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|job| job["job_name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn every_job_the_rules_and_the_dashboard_select_is_one_prometheus_scrapes() {
+    let jobs = scraped_jobs();
+    let files = rule_files();
+    let mut expressions: Vec<(String, String)> = rules(&files)
+        .iter()
+        .map(|(place, rule)| (place.clone(), rule["expr"].as_str().unwrap().to_string()))
+        .collect();
+    expressions.extend(dashboard_expressions(&dashboard()));
+    let mut named = 0;
+    for (place, expr) in &expressions {
+        for job in selected(expr).unwrap().jobs {
+            named += 1;
+            assert!(
+                jobs.contains(&job),
+                "{place}: selects job {job:?}, which no scrape config names ({jobs:?}): the \
+                 selector would match nothing"
+            );
+        }
+    }
+    assert!(named >= 4, "no job selectors found");
 }
 
 /// GitHub's anchor of a heading: lower case, spaces to dashes, other punctuation dropped.
