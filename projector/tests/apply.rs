@@ -34,15 +34,36 @@ fn event(image_id: Uuid, payload: impl Into<Payload>) -> Event {
 }
 
 async fn apply(pool: &PgPool, event: &Event, offset: i64) -> bool {
+    apply_outcome(pool, event, offset).await.changed()
+}
+
+async fn apply_outcome(pool: &PgPool, event: &Event, offset: i64) -> db::Outcome {
     let position = RecordPosition {
         topic: "imgpipe.events".into(),
         partition: 0,
         offset,
     };
     let mut tx = pool.begin().await.unwrap();
-    let applied = db::apply(&mut tx, event, &position).await.unwrap();
+    let outcome = db::apply(&mut tx, event, &position).await.unwrap();
     tx.commit().await.unwrap();
-    applied.changed()
+    outcome
+}
+
+/// A 300x200 PNG of client-a's, uploaded.
+fn png_uploaded(id: Uuid) -> Event {
+    event(
+        id,
+        ImageUploaded {
+            owner: "client-a".into(),
+            original_key: format!("originals/{id}"),
+            format: "png".into(),
+            bytes: 10,
+            sha256: "ab".repeat(32),
+            width: 300,
+            height: 200,
+            metadata: Default::default(),
+        },
+    )
 }
 
 async fn status(pool: &PgPool, image_id: Uuid) -> String {
@@ -194,19 +215,7 @@ async fn descriptors(pool: &PgPool, image_id: Uuid) -> (Option<String>, Option<S
 async fn image_processed_stores_the_colour_descriptors() {
     let (config, pool) = database().await;
     let id = Uuid::now_v7();
-    let uploaded = event(
-        id,
-        ImageUploaded {
-            owner: "client-a".into(),
-            original_key: format!("originals/{id}"),
-            format: "png".into(),
-            bytes: 10,
-            sha256: "ab".repeat(32),
-            width: 300,
-            height: 200,
-            metadata: Default::default(),
-        },
-    );
+    let uploaded = png_uploaded(id);
     let processed = |dominant_color: Option<&str>, blurhash: Option<&str>| {
         event(
             id,
@@ -254,19 +263,7 @@ async fn image_processed_stores_the_colour_descriptors() {
 async fn only_the_first_result_of_an_upload_reports_its_upload_to_ready_time() {
     let (config, pool) = database().await;
     let id = Uuid::now_v7();
-    let mut uploaded = event(
-        id,
-        ImageUploaded {
-            owner: "client-a".into(),
-            original_key: format!("originals/{id}"),
-            format: "png".into(),
-            bytes: 10,
-            sha256: "ab".repeat(32),
-            width: 300,
-            height: 200,
-            metadata: Default::default(),
-        },
-    );
+    let mut uploaded = png_uploaded(id);
     // Accepted three seconds ago.
     uploaded.occurred_at -= time::Duration::seconds(3);
     let processed = |image_id: Uuid| {
@@ -283,33 +280,28 @@ async fn only_the_first_result_of_an_upload_reports_its_upload_to_ready_time() {
             },
         )
     };
-    let apply_at = |event: Event, offset: i64| {
-        let pool = pool.clone();
-        async move {
-            let position = RecordPosition {
-                topic: "imgpipe.events".into(),
-                partition: 0,
-                offset,
-            };
-            let mut tx = pool.begin().await.unwrap();
-            let outcome = db::apply(&mut tx, &event, &position).await.unwrap();
-            tx.commit().await.unwrap();
-            outcome
-        }
-    };
-    assert_eq!(apply_at(uploaded, 0).await, db::Outcome::Changed);
+    assert_eq!(
+        apply_outcome(&pool, &uploaded, 0).await,
+        db::Outcome::Changed
+    );
     let first = processed(id);
-    match apply_at(first.clone(), 1).await {
+    match apply_outcome(&pool, &first, 1).await {
         db::Outcome::FirstReady { after_upload } => assert!(
             (3.0..60.0).contains(&after_upload.as_secs_f64()),
             "ready {after_upload:?} after an upload three seconds ago"
         ),
         other => panic!("the first result made the image ready: {other:?}"),
     }
-    assert_eq!(apply_at(first, 1).await, db::Outcome::Duplicate);
-    assert_eq!(apply_at(processed(id), 2).await, db::Outcome::Changed);
     assert_eq!(
-        apply_at(processed(Uuid::now_v7()), 3).await,
+        apply_outcome(&pool, &first, 1).await,
+        db::Outcome::Duplicate
+    );
+    assert_eq!(
+        apply_outcome(&pool, &processed(id), 2).await,
+        db::Outcome::Changed
+    );
+    assert_eq!(
+        apply_outcome(&pool, &processed(Uuid::now_v7()), 3).await,
         db::Outcome::Changed
     );
 
