@@ -100,6 +100,7 @@ impl Namespace {
                 variants: PROCESSOR_VARIANTS.into(),
                 spec_version: 1,
                 webp_quality: 80.0,
+                webp_method: 4,
                 max_pixels: 50_000_000,
                 max_side: 20_000,
                 max_attempts: 0,

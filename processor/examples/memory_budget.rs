@@ -4,7 +4,9 @@
 //! once, the way the processor's partition tasks would.
 //!
 //! cargo run -p imgpipe-processor --example memory_budget -- [--no-budget] [BUDGET_BYTES] [NAME]
+//!   [--files DIR]
 //!
+//! `--files DIR` renders the files of DIR instead (real photos: the processor's everyday peak).
 //! Prints each render's outcome and the process's peak RSS (VmHWM) over the renders: the
 //! images are generated first and the peak is reset (`/proc/self/clear_refs`) before they run.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -71,12 +73,29 @@ fn animation(width: u16, height: u16, frames: usize) -> Vec<u8> {
     out
 }
 
-fn hostile_set() -> Vec<(&'static str, Vec<u8>)> {
+/// The files of a folder, for `--files DIR`: real photos rather than the hostile set.
+fn files_in(dir: &str) -> Vec<(String, Vec<u8>)> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file())
+        .collect();
+    paths.sort();
+    paths
+        .into_iter()
+        .map(|path| {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&path).unwrap())
+        })
+        .collect()
+}
+
+fn hostile_set() -> Vec<(String, Vec<u8>)> {
     use png::{BitDepth, ColorType};
     let (rgba, grey_alpha, rgb) = (ColorType::Rgba, ColorType::GrayscaleAlpha, ColorType::Rgb);
     let (sixteen, eight) = (BitDepth::Sixteen, BitDepth::Eight);
     let bomb = 256 * MIB;
-    vec![
+    [
         (
             "rgba16-48mp",
             png_rows(8000, 6000, rgba, sixteen, None, None),
@@ -95,6 +114,9 @@ fn hostile_set() -> Vec<(&'static str, Vec<u8>)> {
         ),
         ("animation-3000-frames", animation(4000, 4000, 3000)),
     ]
+    .into_iter()
+    .map(|(name, bytes)| (name.to_string(), bytes))
+    .collect()
 }
 
 fn status_kib(field: &str) -> u64 {
@@ -118,12 +140,8 @@ async fn main() {
         version: 1,
         sizes: [("thumb", 256), ("medium", 1024), ("large", 2048)]
             .into_iter()
-            .map(|(name, max_edge)| VariantSize {
-                name: name.into(),
-                max_edge,
-            })
+            .map(|(name, max_edge)| VariantSize::new(name, max_edge))
             .collect(),
-        webp_quality: 80.0,
     });
     let limits = Limits {
         max_pixels: 50_000_000,
@@ -131,10 +149,19 @@ async fn main() {
         max_alloc: budget_bytes,
     };
     // A name given: only the images whose name contains it.
-    let only = args
+    let files = args
         .iter()
-        .find(|a| !a.starts_with("--") && a.parse::<u64>().is_err());
-    let set: Vec<_> = hostile_set()
+        .position(|a| a == "--files")
+        .map(|at| args.get(at + 1).expect("--files DIR").clone());
+    let only = args.iter().enumerate().find_map(|(i, a)| {
+        let is_files_dir = i > 0 && args[i - 1] == "--files";
+        (!a.starts_with("--") && a.parse::<u64>().is_err() && !is_files_dir).then_some(a)
+    });
+    let set = match &files {
+        Some(dir) => files_in(dir),
+        None => hostile_set(),
+    };
+    let set: Vec<_> = set
         .into_iter()
         .filter(|(name, _)| only.is_none_or(|only| name.contains(only.as_str())))
         .collect();
@@ -157,9 +184,9 @@ async fn main() {
         .map(|(name, bytes)| {
             let (spec, budget, cpu) = (Arc::clone(&spec), budget.clone(), Arc::clone(&cpu));
             tokio::spawn(async move {
-                let bytes = Arc::new(bytes);
+                let bytes = bytes::Bytes::from(bytes);
                 let probe = {
-                    let (bytes, spec) = (Arc::clone(&bytes), Arc::clone(&spec));
+                    let (bytes, spec) = (bytes.clone(), Arc::clone(&spec));
                     tokio::task::spawn_blocking(move || render::probe(&bytes, &spec, limits))
                         .await
                         .unwrap()
@@ -173,7 +200,7 @@ async fn main() {
                         };
                         let _cpu = cpu.acquire().await.unwrap();
                         let rendered = tokio::task::spawn_blocking(move || {
-                            render::render(&bytes, &spec, limits)
+                            render::render(bytes, &spec, limits)
                         })
                         .await
                         .unwrap();

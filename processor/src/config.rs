@@ -6,7 +6,7 @@ use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{FromEnv, InfraError, KafkaConfig, S3Config};
 use serde::Deserialize;
 
-use crate::render::{Limits, VariantSize, VariantSpec};
+use crate::render::{Limits, VariantSize, VariantSpec, WebpSettings};
 use crate::ProcessorError;
 
 #[derive(Debug, Clone)]
@@ -23,14 +23,19 @@ pub struct ProcessorSettings {
     /// Address of /healthz, /readyz and /metrics.
     #[serde(default = "default_ops_addr")]
     pub ops_addr: String,
-    /// `name:longest-edge` pairs, comma-separated.
+    /// Comma-separated `name:longest-edge[:quality=Q][:method=M]`: each variant's size and,
+    /// optionally, its own WebP quality (0-100) and method (0-6).
     #[serde(default = "default_variants")]
     pub variants: String,
-    /// Goes into every result event; bump it when `variants` or `webp_quality` change.
+    /// Goes into every result event; bump it when `variants` or the WebP settings change.
     #[serde(default = "default_spec_version")]
     pub spec_version: i32,
+    /// The WebP quality of a variant that names none.
     #[serde(default = "default_webp_quality")]
     pub webp_quality: f32,
+    /// The WebP method (effort) of a variant that names none.
+    #[serde(default = "default_webp_method")]
+    pub webp_method: u8,
     /// Images over this many pixels fail with `image-too-large` before they are decoded.
     #[serde(default = "default_max_pixels")]
     pub max_pixels: u64,
@@ -72,7 +77,10 @@ fn default_spec_version() -> i32 {
     1
 }
 fn default_webp_quality() -> f32 {
-    80.0
+    WebpSettings::default().quality
+}
+fn default_webp_method() -> u8 {
+    WebpSettings::default().method
 }
 fn default_max_pixels() -> u64 {
     50_000_000
@@ -96,24 +104,14 @@ fn default_breaker_open_secs() -> u64 {
 
 impl ProcessorSettings {
     pub fn spec(&self) -> Result<VariantSpec, ProcessorError> {
+        let defaults = WebpSettings {
+            quality: check_quality(self.webp_quality, "IMGPIPE_PROCESSOR_WEBP_QUALITY")?,
+            method: check_method(self.webp_method, "IMGPIPE_PROCESSOR_WEBP_METHOD")?,
+        };
         let sizes = self
             .variants
             .split(',')
-            .map(|pair| {
-                let (name, edge) = pair
-                    .trim()
-                    .split_once(':')
-                    .ok_or_else(|| ProcessorError::Spec(format!("{pair:?} is not name:edge")))?;
-                let max_edge = edge
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|edge| *edge > 0 && *edge <= 16_383)
-                    .ok_or_else(|| ProcessorError::Spec(format!("{edge:?} is not 1..=16383")))?;
-                Ok(VariantSize {
-                    name: name.to_string(),
-                    max_edge,
-                })
-            })
+            .map(|entry| parse_variant(entry.trim(), defaults))
             .collect::<Result<Vec<_>, ProcessorError>>()?;
         let mut names: Vec<&str> = sizes
             .iter()
@@ -140,13 +138,9 @@ impl ProcessorSettings {
         if sizes.is_empty() {
             return Err(ProcessorError::Spec("no variants".into()));
         }
-        if !(0.0..=100.0).contains(&self.webp_quality) {
-            return Err(ProcessorError::Spec("webp_quality must be 0..=100".into()));
-        }
         Ok(VariantSpec {
             version: self.spec_version,
             sizes,
-            webp_quality: self.webp_quality,
         })
     }
 
@@ -163,6 +157,62 @@ impl ProcessorSettings {
             max_side: self.max_side,
             max_alloc: self.memory_budget_bytes,
         }
+    }
+}
+
+/// One `name:edge[:quality=Q][:method=M]` entry of `IMGPIPE_PROCESSOR_VARIANTS`.
+fn parse_variant(entry: &str, defaults: WebpSettings) -> Result<VariantSize, ProcessorError> {
+    let mut fields = entry.split(':');
+    let name = fields.next().unwrap_or_default();
+    let edge = fields
+        .next()
+        .ok_or_else(|| ProcessorError::Spec(format!("{entry:?} is not name:edge")))?;
+    let max_edge = edge
+        .parse::<u32>()
+        .ok()
+        .filter(|edge| *edge > 0 && *edge <= 16_383)
+        .ok_or_else(|| ProcessorError::Spec(format!("{edge:?} is not 1..=16383")))?;
+    let mut webp = defaults;
+    for setting in fields {
+        let bad = || ProcessorError::Spec(format!("{setting:?} in {entry:?}"));
+        match setting.split_once('=').ok_or_else(bad)? {
+            ("quality", value) => {
+                webp.quality = check_quality(value.parse().map_err(|_| bad())?, entry)?;
+            }
+            ("method", value) => {
+                webp.method = check_method(value.parse().map_err(|_| bad())?, entry)?;
+            }
+            _ => {
+                return Err(ProcessorError::Spec(format!(
+                    "{setting:?} in {entry:?}: only quality=Q and method=M may follow name:edge"
+                )))
+            }
+        }
+    }
+    Ok(VariantSize {
+        name: name.to_string(),
+        max_edge,
+        webp,
+    })
+}
+
+fn check_quality(quality: f32, what: &str) -> Result<f32, ProcessorError> {
+    if (0.0..=100.0).contains(&quality) {
+        Ok(quality)
+    } else {
+        Err(ProcessorError::Spec(format!(
+            "{what}: WebP quality {quality} is not 0..=100"
+        )))
+    }
+}
+
+fn check_method(method: u8, what: &str) -> Result<u8, ProcessorError> {
+    if method <= 6 {
+        Ok(method)
+    } else {
+        Err(ProcessorError::Spec(format!(
+            "{what}: WebP method {method} is not 0..=6"
+        )))
     }
 }
 
@@ -218,6 +268,31 @@ mod tests {
     }
 
     #[test]
+    fn each_variant_may_name_its_own_webp_settings() {
+        let spec = ProcessorSettings::from_iter([
+            (
+                "IMGPIPE_PROCESSOR_VARIANTS".to_string(),
+                "thumb:256:quality=85,medium:1024:method=2,large:2048:quality=78:method=1"
+                    .to_string(),
+            ),
+            (
+                "IMGPIPE_PROCESSOR_WEBP_QUALITY".to_string(),
+                "70".to_string(),
+            ),
+            ("IMGPIPE_PROCESSOR_WEBP_METHOD".to_string(), "5".to_string()),
+        ])
+        .unwrap()
+        .spec()
+        .unwrap();
+        let settings: Vec<(f32, u8)> = spec
+            .sizes
+            .iter()
+            .map(|s| (s.webp.quality, s.webp.method))
+            .collect();
+        assert_eq!(settings, [(85.0, 5), (70.0, 2), (78.0, 1)]);
+    }
+
+    #[test]
     fn rejects_bad_specs() {
         for bad in [
             "thumb:256,thumb:512",
@@ -226,6 +301,11 @@ mod tests {
             "thumb:99999",
             "a/b:10",
             ":10",
+            "thumb:256:quality=101",
+            "thumb:256:method=7",
+            "thumb:256:quality=high",
+            "thumb:256:speed=2",
+            "thumb:256:method",
         ] {
             assert!(settings(bad).spec().is_err(), "{bad} must be rejected");
         }

@@ -285,7 +285,7 @@ impl VariantHandler {
             .map_err(|e| HandlerError::transient(ErrorClass::Shutdown, e))?;
         let spec = Arc::clone(&self.spec);
         let limits = self.limits;
-        Ok(blocking(move || render::render(&original, &spec, limits)).await)
+        Ok(blocking(move || render::render(original, &spec, limits)).await)
     }
 
     async fn store_and_announce(

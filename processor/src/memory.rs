@@ -66,18 +66,18 @@ pub struct DecodeShape {
     pub color: ColorType,
     /// An embedded ICC profile: grey becomes RGB and float becomes 16-bit, each in a new buffer.
     pub has_icc_profile: bool,
-    /// The EXIF orientation turns or flips the image, into a new buffer.
-    pub reoriented: bool,
-    /// The compressed original, held throughout.
+    /// The compressed original, held until the pixels are decoded.
     pub input_bytes: usize,
     /// The longest edge of the largest variant: the resizer's buffers grow with it.
     pub largest_variant_edge: u32,
 }
 
 /// The most memory rendering an image of this shape holds at once, in bytes: the larger of
-/// the decoding peak (the decoded pixels, a converted copy of them next to the original one,
-/// then the 8-bit RGB(A) copy the resizer works on) and the resizing peak (the 8-bit pixels, the
-/// resizer's intermediate rows and two variants).
+/// the decoding peak (the compressed original, the decoded pixels, a converted copy of them
+/// next to the original one, then the 8-bit RGB(A) copy the resizer works on) and the
+/// resizing peak (the 8-bit pixels, the resizer's intermediate rows and two variants; the
+/// compressed original is freed by then). Orientation and alpha premultiplication add no
+/// full-size copy: the render applies the one to the first variant and does the other in place.
 pub fn estimate_peak_bytes(shape: &DecodeShape) -> u64 {
     let pixels = u64::from(shape.width) * u64::from(shape.height);
     let color = shape.color;
@@ -96,9 +96,6 @@ pub fn estimate_peak_bytes(shape: &DecodeShape) -> u64 {
     if conversion_copies {
         decode_peak = decode_peak.max(native + converted);
     }
-    if shape.reoriented {
-        decode_peak = decode_peak.max(2 * converted);
-    }
     // Only 8-bit RGB and RGBA become the resizer's pixels without a copy.
     let eight_bit_in_place = converted == channels && !wide && !is_grey;
     if !eight_bit_in_place {
@@ -108,8 +105,8 @@ pub fn estimate_peak_bytes(shape: &DecodeShape) -> u64 {
     // Variants are never upscaled.
     let edge = u64::from(shape.largest_variant_edge).min(longest);
     let resize_extra = channels * (edge * longest + 2 * edge * edge);
-    let peak = (decode_peak * pixels).max(channels * pixels + resize_extra);
-    peak + shape.input_bytes as u64 + DECODER_OVERHEAD_BYTES
+    let decoding = decode_peak * pixels + shape.input_bytes as u64;
+    decoding.max(channels * pixels + resize_extra) + DECODER_OVERHEAD_BYTES
 }
 
 /// Whether a PNG's compressed ICC profile (its `iCCP` chunk) inflates past
@@ -163,7 +160,6 @@ mod tests {
             height,
             color,
             has_icc_profile: false,
-            reoriented: false,
             input_bytes: 0,
             largest_variant_edge: 2048,
         }
@@ -188,18 +184,21 @@ mod tests {
             ..shape(7000, 7000, ColorType::La16)
         });
         assert!(profiled >= 49_000_000 * 12, "{profiled}");
-        // Turning the image copies it.
-        let turned = estimate_peak_bytes(&DecodeShape {
-            reoriented: true,
-            ..shape(8000, 6000, ColorType::Rgb8)
-        });
-        assert!(turned >= 48_000_000 * 6, "{turned}");
-        // The compressed original counts too.
-        let with_input = estimate_peak_bytes(&DecodeShape {
+        // The compressed original counts while the pixels are decoded, not once it is freed:
+        // a small one hides under the resizing peak, a large one raises the decoding peak.
+        let with_small_input = estimate_peak_bytes(&DecodeShape {
             input_bytes: 20_000_000,
             ..shape(8000, 6000, ColorType::Rgb8)
         });
-        assert_eq!(with_input, rgb8 + 20_000_000);
+        assert_eq!(with_small_input, rgb8);
+        let with_large_input = estimate_peak_bytes(&DecodeShape {
+            input_bytes: 200_000_000,
+            ..shape(8000, 6000, ColorType::Rgb8)
+        });
+        assert_eq!(
+            with_large_input,
+            48_000_000 * 3 + 200_000_000 + DECODER_OVERHEAD_BYTES
+        );
     }
 
     #[test]

@@ -7,6 +7,8 @@
 use std::io::Cursor;
 use std::path::PathBuf;
 
+use bytes::Bytes;
+
 use image::codecs::gif::GifEncoder;
 use image::codecs::png::PngEncoder;
 use image::{
@@ -26,16 +28,9 @@ fn spec() -> VariantSpec {
     VariantSpec {
         version: 1,
         sizes: vec![
-            VariantSize {
-                name: "thumb".into(),
-                max_edge: 256,
-            },
-            VariantSize {
-                name: "large".into(),
-                max_edge: 2048,
-            },
+            VariantSize::new("thumb", 256),
+            VariantSize::new("large", 2048),
         ],
-        webp_quality: 80.0,
     }
 }
 
@@ -122,7 +117,12 @@ fn mean_difference(a: &DynamicImage, b: &DynamicImage) -> [f64; 3] {
 #[test]
 fn all_nine_exif_orientations_render_the_same_upright_picture() {
     // Orientation 1 is stored upright, so its thumbnail is the reference.
-    let reference = render(&corpus("exif/orientation-landscape-1.jpg"), &spec(), LIMITS).unwrap();
+    let reference = render(
+        Bytes::copy_from_slice(&corpus("exif/orientation-landscape-1.jpg")),
+        &spec(),
+        LIMITS,
+    )
+    .unwrap();
     let reference = decoded_thumb(&reference);
     assert_eq!((reference.width(), reference.height()), (256, 171));
 
@@ -133,7 +133,7 @@ fn all_nine_exif_orientations_render_the_same_upright_picture() {
 
     for orientation in 0..=8 {
         let name = format!("exif/orientation-landscape-{orientation}.jpg");
-        let rendered = render(&corpus(&name), &spec(), LIMITS).unwrap();
+        let rendered = render(Bytes::copy_from_slice(&corpus(&name)), &spec(), LIMITS).unwrap();
         assert_eq!((rendered.width, rendered.height), (1800, 1200), "{name}");
         let large = rendered
             .variants
@@ -172,7 +172,12 @@ fn camera_metadata_and_gps_are_gone_from_every_variant() {
         "camera-Canon_40D.jpg",
         "camera-Nikon_D70.jpg",
     ] {
-        let rendered = render(&corpus(&format!("exif/{name}")), &spec(), LIMITS).unwrap();
+        let rendered = render(
+            Bytes::copy_from_slice(&corpus(&format!("exif/{name}"))),
+            &spec(),
+            LIMITS,
+        )
+        .unwrap();
         assert_no_metadata(&rendered);
         for variant in &rendered.variants {
             let mut decoder =
@@ -245,8 +250,18 @@ fn a_wide_gamut_original_is_converted_to_srgb() {
     // are sRGB and stay as they are.
     let pixels = DynamicImage::ImageRgb8(RgbImage::from_pixel(300, 200, Rgb([200, 100, 100])));
     let p3 = moxcms::ColorProfile::new_display_p3().encode().unwrap();
-    let tagged = render(&png_with_profile(&pixels, Some(p3)), &spec(), LIMITS).unwrap();
-    let untagged = render(&png_with_profile(&pixels, None), &spec(), LIMITS).unwrap();
+    let tagged = render(
+        Bytes::copy_from_slice(&png_with_profile(&pixels, Some(p3))),
+        &spec(),
+        LIMITS,
+    )
+    .unwrap();
+    let untagged = render(
+        Bytes::copy_from_slice(&png_with_profile(&pixels, None)),
+        &spec(),
+        LIMITS,
+    )
+    .unwrap();
     // The P3 to sRGB matrix by hand gives (215, 93, 97); lossy WebP adds a level or two.
     assert_close(&centre(&decoded_thumb(&tagged))[..3], &[215, 93, 97], 3);
     assert_close(&centre(&decoded_thumb(&untagged))[..3], &[200, 100, 100], 3);
@@ -261,7 +276,12 @@ fn sixteen_bit_originals_become_eight_bit_by_value() {
         200,
         Rgb([0xC810, 0x4000, 0xFFFF]),
     ));
-    let rendered = render(&png_with_profile(&pixels, None), &spec(), LIMITS).unwrap();
+    let rendered = render(
+        Bytes::copy_from_slice(&png_with_profile(&pixels, None)),
+        &spec(),
+        LIMITS,
+    )
+    .unwrap();
     let thumb = decoded_thumb(&rendered);
     assert_eq!((thumb.width(), thumb.height()), (256, 171));
     assert_close(&centre(&thumb)[..3], &[199, 64, 255], 3);
@@ -271,7 +291,12 @@ fn sixteen_bit_originals_become_eight_bit_by_value() {
 #[test]
 fn grey_originals_become_rgb_and_keep_their_alpha() {
     let grey = DynamicImage::ImageLuma8(ImageBuffer::from_pixel(200, 300, Luma([90])));
-    let rendered = render(&png_with_profile(&grey, None), &spec(), LIMITS).unwrap();
+    let rendered = render(
+        Bytes::copy_from_slice(&png_with_profile(&grey, None)),
+        &spec(),
+        LIMITS,
+    )
+    .unwrap();
     let thumb = decoded_thumb(&rendered);
     assert_eq!((thumb.width(), thumb.height()), (171, 256));
     assert_close(&centre(&thumb), &[90, 90, 90, 255], 2);
@@ -280,7 +305,12 @@ fn grey_originals_become_rgb_and_keep_their_alpha() {
     let grey_alpha = DynamicImage::ImageLumaA16(ImageBuffer::from_fn(400, 100, |x, _| {
         LumaA([40_000, if x < 200 { u16::MAX } else { 0x4000 }])
     }));
-    let rendered = render(&png_with_profile(&grey_alpha, None), &spec(), LIMITS).unwrap();
+    let rendered = render(
+        Bytes::copy_from_slice(&png_with_profile(&grey_alpha, None)),
+        &spec(),
+        LIMITS,
+    )
+    .unwrap();
     let thumb = decoded_thumb(&rendered);
     assert_eq!((thumb.width(), thumb.height()), (256, 64));
     assert!(thumb.color().has_alpha());
@@ -310,7 +340,7 @@ fn palette_originals_keep_their_transparency() {
     writer.write_image_data(&indices).unwrap();
     writer.finish().unwrap();
 
-    let rendered = render(&bytes, &spec(), LIMITS).unwrap();
+    let rendered = render(Bytes::copy_from_slice(&bytes), &spec(), LIMITS).unwrap();
     let thumb = decoded_thumb(&rendered);
     assert_eq!((thumb.width(), thumb.height()), (256, 102));
     assert!(thumb.color().has_alpha());
@@ -333,7 +363,7 @@ fn an_animated_gif_renders_its_first_frame() {
             [RED, BLUE, BLUE].map(|colour| Frame::new(RgbaImage::from_pixel(120, 80, colour)));
         encoder.encode_frames(frames).unwrap();
     }
-    let rendered = render(&gif, &spec(), LIMITS).unwrap();
+    let rendered = render(Bytes::copy_from_slice(&gif), &spec(), LIMITS).unwrap();
     assert_eq!((rendered.width, rendered.height), (120, 80));
     assert_close(&centre(&decoded_thumb(&rendered)), &RED.0, 6);
     assert_no_metadata(&rendered);
@@ -349,7 +379,7 @@ fn a_gif_of_one_frame_is_not_animated() {
             .encode_frames([Frame::new(RgbaImage::from_pixel(120, 80, RED))])
             .unwrap();
     }
-    let rendered = render(&gif, &spec(), LIMITS).unwrap();
+    let rendered = render(Bytes::copy_from_slice(&gif), &spec(), LIMITS).unwrap();
     assert_close(&centre(&decoded_thumb(&rendered)), &RED.0, 6);
     assert!(!rendered.animated);
 }
@@ -367,7 +397,7 @@ fn an_animated_webp_renders_its_first_frame() {
     let animation = encoder.try_encode().unwrap().to_vec();
     assert!(riff_chunks_raw(&animation).contains(&"ANMF".to_string()));
 
-    let rendered = render(&animation, &spec(), LIMITS).unwrap();
+    let rendered = render(Bytes::copy_from_slice(&animation), &spec(), LIMITS).unwrap();
     assert_eq!((rendered.width, rendered.height), (width, height));
     assert_close(&centre(&decoded_thumb(&rendered)), &RED.0, 6);
     assert_no_metadata(&rendered);
@@ -375,7 +405,11 @@ fn an_animated_webp_renders_its_first_frame() {
 
     // A still WebP (one of the variants just made) is not.
     let still = &rendered.variants[0].webp;
-    assert!(!render(still, &spec(), LIMITS).unwrap().animated);
+    assert!(
+        !render(Bytes::copy_from_slice(still), &spec(), LIMITS)
+            .unwrap()
+            .animated
+    );
 }
 
 /// The chunk names without [`riff_chunks`]' checks, for inputs that may be animated.
@@ -396,7 +430,7 @@ fn an_icc_profile_inflating_past_its_limit_fails_before_decoding() {
     // 64 MiB of profile in a few KiB of PNG.
     let bomb = png_with_profile(&small, Some(vec![0; 64 * 1024 * 1024]));
     assert!(bomb.len() < 1024 * 1024, "{}", bomb.len());
-    let error = render(&bomb, &spec(), LIMITS).unwrap_err();
+    let error = render(Bytes::copy_from_slice(&bomb), &spec(), LIMITS).unwrap_err();
     assert_eq!(
         error.reason_code(),
         imgpipe_schemas::ReasonCode::ImageTooLarge,

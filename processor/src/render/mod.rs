@@ -1,18 +1,29 @@
-//! Pure image work: decode once, convert an embedded ICC profile's colours to sRGB, apply EXIF
-//! orientation, resize in a cascade, encode lossy WebP (no metadata: no EXIF, GPS, XMP or
-//! profile survives), and describe the colours from a small downscale. No IO; the caller runs
-//! it on a blocking thread.
+//! Pure image work: decode once, convert an embedded ICC profile's colours to sRGB, resize in a
+//! cascade, apply the EXIF orientation on the way, encode lossy WebP with each variant's own
+//! settings (no metadata: no EXIF, GPS, XMP or profile survives), and describe the colours
+//! from a small downscale. No IO; the caller runs it on a blocking thread.
+//!
+//! Memory: the original's bytes are freed once decoded; the full-size pixels are the only
+//! full-size buffer (alpha is premultiplied in place, the orientation is applied to the first
+//! variant rather than to them), and they are freed as soon as the first variant is resized
+//! out of them, before any encoding.
+
+mod decode;
+mod encode;
 
 use std::io::Cursor;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fast_image_resize::images::Image;
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use image::{DynamicImage, ImageDecoder, ImageReader};
+use fast_image_resize::{FilterType, MulDiv, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use image::metadata::Orientation;
+use image::ImageDecoder;
 use imgpipe_infra::BoxError;
 use imgpipe_schemas::ReasonCode;
 
-use crate::color::{self, Conversion};
+pub use decode::decode_upright_srgb;
+
 use crate::descriptors;
 use crate::memory::{self, DecodeShape};
 
@@ -25,13 +36,45 @@ const DESCRIPTOR_EDGE: u32 = 64;
 pub struct VariantSpec {
     pub version: i32,
     pub sizes: Vec<VariantSize>,
-    pub webp_quality: f32,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct VariantSize {
     pub name: String,
     pub max_edge: u32,
+    pub webp: WebpSettings,
+}
+
+impl VariantSize {
+    /// A size encoded with the default [`WebpSettings`].
+    pub fn new(name: impl Into<String>, max_edge: u32) -> Self {
+        Self {
+            name: name.into(),
+            max_edge,
+            webp: WebpSettings::default(),
+        }
+    }
+}
+
+/// How a variant is encoded: part of the variant spec, so a change of them is a new spec
+/// version like a change of sizes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WebpSettings {
+    /// 0-100: libwebp's quality factor.
+    pub quality: f32,
+    /// 0-6: libwebp's effort; higher is slower and smaller at the same quality.
+    pub method: u8,
+}
+
+impl Default for WebpSettings {
+    /// What a variant gets when neither its spec entry nor `IMGPIPE_PROCESSOR_WEBP_QUALITY` /
+    /// `IMGPIPE_PROCESSOR_WEBP_METHOD` say otherwise.
+    fn default() -> Self {
+        Self {
+            quality: 80.0,
+            method: 4,
+        }
+    }
 }
 
 /// Checked against the header before any pixel is decoded.
@@ -116,37 +159,29 @@ pub struct RenderedVariant {
     pub webp: Vec<u8>,
 }
 
-/// Renders every variant of `spec` from the original's bytes.
-pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Rendered, RenderError> {
+/// Renders every variant of `spec` from the original's bytes, which it frees once decoded.
+pub fn render(bytes: Bytes, spec: &VariantSpec, limits: Limits) -> Result<Rendered, RenderError> {
     let mut timings = StageTimings::default();
+    let animated = is_animated(&bytes);
     let started = Instant::now();
-    let original = decode_8bit(bytes, limits)?;
-    let (width, height) = (original.width(), original.height());
+    let decoded = decode::decode(&bytes, limits)?;
+    drop(bytes);
+    let (width, height) = decoded.upright_size();
     timings.decode = started.elapsed();
 
     // Largest first, each resized from the previous one: a cascade does most of the work on
     // already-small images, and no variant is ever upscaled.
     let mut order: Vec<&VariantSize> = spec.sizes.iter().collect();
     order.sort_by_key(|size| std::cmp::Reverse(size.max_edge));
-    let mut resizer = Resizer::new();
-    let options = ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
-    let mut source = original;
+    let mut cascade = Cascade::new(decoded);
     let mut variants = Vec::with_capacity(order.len());
     for size in order {
         let (w, h) = fit(width, height, size.max_edge);
         let started = Instant::now();
-        let resized = if (w, h) == (source.width(), source.height()) {
-            source.copy()
-        } else {
-            let mut target = Image::new(w, h, source.pixel_type());
-            resizer
-                .resize(&source, &mut target, &options)
-                .map_err(|e| RenderError::Encode(e.into()))?;
-            target
-        };
+        let pixels = cascade.upright_at(w, h)?;
         timings.resize += started.elapsed();
         let started = Instant::now();
-        let webp = encode_webp(&resized, spec.webp_quality)?;
+        let webp = encode::webp(pixels, size.webp)?;
         timings.encode += started.elapsed();
         variants.push(RenderedVariant {
             name: size.name.clone(),
@@ -154,13 +189,12 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
             height: h,
             webp,
         });
-        source = resized;
     }
     // Report in the spec's order, not the cascade's.
     variants.sort_by_key(|v| spec.sizes.iter().position(|s| s.name == v.name));
     // The cascade ends on the smallest variant, so the descriptors' downscale starts there.
     let started = Instant::now();
-    let descriptors = describe(&source, &mut resizer)?;
+    let descriptors = cascade.describe()?;
     timings.resize += started.elapsed();
     Ok(Rendered {
         width,
@@ -168,38 +202,95 @@ pub fn render(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Render
         variants,
         dominant_color: descriptors.dominant_color,
         blurhash: descriptors.blurhash,
-        animated: is_animated(bytes),
+        animated,
         timings,
     })
 }
 
-/// The original, upright and sRGB, as 8-bit RGB or RGBA pixels to resize: grey becomes RGB,
-/// 16-bit and float become 8-bit (rounded), a palette is already expanded by the decoder;
-/// alpha stays and becomes the WebP's alpha.
-fn decode_8bit(bytes: &[u8], limits: Limits) -> Result<Image<'static>, RenderError> {
-    let image = decode_upright_srgb(bytes, limits)?;
-    let (width, height) = (image.width(), image.height());
-    let (pixels, pixel_type) = if image.color().has_alpha() {
-        (image.into_rgba8().into_raw(), PixelType::U8x4)
-    } else {
-        (image.into_rgb8().into_raw(), PixelType::U8x3)
-    };
-    Image::from_vec_u8(width, height, pixels, pixel_type)
-        .map_err(|e| RenderError::Undecodable(e.into()))
+/// The pixels of the last step, each step resized from the one before. The original's are
+/// stored as the file has them; the first resize works in that frame (turning a full-size
+/// image copies it) and the orientation is applied to its result.
+struct Cascade {
+    pixels: Image<'static>,
+    orientation: Orientation,
+    resizer: Resizer,
 }
 
-/// Lossy WebP of 8-bit RGB or RGBA pixels, without metadata.
-fn encode_webp(image: &Image<'_>, quality: f32) -> Result<Vec<u8>, RenderError> {
-    let (w, h) = (image.width(), image.height());
-    let encoder = if image.pixel_type() == PixelType::U8x4 {
-        webp::Encoder::from_rgba(image.buffer(), w, h)
-    } else {
-        webp::Encoder::from_rgb(image.buffer(), w, h)
+impl Cascade {
+    fn new(decoded: decode::Decoded) -> Self {
+        Self {
+            pixels: decoded.pixels,
+            orientation: decoded.orientation,
+            resizer: Resizer::new(),
+        }
+    }
+
+    /// The image upright at `width` x `height` (no larger than the last step).
+    fn upright_at(&mut self, width: u32, height: u32) -> Result<&Image<'static>, RenderError> {
+        let stored = if decode::swaps_axes(self.orientation) {
+            (height, width)
+        } else {
+            (width, height)
+        };
+        if stored != (self.pixels.width(), self.pixels.height()) {
+            let source = std::mem::replace(&mut self.pixels, Image::new(1, 1, PixelType::U8x3));
+            self.pixels = resize(&mut self.resizer, source, stored)?;
+        }
+        if self.orientation != Orientation::NoTransforms {
+            let pixels = std::mem::replace(&mut self.pixels, Image::new(1, 1, PixelType::U8x3));
+            let mut image = decode::to_dynamic(pixels)?;
+            image.apply_orientation(self.orientation);
+            self.orientation = Orientation::NoTransforms;
+            self.pixels = eight_bit_pixels(image)?;
+        }
+        Ok(&self.pixels)
+    }
+
+    fn describe(mut self) -> Result<Descriptors, RenderError> {
+        describe(&self.pixels, &mut self.resizer)
+    }
+}
+
+/// Lanczos3 from `source`, which it consumes: with alpha, the colours are premultiplied in
+/// the source's own buffer (the resizer would otherwise premultiply into a full-size copy)
+/// and divided back in the result, the same arithmetic the resizer does.
+fn resize(
+    resizer: &mut Resizer,
+    mut source: Image<'static>,
+    (width, height): (u32, u32),
+) -> Result<Image<'static>, RenderError> {
+    let resize_error = |e: BoxError| RenderError::Encode(e);
+    let alpha = source.pixel_type() == PixelType::U8x4;
+    let mul_div = MulDiv::default();
+    if alpha {
+        mul_div
+            .multiply_alpha_inplace(&mut source)
+            .map_err(|e| resize_error(e.into()))?;
+    }
+    let mut target = Image::new(width, height, source.pixel_type());
+    let options = ResizeOptions::new()
+        .resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3))
+        .use_alpha(false);
+    resizer
+        .resize(&source, &mut target, &options)
+        .map_err(|e| resize_error(e.into()))?;
+    drop(source);
+    if alpha {
+        mul_div
+            .divide_alpha_inplace(&mut target)
+            .map_err(|e| resize_error(e.into()))?;
+    }
+    Ok(target)
+}
+
+/// An upright variant back as the resizer's pixels (RGB8 or RGBA8, no copy).
+fn eight_bit_pixels(image: image::DynamicImage) -> Result<Image<'static>, RenderError> {
+    let (width, height) = (image.width(), image.height());
+    let (buffer, pixel_type) = match image {
+        image::DynamicImage::ImageRgba8(rgba) => (rgba.into_raw(), PixelType::U8x4),
+        other => (other.into_rgb8().into_raw(), PixelType::U8x3),
     };
-    Ok(encoder
-        .encode_simple(false, quality)
-        .map_err(|e| RenderError::Encode(format!("{e:?}").into()))?
-        .to_vec())
+    Image::from_vec_u8(width, height, buffer, pixel_type).map_err(|e| RenderError::Encode(e.into()))
 }
 
 /// Whether a GIF or WebP has more than one frame, read from its block and chunk headers without
@@ -271,18 +362,14 @@ pub struct Probe {
 /// Reads the header (limits checked) and estimates what rendering the image for `spec` costs
 /// in memory, so the render can wait for that much of the budget before it starts.
 pub fn probe(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Probe, RenderError> {
-    let mut decoder = open_decoder(bytes, limits)?;
+    let mut decoder = decode::open_decoder(bytes, limits)?;
     let (width, height) = decoder.dimensions();
-    let reoriented = decoder
-        .orientation()
-        .is_ok_and(|o| o != image::metadata::Orientation::NoTransforms);
     let has_icc_profile = decoder.icc_profile().ok().flatten().is_some();
     let shape = DecodeShape {
         width,
         height,
         color: decoder.color_type(),
         has_icc_profile,
-        reoriented,
         input_bytes: bytes.len(),
         largest_variant_edge: spec.sizes.iter().map(|s| s.max_edge).max().unwrap_or(0),
     };
@@ -291,64 +378,6 @@ pub fn probe(bytes: &[u8], spec: &VariantSpec, limits: Limits) -> Result<Probe, 
         height,
         peak_bytes: memory::estimate_peak_bytes(&shape),
     })
-}
-
-/// A decoder past the header, with the limits checked: dimensions, an ICC profile that would
-/// inflate past its limit, and the allocation limit handed to the decoder itself.
-fn open_decoder(bytes: &[u8], limits: Limits) -> Result<impl ImageDecoder + '_, RenderError> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| RenderError::Undecodable(e.into()))?;
-    if reader.format().is_none() {
-        return Err(RenderError::UnsupportedFormat);
-    }
-    if memory::png_icc_profile_too_large(bytes) {
-        return Err(RenderError::OverMemoryLimit(
-            format!(
-                "the ICC profile inflates past {} bytes",
-                memory::MAX_ICC_PROFILE_BYTES
-            )
-            .into(),
-        ));
-    }
-    let mut decoder_limits = image::Limits::default();
-    decoder_limits.max_alloc = Some(limits.max_alloc);
-    reader.limits(decoder_limits);
-    let decoder = reader.into_decoder().map_err(decode_error)?;
-    let (width, height) = decoder.dimensions();
-    if width > limits.max_side
-        || height > limits.max_side
-        || u64::from(width) * u64::from(height) > limits.max_pixels
-    {
-        return Err(RenderError::TooLarge { width, height });
-    }
-    Ok(decoder)
-}
-
-/// Decodes with limits checked on the header first, converts the pixels to sRGB if an ICC
-/// profile says they are something else, then applies the EXIF orientation. An animation
-/// (GIF, WebP) decodes to its first frame.
-pub fn decode_upright_srgb(bytes: &[u8], limits: Limits) -> Result<DynamicImage, RenderError> {
-    let mut decoder = open_decoder(bytes, limits)?;
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let icc_profile = decoder.icc_profile().ok().flatten();
-    let image = DynamicImage::from_decoder(decoder).map_err(decode_error)?;
-    let (mut image, conversion) = color::to_srgb(image, icc_profile.as_deref());
-    if let Conversion::Unusable(reason) = conversion {
-        tracing::debug!(%reason, "ICC profile ignored");
-    }
-    image.apply_orientation(orientation);
-    Ok(image)
-}
-
-fn decode_error(error: image::ImageError) -> RenderError {
-    match error {
-        image::ImageError::Unsupported(_) => RenderError::UnsupportedFormat,
-        image::ImageError::Limits(limit) => RenderError::OverMemoryLimit(limit.into()),
-        other => RenderError::Undecodable(other.into()),
-    }
 }
 
 /// The size that fits in a `max_edge` square keeping the aspect ratio; never larger than the
@@ -366,22 +395,17 @@ pub fn fit(width: u32, height: u32, max_edge: u32) -> (u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use image::DynamicImage;
+
     use super::*;
 
     fn spec() -> VariantSpec {
         VariantSpec {
             version: 1,
             sizes: vec![
-                VariantSize {
-                    name: "thumb".into(),
-                    max_edge: 64,
-                },
-                VariantSize {
-                    name: "large".into(),
-                    max_edge: 1000,
-                },
+                VariantSize::new("thumb", 64),
+                VariantSize::new("large", 1000),
             ],
-            webp_quality: 80.0,
         }
     }
 
@@ -414,7 +438,7 @@ mod tests {
 
     #[test]
     fn renders_every_size_in_spec_order_as_webp() {
-        let rendered = render(&png(300, 200, false), &spec(), LIMITS).unwrap();
+        let rendered = render(Bytes::from(png(300, 200, false)), &spec(), LIMITS).unwrap();
         assert_eq!((rendered.width, rendered.height), (300, 200));
         let names: Vec<_> = rendered.variants.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(names, ["thumb", "large"]);
@@ -440,7 +464,12 @@ mod tests {
 
     #[test]
     fn describes_the_colours_of_what_it_renders() {
-        let rendered = render(&solid_png(300, 200, [200, 30, 30]), &spec(), LIMITS).unwrap();
+        let rendered = render(
+            Bytes::from(solid_png(300, 200, [200, 30, 30])),
+            &spec(),
+            LIMITS,
+        )
+        .unwrap();
         assert_eq!(rendered.dominant_color.as_deref(), Some("#c81e1e"));
         assert_eq!(rendered.blurhash.len(), 28);
         // The placeholder is that red too, within BlurHash's quantisation (its encoder's float
@@ -470,36 +499,42 @@ mod tests {
         DynamicImage::ImageRgb8(image)
             .write_to(&mut png, image::ImageFormat::Png)
             .unwrap();
-        let rendered = render(&png.into_inner(), &spec(), LIMITS).unwrap();
+        let rendered = render(Bytes::from(png.into_inner()), &spec(), LIMITS).unwrap();
         assert_eq!(rendered.dominant_color.as_deref(), Some("#dc141e"));
     }
 
     #[test]
     fn a_fully_transparent_image_has_no_dominant_colour() {
-        let rendered = render(&png(100, 100, true), &spec(), LIMITS).unwrap();
+        let rendered = render(Bytes::from(png(100, 100, true)), &spec(), LIMITS).unwrap();
         assert_eq!(rendered.dominant_color, None);
         assert_eq!(rendered.blurhash.len(), 28);
     }
 
     #[test]
     fn keeps_alpha() {
-        let rendered = render(&png(100, 100, true), &spec(), LIMITS).unwrap();
+        let rendered = render(Bytes::from(png(100, 100, true)), &spec(), LIMITS).unwrap();
         let decoded = image::load_from_memory(&rendered.variants[0].webp).unwrap();
         assert!(decoded.color().has_alpha());
     }
 
     #[test]
     fn rejects_over_limit_before_decoding() {
-        let error = render(&png(2_000, 1_000, false), &spec(), LIMITS).unwrap_err();
+        let error = render(Bytes::from(png(2_000, 1_000, false)), &spec(), LIMITS).unwrap_err();
         assert_eq!(error.reason_code(), ReasonCode::ImageTooLarge);
     }
 
     #[test]
     fn text_and_truncated_images_fail_with_a_reason() {
-        let error = render(b"hello, this is not an image", &spec(), LIMITS).unwrap_err();
+        let error = render(
+            Bytes::from_static(b"hello, this is not an image"),
+            &spec(),
+            LIMITS,
+        )
+        .unwrap_err();
         assert_eq!(error.reason_code(), ReasonCode::UnsupportedFormat);
         let bytes = png(300, 200, false);
-        let error = render(&bytes[..bytes.len() / 2], &spec(), LIMITS).unwrap_err();
+        let half = bytes.len() / 2;
+        let error = render(Bytes::from(bytes).slice(..half), &spec(), LIMITS).unwrap_err();
         assert_eq!(error.reason_code(), ReasonCode::Undecodable);
     }
 }
