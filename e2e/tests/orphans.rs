@@ -1,12 +1,14 @@
 //! The orphan sweep on the real stack: an original stored without its event is found once it
 //! is older than the grace period and removed with an OrphanRemoved event; a variant deleted
 //! behind the pipeline's back is reported and marked, never dropped from the read model; a
-//! variant of an older spec is an unreferenced orphan; the projector's periodic sweep does
-//! the same on its own.
+//! variant of an older spec is an unreferenced orphan; a page of orphans goes in batch deletes
+//! (`DeleteObjects`, 1000 keys a request) on the real object store; the projector's periodic
+//! sweep does the same on its own.
 #![allow(clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use imgpipe_e2e::Pipeline;
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
@@ -291,6 +293,62 @@ async fn a_missing_variant_is_marked_and_a_variant_of_an_older_spec_is_an_orphan
         .await
         .unwrap();
     assert_eq!(marks, 0);
+    pipeline.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_page_of_orphans_is_removed_with_batch_deletes_on_the_real_store() {
+    let pipeline = Pipeline::start().await.expect("pipeline starts");
+    let store = &pipeline.store;
+    // More than one DeleteObjects takes, in one listing page.
+    let keys: Vec<String> = (0..1100)
+        .map(|_| store.original_key(Uuid::now_v7()))
+        .collect();
+    futures::stream::iter(&keys)
+        .map(|key| store.put(key, "x".into(), "image/jpeg"))
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<()>, _>>()
+        .unwrap();
+    tokio::time::sleep(GRACE + Duration::from_secs(1)).await;
+
+    let backend = backend(&pipeline);
+    let (summary, findings) = sweep(&backend, GRACE, true, 1500).await;
+    assert_eq!(
+        (summary.removed, summary.delete_failed, summary.kept),
+        (1100, 0, 0),
+        "{summary:?}"
+    );
+    assert!(orphan_findings(&findings)
+        .iter()
+        .all(|o| o.outcome == Outcome::Removed));
+    assert_eq!(
+        store.list(&store.originals_prefix()).await.unwrap(),
+        Vec::<String>::new()
+    );
+    let removed = events_on_topic(&pipeline.kafka)
+        .await
+        .into_iter()
+        .filter(|event| matches!(event.payload, Payload::OrphanRemoved(_)))
+        .count();
+    assert_eq!(removed, 1100);
+
+    // The store's call itself: a key that is not there is no error; over 1000 is refused
+    // before anything is sent.
+    let kept = store.original_key(Uuid::now_v7());
+    store.put(&kept, "x".into(), "image/jpeg").await.unwrap();
+    let not_deleted = store
+        .delete_many(&[store.original_key(Uuid::now_v7()), kept.clone()])
+        .await
+        .unwrap();
+    assert!(not_deleted.is_empty(), "{not_deleted:?}");
+    assert!(!store.exists(&kept).await.unwrap());
+    store.put(&kept, "x".into(), "image/jpeg").await.unwrap();
+    let too_many = vec![kept.clone(); 1001];
+    assert!(store.delete_many(&too_many).await.is_err());
+    assert!(store.exists(&kept).await.unwrap());
     pipeline.stop().await.unwrap();
 }
 

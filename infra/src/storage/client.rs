@@ -6,6 +6,7 @@ use aws_sdk_s3::config::{Credentials, Region};
 use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{Delete, ObjectIdentifier};
 use bytes::Bytes;
 
 use super::error::{local_error, storage_error};
@@ -153,6 +154,58 @@ impl ObjectStore {
             .await
             .map_err(|error| storage_error("delete", key, error))?;
         Ok(())
+    }
+
+    /// Removes up to [`DELETE_MANY_MAX_KEYS`] objects with one `DeleteObjects` request, in
+    /// quiet mode: the answer names only the keys it could not remove, and those come back
+    /// here. A key that is not there is not an error. `Err` means the request failed as a
+    /// whole, and then any of the keys may or may not be gone (a store can have removed some
+    /// before the answer was lost); HEAD them to know.
+    pub async fn delete_many(&self, keys: &[String]) -> Result<Vec<KeyNotDeleted>, InfraError> {
+        let Some(first) = keys.first() else {
+            return Ok(Vec::new());
+        };
+        // Named by its first key and its size, for the error.
+        let batch = format!("{first} and {} more", keys.len() - 1);
+        if keys.len() > DELETE_MANY_MAX_KEYS {
+            return Err(local_error(
+                "delete-many",
+                &batch,
+                format!(
+                    "{} keys, over the {DELETE_MANY_MAX_KEYS} one request takes",
+                    keys.len()
+                ),
+            ));
+        }
+        let objects = keys
+            .iter()
+            .map(|key| ObjectIdentifier::builder().key(key).build())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| local_error("delete-many", &batch, error))?;
+        let delete = Delete::builder()
+            .set_objects(Some(objects))
+            .quiet(true)
+            .build()
+            .map_err(|error| local_error("delete-many", &batch, error))?;
+        let output = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await
+            .map_err(|error| storage_error("delete-many", &batch, error))?;
+        Ok(output
+            .errors()
+            .iter()
+            .filter_map(|error| {
+                Some(KeyNotDeleted {
+                    key: error.key()?.to_string(),
+                    code: error.code().map(str::to_string),
+                    message: error.message().map(str::to_string),
+                })
+            })
+            .collect())
     }
 
     /// Every key under `prefix`, fetched page by page. For one image's objects, not for a
@@ -309,6 +362,33 @@ pub struct ObjectInfo {
     /// When the object was last written, microseconds since the Unix epoch (0 if the store
     /// did not say).
     pub last_modified_micros: i64,
+}
+
+/// The most keys one `DeleteObjects` request takes (S3's limit).
+pub const DELETE_MANY_MAX_KEYS: usize = 1000;
+
+/// A key a `DeleteObjects` request could not remove, with what the store said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyNotDeleted {
+    pub key: String,
+    /// The S3 error code (`AccessDenied`, `InternalError`, ...).
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+impl std::fmt::Display for KeyNotDeleted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "delete {}: {}",
+            self.key,
+            self.code.as_deref().unwrap_or("error")
+        )?;
+        if let Some(message) = &self.message {
+            write!(f, " ({message})")?;
+        }
+        Ok(())
+    }
 }
 
 /// A page of [`ObjectStore::list_page`].

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::log_reader::LogReader;
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
-use imgpipe_infra::storage::{ObjectInfo, ObjectPage, ObjectStore};
+use imgpipe_infra::storage::{KeyNotDeleted, ObjectInfo, ObjectPage, ObjectStore};
 use imgpipe_infra::{DatabaseConfig, KafkaConfig, S3Config};
 use imgpipe_schemas::Event;
 use sqlx::PgPool;
@@ -45,11 +45,12 @@ pub trait Backend: Sync {
         ids: &[Uuid],
     ) -> impl Future<Output = Result<HashMap<Uuid, ImageState>, ProjectorError>> + Send;
 
-    /// The images whose rows name `key` (as original or variant), deleted ones included.
+    /// For each of `keys` that rows name (as original or variant), the images whose rows
+    /// name it, deleted ones included; a key no row names is absent. One query for them all.
     fn references_to(
         &self,
-        key: &str,
-    ) -> impl Future<Output = Result<Vec<ImageState>, ProjectorError>> + Send;
+        keys: &[String],
+    ) -> impl Future<Output = Result<HashMap<String, Vec<ImageState>>, ProjectorError>> + Send;
 
     fn head(
         &self,
@@ -59,7 +60,12 @@ pub trait Backend: Sync {
     /// Appends an event and waits for the broker's acknowledgement.
     fn append(&self, event: &Event) -> impl Future<Output = Result<(), ProjectorError>> + Send;
 
-    fn delete(&self, key: &str) -> impl Future<Output = Result<(), ProjectorError>> + Send;
+    /// Removes up to [`imgpipe_infra::storage::DELETE_MANY_MAX_KEYS`] objects in one request; the keys it could not
+    /// remove. `Err`: the request failed as a whole, and any of them may or may not be gone.
+    fn delete_many(
+        &self,
+        keys: &[String],
+    ) -> impl Future<Output = Result<Vec<KeyNotDeleted>, ProjectorError>> + Send;
 
     /// Records (or refreshes) a missing object in `missing_objects`.
     fn mark_missing(
@@ -211,26 +217,31 @@ impl Backend for StoreBackend {
             .collect())
     }
 
-    async fn references_to(&self, key: &str) -> Result<Vec<ImageState>, ProjectorError> {
-        let rows: Vec<(Uuid, String, OffsetDateTime)> = sqlx::query_as(
-            r#"SELECT image_id, status, updated_at FROM images
-               WHERE original_key COLLATE "C" = $1
+    async fn references_to(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<ImageState>>, ProjectorError> {
+        // In the "C" collation, so the sweep migration's indexes answer it.
+        let rows: Vec<(String, Uuid, String, OffsetDateTime)> = sqlx::query_as(
+            r#"SELECT original_key, image_id, status, updated_at FROM images
+               WHERE original_key COLLATE "C" = ANY($1)
                UNION ALL
-               SELECT i.image_id, i.status, i.updated_at
+               SELECT v.object_key, i.image_id, i.status, i.updated_at
                FROM variants v JOIN images i ON i.image_id = v.image_id
-               WHERE v.object_key COLLATE "C" = $1"#,
+               WHERE v.object_key COLLATE "C" = ANY($1)"#,
         )
-        .bind(key)
+        .bind(keys)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(image_id, status, updated_at)| ImageState {
+        let mut by_key: HashMap<String, Vec<ImageState>> = HashMap::new();
+        for (key, image_id, status, updated_at) in rows {
+            by_key.entry(key).or_default().push(ImageState {
                 image_id,
                 status,
                 updated_at,
-            })
-            .collect())
+            });
+        }
+        Ok(by_key)
     }
 
     async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, ProjectorError> {
@@ -242,8 +253,8 @@ impl Backend for StoreBackend {
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), ProjectorError> {
-        Ok(self.store.delete(key).await?)
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<KeyNotDeleted>, ProjectorError> {
+        Ok(self.store.delete_many(keys).await?)
     }
 
     async fn mark_missing(&self, missing: &Missing) -> Result<(), ProjectorError> {

@@ -3,23 +3,26 @@
 //! it works the way it does.
 //!
 //! It walks the bucket one listing page at a time, in key order, beside the read model's keys
-//! in the same order (a merge of two sorted streams), so neither side is ever held whole.
+//! in the same order (a merge of two sorted streams), so neither side is ever held whole. A
+//! page's orphans are removed together (`remove.rs`): re-checked in one batch, their events
+//! appended concurrently, the objects deleted 1000 keys a request.
 
 mod backend;
 mod periodic;
+mod remove;
 #[cfg(test)]
 mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use imgpipe_infra::storage::ObjectInfo;
-use imgpipe_schemas::{Event, OrphanRemoved, Producer};
+use imgpipe_schemas::Producer;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 pub use backend::{Backend, StoreBackend};
 pub use periodic::{OrphanSweepSettings, PeriodicSweep};
+use remove::{Candidate, Remover};
 
 use crate::ProjectorError;
 
@@ -141,8 +144,8 @@ pub struct SweepOptions {
     /// Only objects written longer ago than this can be orphans: an upload in flight has its
     /// original stored before its event is appended.
     pub grace: Duration,
-    /// Remove the orphans (each after its `OrphanRemoved` event is acknowledged); otherwise
-    /// only list them.
+    /// Remove the orphans (each after its `OrphanRemoved` event is acknowledged, a page of
+    /// them at a time); otherwise only list them.
     pub delete: bool,
     /// Keys per listing page and per read-model page.
     pub page_size: i32,
@@ -324,6 +327,8 @@ impl<B: Backend, O: Observer> Sweeper<'_, B, O> {
                 .await?;
             self.summary.objects_scanned += page.objects.len() as u64;
             let mut unreferenced = Vec::new();
+            // The page's orphans, removed together once the page is read.
+            let mut candidates = Vec::new();
             for object in page.objects {
                 while let Some(reference) = references
                     .next_below(self.backend, Some(&object.key))
@@ -345,8 +350,11 @@ impl<B: Backend, O: Observer> Sweeper<'_, B, O> {
                 if states.is_empty() {
                     unreferenced.push(object);
                 } else if let Verdict::Orphan(reason) = classify(&states, None, self.cutoff) {
-                    let image_id = states.first().map(|s| s.image_id);
-                    self.orphan(kind, object, image_id, reason).await?;
+                    candidates.push(Candidate {
+                        object,
+                        image_id: states.first().map(|s| s.image_id),
+                        reason,
+                    });
                 }
             }
             // The images the page's unreferenced keys name, in one query.
@@ -363,9 +371,14 @@ impl<B: Backend, O: Observer> Sweeper<'_, B, O> {
                 let image_id = image_id_of(&object.key, &prefix);
                 let image = image_id.and_then(|id| images.get(&id));
                 if let Verdict::Orphan(reason) = classify(&[], image, self.cutoff) {
-                    self.orphan(kind, object, image_id, reason).await?;
+                    candidates.push(Candidate {
+                        object,
+                        image_id,
+                        reason,
+                    });
                 }
             }
+            self.orphans(kind, candidates).await?;
             self.observer.progress(kind, &self.summary);
             match page.next {
                 Some(next) => continuation = Some(next),
@@ -379,18 +392,45 @@ impl<B: Backend, O: Observer> Sweeper<'_, B, O> {
         Ok(())
     }
 
-    async fn orphan(
+    /// Lists a page's orphans, or removes them (see [`Remover::remove`]), and reports each.
+    async fn orphans(
         &mut self,
         kind: Kind,
-        object: ObjectInfo,
-        image_id: Option<Uuid>,
-        reason: Reason,
+        candidates: Vec<Candidate>,
     ) -> Result<(), ProjectorError> {
-        let outcome = if self.options.delete {
-            self.remove(&object, image_id).await?
-        } else {
-            Outcome::Listed
+        if candidates.is_empty() {
+            return Ok(());
+        }
+        if !self.options.delete {
+            for candidate in candidates {
+                self.record(kind, candidate, Outcome::Listed);
+            }
+            return Ok(());
+        }
+        let remover = Remover {
+            backend: self.backend,
+            cutoff: self.cutoff,
+            correlation_id: &self.correlation_id,
+            producer: &self.options.producer,
         };
+        let removal = remover.remove(&candidates).await?;
+        for (candidate, outcome) in candidates.into_iter().zip(removal.outcomes) {
+            if let Some(outcome) = outcome {
+                self.record(kind, candidate, outcome);
+            }
+        }
+        match removal.append_failed {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    fn record(&mut self, kind: Kind, candidate: Candidate, outcome: Outcome) {
+        let Candidate {
+            object,
+            image_id,
+            reason,
+        } = candidate;
         let bytes = u64::try_from(object.bytes).unwrap_or(0);
         match reason {
             Reason::NoEvent => self.summary.orphans_no_event += 1,
@@ -415,58 +455,6 @@ impl<B: Backend, O: Observer> Sweeper<'_, B, O> {
             reason,
             outcome,
         }));
-        Ok(())
-    }
-
-    /// Re-checks the object and the read model just before deleting (either may have changed
-    /// since the page was read), appends `OrphanRemoved`, and only once the broker has
-    /// acknowledged it, deletes the object. An append that fails ends the sweep: without the
-    /// log nothing more can be removed with its audit record.
-    async fn remove(
-        &mut self,
-        listed: &ObjectInfo,
-        image_id: Option<Uuid>,
-    ) -> Result<Outcome, ProjectorError> {
-        let Some(object) = self.backend.head(&listed.key).await? else {
-            return Ok(Outcome::Kept("already gone".into()));
-        };
-        if timestamp(object.last_modified_micros) >= self.cutoff {
-            return Ok(Outcome::Kept(
-                "written again within the grace period".into(),
-            ));
-        }
-        let references = self.backend.references_to(&object.key).await?;
-        let images = match image_id {
-            Some(id) => self.backend.images(&[id]).await?,
-            None => HashMap::new(),
-        };
-        let image = image_id.and_then(|id| images.get(&id));
-        let reason = match classify(&references, image, self.cutoff) {
-            Verdict::Orphan(reason) => reason,
-            Verdict::Accounted | Verdict::BeingDeleted => {
-                return Ok(Outcome::Kept("accounted for on a re-check".into()));
-            }
-        };
-        let event = Event::new(
-            image_id.unwrap_or(Uuid::nil()),
-            self.correlation_id.clone(),
-            None,
-            self.options.producer.clone(),
-            OrphanRemoved {
-                key: object.key.clone(),
-                bytes: object.bytes,
-                last_modified_micros: object.last_modified_micros,
-                reason: reason.as_str().into(),
-            },
-        );
-        self.backend.append(&event).await?;
-        Ok(match self.backend.delete(&object.key).await {
-            Ok(()) => Outcome::Removed,
-            Err(error) => {
-                tracing::warn!(key = %object.key, error = %error, "orphan recorded as removed but its delete failed; the next sweep retries");
-                Outcome::DeleteFailed(error.to_string())
-            }
-        })
     }
 
     /// A key the read model names that the listing did not have: confirmed with a HEAD and a
@@ -480,8 +468,12 @@ impl<B: Backend, O: Observer> Sweeper<'_, B, O> {
         if reference.image.is_deleted() || self.backend.head(&reference.key).await?.is_some() {
             return Ok(());
         }
-        let references = self.backend.references_to(&reference.key).await?;
-        let Some(live) = references.into_iter().find(|r| !r.is_deleted()) else {
+        let mut references = self
+            .backend
+            .references_to(std::slice::from_ref(&reference.key))
+            .await?;
+        let named_by = references.remove(&reference.key).unwrap_or_default();
+        let Some(live) = named_by.into_iter().find(|r| !r.is_deleted()) else {
             return Ok(());
         };
         let missing = Missing {

@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
-use imgpipe_infra::storage::ObjectPage;
+use imgpipe_infra::storage::{KeyNotDeleted, ObjectInfo, ObjectPage};
 use imgpipe_infra::InfraError;
-use imgpipe_schemas::Payload;
+use imgpipe_schemas::{Event, OrphanRemoved, Payload};
 
 use super::*;
+
+mod batches;
 
 const PREFIX: &str = "ns/";
 
@@ -31,8 +33,19 @@ struct Fake {
     rewritten: HashSet<String>,
     lag: u64,
     fail_append: bool,
+    /// Keys whose `OrphanRemoved` the broker refuses.
+    fail_append_for: HashSet<String>,
+    /// Keys a `DeleteObjects` answers with a per-key error for.
+    refuse_delete: Mutex<HashSet<String>>,
+    /// Each `DeleteObjects` fails as a whole after removing this many of its keys.
+    fail_delete_request_after: Option<usize>,
     appended: Mutex<Vec<Event>>,
     deleted: Mutex<Vec<String>>,
+    /// The size of each `DeleteObjects` request.
+    delete_batches: Mutex<Vec<usize>>,
+    /// `append` and `delete` in the order they happened, by key.
+    operations: Mutex<Vec<(&'static str, String)>>,
+    references_to_calls: Mutex<usize>,
     marks: Mutex<BTreeMap<String, (Missing, OffsetDateTime)>>,
     largest_page: Mutex<usize>,
 }
@@ -152,13 +165,23 @@ impl Backend for Fake {
             .collect())
     }
 
-    async fn references_to(&self, key: &str) -> Result<Vec<ImageState>, ProjectorError> {
-        Ok(self
-            .originals
-            .get(key)
-            .into_iter()
-            .chain(self.variants.get(key))
-            .map(|id| self.images[id].clone())
+    async fn references_to(
+        &self,
+        keys: &[String],
+    ) -> Result<HashMap<String, Vec<ImageState>>, ProjectorError> {
+        *self.references_to_calls.lock().unwrap() += 1;
+        Ok(keys
+            .iter()
+            .filter_map(|key| {
+                let states: Vec<ImageState> = self
+                    .originals
+                    .get(key)
+                    .into_iter()
+                    .chain(self.variants.get(key))
+                    .map(|id| self.images[id].clone())
+                    .collect();
+                (!states.is_empty()).then(|| (key.clone(), states))
+            })
             .collect())
     }
 
@@ -173,17 +196,49 @@ impl Backend for Fake {
     }
 
     async fn append(&self, event: &Event) -> Result<(), ProjectorError> {
-        if self.fail_append {
+        let Payload::OrphanRemoved(removed) = &event.payload else {
+            panic!("unexpected {event:?}");
+        };
+        if self.fail_append || self.fail_append_for.contains(&removed.key) {
             return Err(Self::error("broker down"));
         }
         self.appended.lock().unwrap().push(event.clone());
+        self.operations
+            .lock()
+            .unwrap()
+            .push(("append", removed.key.clone()));
         Ok(())
     }
 
-    async fn delete(&self, key: &str) -> Result<(), ProjectorError> {
-        self.objects.lock().unwrap().remove(key);
-        self.deleted.lock().unwrap().push(key.into());
-        Ok(())
+    async fn delete_many(&self, keys: &[String]) -> Result<Vec<KeyNotDeleted>, ProjectorError> {
+        assert!(
+            keys.len() <= 1000,
+            "{} keys in one DeleteObjects",
+            keys.len()
+        );
+        self.delete_batches.lock().unwrap().push(keys.len());
+        let refused = self.refuse_delete.lock().unwrap().clone();
+        let mut not_deleted = Vec::new();
+        for (n, key) in keys.iter().enumerate() {
+            if self.fail_delete_request_after == Some(n) {
+                return Err(Self::error("connection reset"));
+            }
+            if refused.contains(key) {
+                not_deleted.push(KeyNotDeleted {
+                    key: key.clone(),
+                    code: Some("AccessDenied".into()),
+                    message: Some("not yours".into()),
+                });
+                continue;
+            }
+            self.objects.lock().unwrap().remove(key);
+            self.deleted.lock().unwrap().push(key.clone());
+            self.operations
+                .lock()
+                .unwrap()
+                .push(("delete", key.clone()));
+        }
+        Ok(not_deleted)
     }
 
     async fn mark_missing(&self, missing: &Missing) -> Result<(), ProjectorError> {
