@@ -117,6 +117,10 @@ enum Command {
         /// The summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Apply one event at a time, as the live projector does, instead of each batch in
+        /// bulk (slower; to compare with).
+        #[arg(long)]
+        per_event: bool,
     },
     /// Mint a new API key for a client: prints the key (give it to the client) and the
     /// IMGPIPE_INGEST_API_KEYS entry (give it to ingest).
@@ -217,6 +221,10 @@ enum ReplayCommand {
         /// The summary as one JSON object.
         #[arg(long)]
         json: bool,
+        /// Apply one event at a time, as the live projector does, instead of each batch in
+        /// bulk (slower; to compare with).
+        #[arg(long)]
+        per_event: bool,
     },
 }
 
@@ -297,8 +305,12 @@ async fn main() -> anyhow::Result<()> {
             orphans::run(&options, force, json).await?;
         }
         Command::Replay { command } => run_replay(command).await?,
-        Command::Rebuild { dry_run, json } => {
-            rebuild::run(dry_run, json).await?;
+        Command::Rebuild {
+            dry_run,
+            json,
+            per_event,
+        } => {
+            rebuild::run(dry_run, json, per_event).await?;
         }
         Command::ApiKey {
             client,
@@ -356,8 +368,12 @@ async fn run_replay(command: ReplayCommand) -> anyhow::Result<()> {
             };
             replay::run(&options, json).await?;
         }
-        ReplayCommand::Rebuild { dry_run, json } => {
-            rebuild::run(dry_run, json).await?;
+        ReplayCommand::Rebuild {
+            dry_run,
+            json,
+            per_event,
+        } => {
+            rebuild::run(dry_run, json, per_event).await?;
         }
         ReplayCommand::Redrive {
             image,

@@ -4,6 +4,7 @@
 use std::io::Write;
 use std::time::Duration;
 
+use imgpipe_projector::batch::ApplyMode;
 use imgpipe_projector::rebuild::{self, Phase, Progress, Summary};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -51,11 +52,16 @@ impl Progress for Bar {
 
 /// `imgpipe rebuild` (and `imgpipe replay rebuild`), with the projector's configuration from
 /// the environment: the progress on stderr, the summary on stdout (one JSON object with
-/// `json`).
-pub async fn run(dry_run: bool, json: bool) -> Result<Summary, AdminError> {
+/// `json`). `per_event` applies one event at a time instead of each batch in bulk.
+pub async fn run(dry_run: bool, json: bool, per_event: bool) -> Result<Summary, AdminError> {
     let config = imgpipe_projector::Config::from_env()?;
     let options = rebuild::Options {
         dry_run,
+        apply: if per_event {
+            ApplyMode::PerEvent
+        } else {
+            ApplyMode::Bulk
+        },
         ..Default::default()
     };
     let mut bar = Bar::new();
@@ -90,8 +96,13 @@ fn write_table(summary: &Summary, out: &mut dyn Write) -> std::io::Result<()> {
     };
     writeln!(
         out,
-        "schema {}: {outcome} in {:.1} s",
-        summary.schema, summary.seconds
+        "schema {}: {outcome} in {:.1} s (applied {})",
+        summary.schema,
+        summary.seconds,
+        match summary.apply {
+            ApplyMode::Bulk => "in bulk",
+            ApplyMode::PerEvent => "one event at a time",
+        }
     )?;
     writeln!(
         out,

@@ -12,6 +12,7 @@ use imgpipe_schemas::headers::ErrorClass;
 use imgpipe_schemas::{Event, SchemaError};
 use rdkafka::message::OwnedMessage;
 use rdkafka::Message;
+use serde::Serialize;
 use sqlx::{PgConnection, PgPool};
 
 use crate::db::{self, Outcome};
@@ -45,7 +46,7 @@ pub struct BatchReport {
 }
 
 impl BatchReport {
-    pub(crate) fn add(&mut self, other: &BatchReport) {
+    pub fn add(&mut self, other: &BatchReport) {
         self.records += other.records;
         self.positions.extend(&other.positions);
         for (event_type, count) in &other.applied {
@@ -75,6 +76,20 @@ struct Decoded<'a> {
     event: Result<Event, SchemaError>,
 }
 
+/// How a batch's events reach the read models.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ApplyMode {
+    /// One event at a time ([`db::apply`]): the live projector's way, which also times each
+    /// image's first `ready`.
+    #[default]
+    PerEvent,
+    /// The batch folded per image and written with a few set-based statements
+    /// ([`db::bulk`]); a batch Postgres refuses is applied again one event at a time, so a
+    /// bad record is still rejected alone. A rebuild's way: it needs no first-`ready` times.
+    Bulk,
+}
+
 /// Applies batches of the events topic to the read models reached through `pool`.
 #[derive(Clone)]
 pub struct Applier {
@@ -83,6 +98,7 @@ pub struct Applier {
     pub rejects: Rejects,
     /// The events topic (with the deployment's prefix): the positions' key.
     pub topic: String,
+    pub mode: ApplyMode,
 }
 
 impl Applier {
@@ -109,6 +125,14 @@ impl Applier {
             return Ok(BatchOutcome::Committed(BatchReport::default()));
         }
         let decoded = self.decode(&pending).await;
+        if self.mode == ApplyMode::Bulk {
+            match self.bulk_transaction(&decoded, expected, &next).await {
+                Err(error) if is_permanent(&error) => {
+                    tracing::warn!(error = %error, "a bulk batch was refused, applying it one event at a time");
+                }
+                outcome => return outcome,
+            }
+        }
         match self.transaction(&decoded, expected, &next, false).await {
             Err(error) if is_permanent(&error) => {
                 // Some record's data is refused: do the batch again, each record behind a
@@ -185,6 +209,48 @@ impl Applier {
         Ok(BatchOutcome::Committed(report))
     }
 
+    /// The batch in one transaction as [`Self::transaction`] does, its events applied together
+    /// by [`db::bulk::apply_all`]. A data or constraint error comes back as the error, with
+    /// nothing written, for the caller to apply the batch one event at a time.
+    async fn bulk_transaction(
+        &self,
+        decoded: &[Decoded<'_>],
+        expected: &PositionMap,
+        next: &PositionMap,
+    ) -> Result<BatchOutcome, sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        if !self.advance_positions(&mut tx, expected, next).await? {
+            return Ok(BatchOutcome::Conflict);
+        }
+        let mut report = BatchReport {
+            records: decoded.len(),
+            positions: next.clone(),
+            ..BatchReport::default()
+        };
+        let mut rejected = Vec::new();
+        let mut events = Vec::with_capacity(decoded.len());
+        for record in decoded {
+            match &record.event {
+                Ok(event) => events.push((event, &record.position)),
+                Err(error) => rejected.push((record.message, undecodable(record, error))),
+            }
+        }
+        let changed = db::bulk::apply_all(&mut tx, &events).await?;
+        for ((event, _), changed) in events.iter().zip(changed) {
+            if changed {
+                *report
+                    .applied
+                    .entry(event.event_type().as_str())
+                    .or_default() += 1;
+            } else {
+                report.duplicates += 1;
+            }
+        }
+        self.reject(&rejected, &mut report).await;
+        tx.commit().await?;
+        Ok(BatchOutcome::Committed(report))
+    }
+
     /// Moves each partition's position from `expected` to `next`; false if one was not at the
     /// expected position (dropping the transaction then undoes those already moved).
     async fn advance_positions(
@@ -244,17 +310,7 @@ async fn apply_record(
 ) -> Result<Applied, sqlx::Error> {
     let event = match &record.event {
         Ok(event) => event,
-        Err(error) => {
-            tracing::error!(
-                partition = record.position.partition, offset = record.position.offset,
-                error = %error, "undecodable record, rejecting it"
-            );
-            // The decode error stays with the batch's record; the dead letter carries its text.
-            return Ok(Applied::Rejected(HandlerError::permanent(
-                ErrorClass::UndecodableRecord,
-                error.to_string(),
-            )));
-        }
+        Err(error) => return Ok(Applied::Rejected(undecodable(record, error))),
     };
     let applied = if careful {
         apply_behind_savepoint(tx, event, &record.position).await?
@@ -276,6 +332,16 @@ async fn apply_record(
             Applied::Rejected(HandlerError::permanent(ErrorClass::DatabaseRejected, error))
         }
     })
+}
+
+/// The rejection of a record that does not decode.
+fn undecodable(record: &Decoded<'_>, error: &SchemaError) -> HandlerError {
+    tracing::error!(
+        partition = record.position.partition, offset = record.position.offset,
+        error = %error, "undecodable record, rejecting it"
+    );
+    // The decode error stays with the batch's record; the dead letter carries its text.
+    HandlerError::permanent(ErrorClass::UndecodableRecord, error.to_string())
 }
 
 /// Applies one event behind a savepoint: a data or constraint error rolls back this event

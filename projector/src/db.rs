@@ -1,4 +1,7 @@
-//! The read models: schema migrations and applying one event.
+//! The read models: schema migrations and applying one event ([`bulk`]: a batch of them at
+//! once, for a rebuild).
+
+pub mod bulk;
 
 use imgpipe_infra::consume::RecordPosition;
 use imgpipe_infra::DatabaseConfig;

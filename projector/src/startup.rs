@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::batch::{Applier, Rejects};
+use crate::batch::{Applier, ApplyMode, Rejects};
 use crate::live::{self, BatchSettings, Live, LiveConsumer, LiveEnd, PositionsContext};
 use crate::metrics::ProjectorMetrics;
 use crate::positions::{self, SharedPositions};
@@ -61,6 +61,8 @@ impl Projector {
                 codec: EventCodec::reader(&config.registry),
                 rejects: Rejects::DeadLetter(dead_letters),
                 topic: config.kafka.topics().events,
+                // One event at a time: the upload-to-ready histogram needs each first `ready`.
+                mode: ApplyMode::PerEvent,
             },
             batch: BatchSettings {
                 max: config.projector.batch_max.max(1),

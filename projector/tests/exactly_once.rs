@@ -8,7 +8,7 @@ use std::collections::HashMap;
 
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::{DatabaseConfig, FromEnv};
-use imgpipe_projector::batch::{Applier, BatchOutcome, Rejects};
+use imgpipe_projector::batch::{Applier, ApplyMode, BatchOutcome, Rejects};
 use imgpipe_projector::positions::{self, PositionMap};
 use imgpipe_projector::{db, rebuild};
 use imgpipe_schemas::{Event, ImageProcessed, ImageUploaded, Payload, Producer, Variant};
@@ -108,6 +108,7 @@ fn applier(pool: &PgPool) -> Applier {
         codec: EventCodec::single_object(),
         rejects: Rejects::Count,
         topic: TOPIC.into(),
+        mode: ApplyMode::PerEvent,
     }
 }
 

@@ -20,7 +20,7 @@ use serde::Serialize;
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 
-use crate::batch::{Applier, BatchOutcome, BatchReport, Rejects};
+use crate::batch::{Applier, ApplyMode, BatchOutcome, BatchReport, Rejects};
 use crate::live::Backoff;
 use crate::positions::{self, PositionMap};
 use crate::{db, Config, ProjectorError};
@@ -45,6 +45,9 @@ pub struct Options {
     pub dry_run: bool,
     /// Most records per transaction.
     pub batch_max: usize,
+    /// How each batch is written: in bulk (the default), or one event at a time as the live
+    /// projector does (slower; kept to compare with).
+    pub apply: ApplyMode,
     /// How long the swap may hold the live positions locked while the last events are
     /// applied; past it, the swap is given up and tried again after more replaying.
     pub swap_catch_up: Duration,
@@ -55,6 +58,7 @@ impl Default for Options {
         Self {
             dry_run: false,
             batch_max: 2000,
+            apply: ApplyMode::Bulk,
             swap_catch_up: Duration::from_secs(30),
         }
     }
@@ -91,6 +95,7 @@ impl Progress for Quiet {}
 pub struct Summary {
     pub schema: String,
     pub dry_run: bool,
+    pub apply: ApplyMode,
     /// Whether the rebuilt tables are now the live ones.
     pub swapped: bool,
     pub records: u64,
@@ -142,6 +147,7 @@ pub async fn run(
     Ok(Summary {
         schema: config.database.schema.clone(),
         dry_run: options.dry_run,
+        apply: options.apply,
         swapped,
         records: report.total.records as u64,
         events_applied: by_name(&report.total.applied),
@@ -389,6 +395,7 @@ impl Replay {
                 codec: EventCodec::reader(&config.registry),
                 rejects: Rejects::Count,
                 topic,
+                mode: options.apply,
             },
             batch_max: options.batch_max.max(1),
             positions: PositionMap::new(),
