@@ -136,8 +136,7 @@ async fn main() -> anyhow::Result<()> {
         for _ in 0..CORE_ROUNDS {
             let input = bytes.clone().into();
             let started = Instant::now();
-            render(input, &spec, limits)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            render(input, &spec, limits).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             timings.push(started.elapsed().as_secs_f64());
         }
         timings.sort_by(f64::total_cmp);
