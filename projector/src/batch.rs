@@ -172,6 +172,28 @@ impl Applier {
         decoded
     }
 
+    /// Opens a batch's transaction and moves the positions first: a concurrent writer of the
+    /// same partitions waits here, and the loser finds the position moved before it changed
+    /// anything (`None`: a conflict, nothing written). Returns the report to fill.
+    async fn begin(
+        &self,
+        records: usize,
+        expected: &PositionMap,
+        next: &PositionMap,
+    ) -> Result<Option<(sqlx::Transaction<'static, sqlx::Postgres>, BatchReport)>, sqlx::Error>
+    {
+        let mut tx = self.pool.begin().await?;
+        if !self.advance_positions(&mut tx, expected, next).await? {
+            return Ok(None);
+        }
+        let report = BatchReport {
+            records,
+            positions: next.clone(),
+            ..BatchReport::default()
+        };
+        Ok(Some((tx, report)))
+    }
+
     /// One attempt at the batch; `careful` puts each record behind a savepoint.
     async fn transaction(
         &self,
@@ -180,16 +202,8 @@ impl Applier {
         next: &PositionMap,
         careful: bool,
     ) -> Result<BatchOutcome, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        // Positions first: a concurrent writer of the same partitions waits here, and the
-        // loser finds the position moved before it changed anything.
-        if !self.advance_positions(&mut tx, expected, next).await? {
+        let Some((mut tx, mut report)) = self.begin(decoded.len(), expected, next).await? else {
             return Ok(BatchOutcome::Conflict);
-        }
-        let mut report = BatchReport {
-            records: decoded.len(),
-            positions: next.clone(),
-            ..BatchReport::default()
         };
         let mut rejected = Vec::new();
         for record in decoded {
@@ -218,14 +232,8 @@ impl Applier {
         expected: &PositionMap,
         next: &PositionMap,
     ) -> Result<BatchOutcome, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        if !self.advance_positions(&mut tx, expected, next).await? {
+        let Some((mut tx, mut report)) = self.begin(decoded.len(), expected, next).await? else {
             return Ok(BatchOutcome::Conflict);
-        }
-        let mut report = BatchReport {
-            records: decoded.len(),
-            positions: next.clone(),
-            ..BatchReport::default()
         };
         let mut rejected = Vec::new();
         let mut events = Vec::with_capacity(decoded.len());
