@@ -9,7 +9,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     cargo build --release --locked --bins \
     && mkdir -p /out \
     && cp target/release/imgpipe target/release/imgpipe-ingest \
-          target/release/imgpipe-processor target/release/imgpipe-projector /out/
+          target/release/imgpipe-processor target/release/imgpipe-projector \
+          target/release/imgpipe-webhooks /out/
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -226,6 +226,26 @@ enum ReplayCommand {
         #[arg(long)]
         per_event: bool,
     },
+    /// Deliver a webhook endpoint's messages again: one (--message) or every one since a time
+    /// (--from). Appends one WebhookRedeliveryRequested; the delivering service sends each
+    /// message again from attempt 1, with the same webhook-id.
+    #[command(group(ArgGroup::new("which").required(true).args(["from", "message"])))]
+    Webhooks {
+        /// The endpoint's id.
+        #[arg(long)]
+        endpoint: Uuid,
+        /// Every message first attempted at or after this RFC 3339 time.
+        #[arg(long, value_parser = replay::parse_time)]
+        from: Option<OffsetDateTime>,
+        /// One message, by its webhook-id.
+        #[arg(long)]
+        message: Option<Uuid>,
+        /// Who; recorded in the request. Default: $USER.
+        #[arg(long)]
+        requested_by: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -382,6 +402,22 @@ async fn run_replay(command: ReplayCommand) -> anyhow::Result<()> {
         } => {
             redrive::run_with_spinner(image, dry_run, json).await?;
         }
+        ReplayCommand::Webhooks {
+            endpoint,
+            from,
+            message,
+            requested_by,
+            json,
+        } => {
+            let what = match (message, from) {
+                (Some(message), _) => replay::webhooks::Redelivery::Message(message),
+                (None, Some(from)) => replay::webhooks::Redelivery::Since(from),
+                // clap requires one of the two.
+                (None, None) => anyhow::bail!("--from or --message is required"),
+            };
+            let requested_by = requested_by.unwrap_or_else(replay::default_requester);
+            replay::webhooks::run(endpoint, what, requested_by, json).await?;
+        }
     }
     Ok(())
 }
@@ -415,5 +451,37 @@ mod tests {
         assert!(parse(&["--image", "0193a0b4-0000-7000-8000-000000000000", "--all"]).is_err());
         assert!(parse(&["--from", "yesterday"]).is_err());
         assert!(Cli::try_parse_from(["imgpipe", "replay", "redrive", "--dry-run"]).is_ok());
+    }
+
+    #[test]
+    fn replay_webhooks_needs_an_endpoint_and_a_time_or_a_message() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(
+                ["imgpipe", "replay", "webhooks"]
+                    .iter()
+                    .chain(args)
+                    .copied(),
+            )
+        };
+        let endpoint = "0193a0b4-0000-7000-8000-000000000000";
+        assert!(parse(&["--endpoint", endpoint, "--from", "2026-11-22T06:00:00Z"]).is_ok());
+        assert!(parse(&["--endpoint", endpoint, "--message", endpoint]).is_ok());
+        assert!(
+            parse(&["--endpoint", endpoint]).is_err(),
+            "what to redeliver"
+        );
+        assert!(
+            parse(&["--from", "2026-11-22T06:00:00Z"]).is_err(),
+            "which endpoint"
+        );
+        assert!(parse(&[
+            "--endpoint",
+            endpoint,
+            "--from",
+            "2026-11-22T06:00:00Z",
+            "--message",
+            endpoint
+        ])
+        .is_err());
     }
 }

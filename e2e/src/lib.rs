@@ -75,6 +75,9 @@ pub struct Pipeline {
     pub projector_ops_url: String,
     /// The in-process projector's configuration (for a test's own rebuild, say).
     pub projector_config: imgpipe_projector::Config,
+    /// The webhook deliverer's configuration in this namespace (with ingest's sealing key and
+    /// allow-list); tests that need deliveries run it themselves.
+    pub webhooks_config: imgpipe_webhooks::Config,
     s3: S3Config,
     shutdown: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
@@ -244,6 +247,7 @@ impl Pipeline {
         let mut processor_config = namespace.processor_config();
         adjust_processor(&mut processor_config.processor);
         let projector_config = namespace.projector_config();
+        let webhooks_config = namespace.webhooks_config();
 
         let shutdown = CancellationToken::new();
         let ingest = imgpipe_ingest::Application::build(&ingest_config).await?;
@@ -286,6 +290,7 @@ impl Pipeline {
             projector_ops_url,
             ingest_ops_url,
             projector_config,
+            webhooks_config,
             shutdown,
             tasks,
             processor,

@@ -8,6 +8,8 @@ use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
 use imgpipe_ingest::auth::ApiKeys;
+use imgpipe_webhooks::config::{DeliverySettings, WebhookSecurity};
+use imgpipe_webhooks::signature::SigningSecret;
 use uuid::Uuid;
 
 use crate::PROCESSOR_VARIANTS;
@@ -18,6 +20,9 @@ pub(crate) struct Namespace {
     pub(crate) s3: S3Config,
     pub(crate) database: DatabaseConfig,
     pub(crate) log: LogConfig,
+    /// Webhooks on: a sealing key of the namespace's own, http allowed, and the loopback
+    /// address the tests' receivers listen on (127.0.0.1, and no other private address).
+    pub(crate) webhooks: WebhookSecurity,
 }
 
 impl Namespace {
@@ -39,12 +44,21 @@ impl Namespace {
         let mut database = DatabaseConfig::from_env()?;
         database.schema = name.clone();
         database.max_connections = 4;
+        // 32 random bytes in standard base64: what a signing secret's text holds after `whsec_`.
+        let whsec = SigningSecret::generate().to_whsec();
+        let sealing_key = whsec.trim_start_matches("whsec_");
+        let webhooks = WebhookSecurity {
+            sealing_key: sealing_key.into(),
+            allow_http: true,
+            allow_private: "127.0.0.1/32".into(),
+        };
         Ok(Self {
             name,
             kafka,
             s3,
             database,
             log,
+            webhooks,
         })
     }
 
@@ -84,6 +98,28 @@ impl Namespace {
                 requests_per_minute_per_ip: 0,
                 ..Default::default()
             },
+            kafka: self.kafka.clone(),
+            s3: self.s3.clone(),
+            database: self.database.clone(),
+            registry: RegistryConfig::default(),
+            log: self.log.clone(),
+            webhooks: self.webhooks.clone(),
+        }
+    }
+
+    /// The delivering service, retrying on a short schedule (1 s, 2 s, 2 s) and polling often,
+    /// with ingest's webhook settings.
+    pub fn webhooks_config(&self) -> imgpipe_webhooks::config::Config {
+        let mut delivery = DeliverySettings::from_iter(Vec::new())
+            .expect("the delivery settings' defaults read from an empty environment");
+        delivery.ops_addr = "127.0.0.1:0".into();
+        delivery.retry_schedule = "1s,2s,2s".into();
+        delivery.timeout_secs = 5;
+        delivery.disable_after_secs = 3600;
+        delivery.poll_ms = 100;
+        imgpipe_webhooks::config::Config {
+            delivery,
+            security: self.webhooks.clone(),
             kafka: self.kafka.clone(),
             s3: self.s3.clone(),
             database: self.database.clone(),

@@ -4,6 +4,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use imgpipe_infra::FromEnv;
+use imgpipe_webhooks::config::DeliverySettings;
+
 /// The workspace's root directory.
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,4 +54,14 @@ pub fn unread_vars<'a>(
         .into_iter()
         .filter(|var| *var != "RUST_LOG" && !read.contains(var))
         .collect()
+}
+
+/// The variable holding a service's ops address (`/healthz`, `/readyz`, `/metrics`):
+/// `IMGPIPE_<SERVICE>_OPS_ADDR`, but the webhooks service's is one of its delivery settings
+/// (`IMGPIPE_WEBHOOKS_DELIVERY_OPS_ADDR`).
+pub fn ops_addr_var(service: &str) -> String {
+    match service {
+        "webhooks" => format!("{}OPS_ADDR", DeliverySettings::PREFIX),
+        _ => format!("IMGPIPE_{}_OPS_ADDR", service.to_uppercase()),
+    }
 }

@@ -2,7 +2,8 @@
 //! variable a service gets is one its config reads, the init job creates exactly the topics
 //! in redpanda/topics.conf, every service has a healthcheck and resource limits, the workers
 //! can be scaled (`--scale processor=3`), published ports are on loopback, mounted files
-//! exist, and Prometheus scrapes each service (every replica) where its `/metrics` listens.
+//! exist, Prometheus scrapes each service (every replica) where its `/metrics` listens, and
+//! ingest and the webhooks service share the webhook sealing key and address policy.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeSet;
@@ -13,7 +14,13 @@ use imgpipe_e2e::tools;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::topics::{self, TopicSpec};
 use imgpipe_infra::{DatabaseConfig, FromEnv, KafkaConfig, S3Config};
+use imgpipe_webhooks::config::WebhookSecurity;
 use serde_norway::Value;
+
+/// The services, each running its own binary `imgpipe-<name>`.
+const SERVICES: [&str; 4] = ["ingest", "processor", "projector", "webhooks"];
+/// The services that scale (`--scale processor=3`): consumer-group members, found by DNS.
+const WORKERS: [&str; 3] = ["processor", "projector", "webhooks"];
 
 fn root() -> PathBuf {
     tools::workspace_root()
@@ -61,6 +68,7 @@ fn every_variable_a_service_gets_is_one_its_config_reads() {
         ("ingest", imgpipe_ingest::Config::env_vars()),
         ("processor", imgpipe_processor::Config::env_vars()),
         ("projector", imgpipe_projector::Config::env_vars()),
+        ("webhooks", imgpipe_webhooks::Config::env_vars()),
         (
             "init-storage",
             [
@@ -82,14 +90,14 @@ fn every_variable_a_service_gets_is_one_its_config_reads() {
 #[test]
 fn services_run_their_own_binary_with_a_healthcheck_and_limits() {
     let compose = compose();
-    for name in ["ingest", "processor", "projector"] {
+    for name in SERVICES {
         assert_eq!(
             service(&compose, name)["command"][0].as_str(),
             Some(format!("imgpipe-{name}").as_str()),
             "{name} command"
         );
     }
-    for name in ["ingest", "processor", "projector", "prometheus", "grafana"] {
+    for name in SERVICES.into_iter().chain(["prometheus", "grafana"]) {
         let service = service(&compose, name);
         assert!(
             service["healthcheck"]["test"].is_sequence(),
@@ -124,6 +132,40 @@ fn services_run_their_own_binary_with_a_healthcheck_and_limits() {
     }
 }
 
+/// A variable's value in a service's environment, if it has one.
+fn env_value(service: &Value, var: &str) -> Option<String> {
+    let mut service = service.clone();
+    service.apply_merge().expect("merge keys resolve");
+    let value = service["environment"].get(var)?;
+    Some(match value.as_str() {
+        Some(text) => text.to_string(),
+        None => serde_norway::to_string(value).unwrap().trim().to_string(),
+    })
+}
+
+/// Ingest seals each endpoint's signing secret and checks its address; the webhooks service
+/// opens the secret and checks the address again at every connect: they need the same key (a
+/// valid one: the service does not start without it) and the same address policy.
+#[test]
+fn ingest_and_webhooks_get_the_same_key_and_address_policy() {
+    let compose = compose();
+    let (ingest, webhooks) = (service(&compose, "ingest"), service(&compose, "webhooks"));
+    for var in WebhookSecurity::env_vars() {
+        assert_eq!(env_value(ingest, &var), env_value(webhooks, &var), "{var}");
+    }
+    let security = WebhookSecurity::from_iter(
+        WebhookSecurity::env_vars()
+            .into_iter()
+            .filter_map(|var| Some((var.clone(), env_value(webhooks, &var)?))),
+    )
+    .unwrap();
+    assert!(
+        security.sealer().unwrap().is_some(),
+        "webhooks gets no sealing key: it would not start"
+    );
+    security.policy().unwrap();
+}
+
 /// Runs redpanda/create-topics.sh with a stand-in `rpk` that records its arguments.
 /// `docker compose up --scale processor=3` (or projector) needs the scaled services to have
 /// neither a fixed container name nor a fixed host port: the second replica could not take
@@ -131,7 +173,7 @@ fn services_run_their_own_binary_with_a_healthcheck_and_limits() {
 #[test]
 fn the_workers_can_be_scaled() {
     let compose = compose();
-    for name in ["processor", "projector"] {
+    for name in WORKERS {
         let service = service(&compose, name);
         assert!(
             service.get("container_name").is_none(),
@@ -270,9 +312,7 @@ fn every_bind_mount_exists_in_the_repository() {
 
 /// The port in a service's `IMGPIPE_*_ADDR` variable (`0.0.0.0:8001`).
 fn address_port(service: &Value, variable: &str) -> Option<u16> {
-    let mut service = service.clone();
-    service.apply_merge().expect("merge keys resolve");
-    let address = service["environment"].get(variable)?.as_str()?.to_string();
+    let address = env_value(service, variable)?;
     Some(address.rsplit_once(':')?.1.parse().expect("a port number"))
 }
 
@@ -280,7 +320,7 @@ fn address_port(service: &Value, variable: &str) -> Option<u16> {
 fn metrics_port(compose: &Value, name: &str) -> u16 {
     let service = service(compose, name);
     let upper = name.to_uppercase();
-    address_port(service, &format!("IMGPIPE_{upper}_OPS_ADDR"))
+    address_port(service, &tools::ops_addr_var(name))
         .or_else(|| address_port(service, &format!("IMGPIPE_{upper}_LISTEN_ADDR")))
         .unwrap_or_else(|| panic!("{name} has no ops or listen address"))
 }
@@ -312,7 +352,7 @@ fn prometheus_scrapes_every_replica_of_each_service_where_its_metrics_listen() {
         let port = metrics_port(&compose, name);
         match name {
             // Scalable: found by DNS, one A record per replica of the compose service.
-            "processor" | "projector" => {
+            _ if WORKERS.contains(&name) => {
                 let dns = &job["dns_sd_configs"][0];
                 assert_eq!(dns["names"][0].as_str(), Some(name), "{name} DNS name");
                 assert_eq!(dns["type"].as_str(), Some("A"), "{name} record type");
@@ -324,9 +364,7 @@ fn prometheus_scrapes_every_replica_of_each_service_where_its_metrics_listen() {
             }
         }
     }
-    let expected: BTreeSet<String> = ["ingest", "processor", "projector"]
-        .map(String::from)
-        .into();
+    let expected: BTreeSet<String> = SERVICES.map(String::from).into();
     assert_eq!(jobs, expected, "scrape jobs");
 }
 

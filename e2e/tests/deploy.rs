@@ -23,11 +23,17 @@ use serde_norway::Value;
 mod manifests;
 #[path = "deploy/relabel.rs"]
 mod relabel;
+#[path = "deploy/webhooks.rs"]
+mod webhooks;
 
+use imgpipe_e2e::tools::ops_addr_var;
 use manifests::{
     containers, deployment, environment, every_render, name, of_kind, secret_refs, workloads,
     Workload, BASE, IMAGE, OVERLAYS,
 };
+
+/// The services: Deployments with an ops port, each running `imgpipe-<component>`.
+const SERVICES: [&str; 4] = ["ingest", "processor", "projector", "webhooks"];
 
 /// What the workload's program reads: each service's `Config::env_vars()`; for the admin
 /// command, the infra configs its subcommands read (setup and migrate: broker, bucket,
@@ -37,6 +43,7 @@ fn variables_read(component: &str) -> Vec<String> {
         "ingest" => imgpipe_ingest::Config::env_vars(),
         "processor" => imgpipe_processor::Config::env_vars(),
         "projector" => imgpipe_projector::Config::env_vars(),
+        "webhooks" => imgpipe_webhooks::Config::env_vars(),
         "admin" => [
             KafkaConfig::env_vars(),
             S3Config::env_vars(),
@@ -248,10 +255,10 @@ fn bound_port(address: &str) -> u16 {
 #[test]
 fn probes_are_the_services_own_paths_on_their_ops_ports() {
     for (dir, docs) in every_render() {
-        for component in ["ingest", "processor", "projector"] {
+        for component in SERVICES {
             let workload = deployment(&docs, component);
             let container = &containers(&workload)[0];
-            let ops_var = format!("IMGPIPE_{}_OPS_ADDR", component.to_uppercase());
+            let ops_var = ops_addr_var(component);
             let ops_port = bound_port(&variable(&docs, &workload, &ops_var));
             for (probe, path) in [
                 ("livenessProbe", LIVENESS_PATH),
@@ -558,7 +565,7 @@ fn prometheus_on_kubernetes_labels_each_service_as_compose_does() {
             };
             let job = target.get("job").map_or("(the job name)", String::as_str);
             assert_eq!(job, workload.component, "{dir}: {}'s job", workload.name);
-            let ops_var = format!("IMGPIPE_{}_OPS_ADDR", workload.component.to_uppercase());
+            let ops_var = ops_addr_var(workload.component);
             let ops_port = bound_port(&variable(&docs, &workload, &ops_var));
             assert_eq!(
                 target["__address__"],

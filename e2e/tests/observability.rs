@@ -32,11 +32,12 @@ fn read(path: &Path) -> String {
 
 /// Every series name the services render: each metric under every name its kind renders.
 fn exported_series() -> BTreeSet<String> {
-    let lists: [&[(&str, MetricKind)]; 4] = [
+    let lists: [&[(&str, MetricKind)]; 5] = [
         imgpipe_infra::consume::health::metric_names::ALL,
         imgpipe_ingest::metrics::ALL,
         imgpipe_processor::metrics::ALL,
         imgpipe_projector::metrics::ALL,
+        imgpipe_webhooks::metrics::ALL,
     ];
     let mut series: BTreeSet<String> = lists
         .iter()

@@ -1,6 +1,7 @@
 use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{DatabaseConfig, FromEnv, InfraError, KafkaConfig, S3Config};
+use imgpipe_webhooks::config::WebhookSecurity;
 use serde::Deserialize;
 
 #[derive(Debug, Clone)]
@@ -11,6 +12,9 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub registry: RegistryConfig,
     pub log: LogConfig,
+    /// The sealing key and the address policy of webhook endpoints (`IMGPIPE_WEBHOOKS_*`, shared
+    /// with the delivering service); no sealing key: the webhook routes answer 503.
+    pub webhooks: WebhookSecurity,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -186,6 +190,7 @@ impl Config {
             database: DatabaseConfig::from_env()?,
             registry: RegistryConfig::from_env()?,
             log: LogConfig::from_env()?,
+            webhooks: WebhookSecurity::from_env()?,
         })
     }
 
@@ -198,6 +203,7 @@ impl Config {
             DatabaseConfig::env_vars(),
             RegistryConfig::env_vars(),
             LogConfig::env_vars(),
+            WebhookSecurity::env_vars(),
         ]
         .concat()
     }

@@ -1,9 +1,12 @@
 //! Every error the API answers, each with a stable kebab-case code. Client mistakes are 4xx
 //! and logged at WARN or below; a dependency outage is 503 with Retry-After.
 
+use std::net::IpAddr;
+
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use imgpipe_webhooks::target::TargetRefused;
 use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +76,37 @@ pub enum IngestError {
     StorageUnavailable(#[source] imgpipe_infra::InfraError),
     #[error("the read model is unavailable, retry later")]
     DatabaseUnavailable(#[source] sqlx::Error),
+    #[error("webhooks are not enabled on this deployment (no sealing key is configured)")]
+    WebhooksDisabled,
+    #[error("the request body is not valid JSON for this route: {0}")]
+    InvalidJson(String),
+    #[error("{0} is not a webhook id")]
+    InvalidWebhookId(String),
+    #[error("no webhook endpoint with that id")]
+    WebhookNotFound,
+    /// A URL that does not parse, is too long, or carries credentials.
+    #[error("{0}")]
+    InvalidWebhookUrl(imgpipe_webhooks::target::TargetRefused),
+    #[error("{0}")]
+    WebhookUrlInsecure(imgpipe_webhooks::target::TargetRefused),
+    #[error("{0}")]
+    WebhookAddressRefused(imgpipe_webhooks::target::TargetRefused),
+    #[error(
+        "event_types must be a non-empty list of image.ready, image.failed, image.deleted: {0}"
+    )]
+    InvalidEventTypes(String),
+    #[error("the update changes nothing: give at least one of url, event_types, enabled")]
+    EmptyWebhookUpdate,
+    #[error("this client has {limit} webhook endpoints, the most it may; delete one first")]
+    TooManyWebhooks { limit: usize },
+    #[error("overlap_seconds must be 0 to {max}")]
+    InvalidOverlap { max: u32 },
+    #[error(
+        "a redelivery names exactly one of message_id (a uuid) and since (an RFC 3339 time): {0}"
+    )]
+    InvalidRedelivery(String),
+    #[error("the endpoint has no delivery of that message to redeliver")]
+    WebhookMessageNotFound,
 }
 
 #[derive(Serialize)]
@@ -129,6 +163,19 @@ impl IngestError {
             Self::EventLogUnavailable(imgpipe_infra::InfraError::Config(String::new())),
             Self::StorageUnavailable(imgpipe_infra::InfraError::Config(String::new())),
             Self::DatabaseUnavailable(sqlx::Error::PoolTimedOut),
+            Self::WebhooksDisabled,
+            Self::InvalidJson(String::new()),
+            Self::InvalidWebhookId(String::new()),
+            Self::WebhookNotFound,
+            Self::InvalidWebhookUrl(TargetRefused::Malformed),
+            Self::WebhookUrlInsecure(TargetRefused::Insecure),
+            Self::WebhookAddressRefused(TargetRefused::Address(IpAddr::from([0, 0, 0, 0]))),
+            Self::InvalidEventTypes(String::new()),
+            Self::EmptyWebhookUpdate,
+            Self::TooManyWebhooks { limit: 0 },
+            Self::InvalidOverlap { max: 0 },
+            Self::InvalidRedelivery(String::new()),
+            Self::WebhookMessageNotFound,
         ]
     }
 
@@ -164,6 +211,19 @@ impl IngestError {
             Self::EventLogUnavailable(_) => "event-log-unavailable",
             Self::StorageUnavailable(_) => "storage-unavailable",
             Self::DatabaseUnavailable(_) => "database-unavailable",
+            Self::WebhooksDisabled => "webhooks-disabled",
+            Self::InvalidJson(_) => "invalid-json",
+            Self::InvalidWebhookId(_) => "invalid-webhook-id",
+            Self::WebhookNotFound => "webhook-not-found",
+            Self::InvalidWebhookUrl(_) => "invalid-webhook-url",
+            Self::WebhookUrlInsecure(_) => "webhook-url-insecure",
+            Self::WebhookAddressRefused(_) => "webhook-address-refused",
+            Self::InvalidEventTypes(_) => "invalid-event-types",
+            Self::EmptyWebhookUpdate => "empty-webhook-update",
+            Self::TooManyWebhooks { .. } => "too-many-webhooks",
+            Self::InvalidOverlap { .. } => "invalid-overlap",
+            Self::InvalidRedelivery(_) => "invalid-redelivery",
+            Self::WebhookMessageNotFound => "webhook-message-not-found",
         }
     }
 
@@ -178,26 +238,52 @@ impl IngestError {
             | Self::InvalidMetadata(_)
             | Self::InvalidImageId(_)
             | Self::InvalidQuery(_)
-            | Self::InvalidIdempotencyKey => StatusCode::BAD_REQUEST,
+            | Self::InvalidIdempotencyKey
+            | Self::InvalidJson(_)
+            | Self::InvalidWebhookId(_)
+            | Self::InvalidWebhookUrl(_)
+            | Self::WebhookUrlInsecure(_)
+            | Self::WebhookAddressRefused(_)
+            | Self::InvalidEventTypes(_)
+            | Self::EmptyWebhookUpdate
+            | Self::InvalidOverlap { .. }
+            | Self::InvalidRedelivery(_) => StatusCode::BAD_REQUEST,
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Self::UnreadableImage(_) | Self::ImageTooLarge { .. } => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            Self::ImageNotFound | Self::NotYetUploaded(_) | Self::RouteNotFound => {
-                StatusCode::NOT_FOUND
-            }
+            Self::ImageNotFound
+            | Self::NotYetUploaded(_)
+            | Self::RouteNotFound
+            | Self::WebhookNotFound
+            | Self::WebhookMessageNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::RateLimited { .. } | Self::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UploadTimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::IdempotencyKeyReused
             | Self::IdempotencyKeyInFlight
             | Self::DeletionInFlight
-            | Self::AsOfUnavailable(_) => StatusCode::CONFLICT,
+            | Self::AsOfUnavailable(_)
+            | Self::TooManyWebhooks { .. } => StatusCode::CONFLICT,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
             | Self::DatabaseUnavailable(_)
-            | Self::ServerBusy => StatusCode::SERVICE_UNAVAILABLE,
+            | Self::ServerBusy
+            | Self::WebhooksDisabled => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A webhook URL the address policy refuses, as the API's code says why.
+impl From<TargetRefused> for IngestError {
+    fn from(refused: TargetRefused) -> Self {
+        match refused {
+            TargetRefused::Insecure => Self::WebhookUrlInsecure(refused),
+            TargetRefused::Address(_) => Self::WebhookAddressRefused(refused),
+            TargetRefused::Malformed | TargetRefused::Credentials => {
+                Self::InvalidWebhookUrl(refused)
+            }
         }
     }
 }
@@ -228,6 +314,8 @@ impl IntoResponse for IngestError {
             | Self::DeletionInFlight
             | Self::TooManyUploads { .. }
             | Self::ServerBusy => Some("1".to_string()),
+            // A setting, not an outage: retrying does not help.
+            Self::WebhooksDisabled => None,
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some("5".to_string()),
             _ => None,
         };
@@ -280,6 +368,19 @@ mod tests {
             ServerBusy => 27,
             UploadTimedOut { .. } => 28,
             DeletionInFlight => 29,
+            WebhooksDisabled => 30,
+            InvalidJson(_) => 31,
+            InvalidWebhookId(_) => 32,
+            WebhookNotFound => 33,
+            InvalidWebhookUrl(_) => 34,
+            WebhookUrlInsecure(_) => 35,
+            WebhookAddressRefused(_) => 36,
+            InvalidEventTypes(_) => 37,
+            EmptyWebhookUpdate => 38,
+            TooManyWebhooks { .. } => 39,
+            InvalidOverlap { .. } => 40,
+            InvalidRedelivery(_) => 41,
+            WebhookMessageNotFound => 42,
         }
     }
 
@@ -289,7 +390,7 @@ mod tests {
             .iter()
             .map(variant_number)
             .collect();
-        assert_eq!(numbers, (0..=29).collect());
+        assert_eq!(numbers, (0..=42).collect());
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub const SECURITY_SCHEME: &str = "api_key";
     security(("api_key" = [])),
     tags(
         (name = "images", description = "A client's images; each client sees only its own"),
+        (name = "webhooks", description = "A client's webhook endpoints and their deliveries; each client sees only its own"),
         (name = "ops", description = "For operators and tooling; no API key"),
     )
 )]
@@ -232,6 +233,14 @@ mod tests {
             ("DELETE", "/v1/images/{id}"),
             ("GET", "/v1/images/{id}/events"),
             ("GET", "/v1/stats"),
+            ("GET", "/v1/webhooks"),
+            ("POST", "/v1/webhooks"),
+            ("GET", "/v1/webhooks/{id}"),
+            ("PATCH", "/v1/webhooks/{id}"),
+            ("DELETE", "/v1/webhooks/{id}"),
+            ("POST", "/v1/webhooks/{id}/rotate-secret"),
+            ("GET", "/v1/webhooks/{id}/deliveries"),
+            ("POST", "/v1/webhooks/{id}/redeliver"),
             ("GET", "/v1/openapi.json"),
             ("GET", "/healthz"),
             ("GET", "/readyz"),
@@ -397,6 +406,37 @@ mod tests {
             "application/json"
         );
         assert_eq!(resolve(&content["image/*"]["schema"])["minLength"], 1);
+    }
+
+    /// The webhook bodies say what the server takes: no unknown fields, the event types' words,
+    /// the URL's bound; the rotation's body is optional.
+    #[test]
+    fn the_webhook_bodies_state_what_the_server_accepts() {
+        let doc = json();
+        let schemas = &doc["components"]["schemas"];
+        let create = &doc["paths"]["/v1/webhooks"]["post"];
+        assert_eq!(create["requestBody"]["required"], true);
+        let new = &schemas["NewWebhook"];
+        assert_eq!(new["additionalProperties"], false, "{new}");
+        assert_eq!(new["required"], serde_json::json!(["url", "event_types"]));
+        assert_eq!(new["properties"]["url"]["maxLength"], 2048);
+        assert_eq!(new["properties"]["event_types"]["minItems"], 1);
+        assert_eq!(
+            schemas["WebhookEventTypeName"]["enum"],
+            serde_json::json!(["image.ready", "image.failed", "image.deleted"])
+        );
+        for name in ["WebhookUpdate", "SecretRotation", "RedeliveryRequest"] {
+            assert_eq!(schemas[name]["additionalProperties"], false, "{name}");
+        }
+        let overlap = &schemas["SecretRotation"]["properties"]["overlap_seconds"];
+        assert_eq!(
+            (&overlap["minimum"], &overlap["maximum"]),
+            (&0.into(), &604_800.into())
+        );
+        let rotate = &doc["paths"]["/v1/webhooks/{id}/rotate-secret"]["post"]["requestBody"];
+        assert_ne!(rotate["required"], true, "{rotate}");
+        let endpoint = &schemas["WebhookEndpoint"]["properties"];
+        assert!(endpoint.get("secret").is_none(), "{endpoint}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use crate::auth::ApiKeys;
 use crate::config::{Config, ConfigError};
 use crate::rate_limit::RateLimits;
 use crate::routes;
-use crate::state::AppState;
+use crate::state::{AppState, WebhookSetup};
 
 /// How long in-flight requests may run on after shutdown begins: longer than a healthy upload
 /// takes, shorter than the 60 s body timeout a stalled client could otherwise hold out.
@@ -35,6 +35,15 @@ impl Application {
         if api_keys.is_empty() {
             tracing::warn!("IMGPIPE_INGEST_API_KEYS is empty: every upload will be refused");
         }
+        let webhooks = WebhookSetup {
+            sealer: config.webhooks.sealer().map_err(BuildError::Webhooks)?,
+            policy: config.webhooks.policy().map_err(BuildError::Webhooks)?,
+        };
+        if webhooks.sealer.is_none() {
+            tracing::info!(
+                "IMGPIPE_WEBHOOKS_SEALING_KEY is empty: the webhook routes answer 503 webhooks-disabled"
+            );
+        }
         let state = AppState {
             store: ObjectStore::connect(&config.s3).await,
             events: EventProducer::new(
@@ -46,6 +55,7 @@ impl Application {
             api_keys: Arc::new(api_keys),
             settings: Arc::new(config.ingest.clone()),
             rate_limits: Arc::new(RateLimits::new(&config.ingest).map_err(BuildError::RateLimits)?),
+            webhooks,
         };
         crate::metrics::handle();
         let listener = TcpListener::bind(&config.ingest.listen_addr).await?;
@@ -174,6 +184,8 @@ pub enum BuildError {
     ApiKeys(#[source] ConfigError),
     #[error("rate limits")]
     RateLimits(#[source] ConfigError),
+    #[error("IMGPIPE_WEBHOOKS_ settings")]
+    Webhooks(#[source] imgpipe_webhooks::WebhookError),
     #[error(transparent)]
     Infra(#[from] InfraError),
     #[error("binding the listener: {0}")]

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use axum::extract::FromRef;
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::storage::ObjectStore;
+use imgpipe_webhooks::secret::SecretSealer;
+use imgpipe_webhooks::target::AddressPolicy;
 use sqlx::PgPool;
 
 use crate::auth::ApiKeys;
@@ -21,6 +23,17 @@ pub struct AppState {
     pub api_keys: Arc<ApiKeys>,
     pub settings: Arc<IngestSettings>,
     pub rate_limits: Arc<RateLimits>,
+    pub webhooks: WebhookSetup,
+}
+
+/// What the webhook routes need from the deployment's `IMGPIPE_WEBHOOKS_*` settings.
+#[derive(Clone)]
+pub struct WebhookSetup {
+    /// Seals each endpoint's signing secret before it is appended; `None` when no sealing key
+    /// is configured, and then every webhook route answers 503 `webhooks-disabled`.
+    pub sealer: Option<Arc<SecretSealer>>,
+    /// Which endpoint URLs may be registered.
+    pub policy: Arc<AddressPolicy>,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {

@@ -83,11 +83,8 @@ impl EventHandler for VariantHandler {
                 self.check_deleted_keys(event, deleted)?;
                 self.remove_objects(event, deleted).await
             }
-            // Results and audits are not the variant maker's to act on.
-            Payload::ImageProcessed(_)
-            | Payload::ImageFailed(_)
-            | Payload::ObjectsDeleted(_)
-            | Payload::OrphanRemoved(_) => Ok(()),
+            // Results, audits and webhook events are not the variant maker's to act on.
+            _ => Ok(()),
         }
     }
 

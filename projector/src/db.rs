@@ -2,6 +2,7 @@
 //! once, for a rebuild).
 
 pub mod bulk;
+pub mod webhooks;
 
 use imgpipe_infra::consume::RecordPosition;
 use imgpipe_infra::DatabaseConfig;
@@ -47,6 +48,10 @@ pub async fn apply(
     event: &Event,
     position: &RecordPosition,
 ) -> Result<Outcome, sqlx::Error> {
+    // Webhook events have their own tables; an image's timeline holds the image's events.
+    if event.payload.is_webhook() {
+        return webhooks::apply(tx, event).await;
+    }
     if !record_in_timeline(tx, event, position).await? {
         return Ok(Outcome::Duplicate);
     }
@@ -59,6 +64,8 @@ pub async fn apply(
         Payload::ReprocessRequested(_) => apply_reprocess_requested(tx, event).await?,
         // An audit record: the timeline row is all it changes.
         Payload::OrphanRemoved(_) => {}
+        // Applied above.
+        _ => {}
     }
     Ok(Outcome::Changed)
 }

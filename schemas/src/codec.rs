@@ -20,7 +20,7 @@ use crate::events::{Event, EventType, Payload, Producer};
 use crate::SchemaError;
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i32 = 3;
+pub const SCHEMA_VERSION: i32 = 4;
 
 /// Value of the `content-type` record header for single-object encoded records.
 pub const CONTENT_TYPE: &str = "application/vnd.apache.avro+binary; encoding=single-object";
@@ -71,6 +71,26 @@ pub const RELEASED: &[(i32, &[&str])] = &[
             include_str!("../avro/v3/imgpipe.events.ObjectsDeleted.avsc"),
             include_str!("../avro/v3/imgpipe.events.OrphanRemoved.avsc"),
             include_str!("../avro/v3/imgpipe.events.ReprocessRequested.avsc"),
+        ],
+    ),
+    (
+        4,
+        &[
+            include_str!("../avro/v4/imgpipe.events.Event.avsc"),
+            include_str!("../avro/v4/imgpipe.events.ImageUploaded.avsc"),
+            include_str!("../avro/v4/imgpipe.events.ImageProcessed.avsc"),
+            include_str!("../avro/v4/imgpipe.events.ImageFailed.avsc"),
+            include_str!("../avro/v4/imgpipe.events.ImageDeleted.avsc"),
+            include_str!("../avro/v4/imgpipe.events.ObjectsDeleted.avsc"),
+            include_str!("../avro/v4/imgpipe.events.OrphanRemoved.avsc"),
+            include_str!("../avro/v4/imgpipe.events.ReprocessRequested.avsc"),
+            include_str!("../avro/v4/imgpipe.events.WebhookEndpointCreated.avsc"),
+            include_str!("../avro/v4/imgpipe.events.WebhookEndpointUpdated.avsc"),
+            include_str!("../avro/v4/imgpipe.events.WebhookSecretRotated.avsc"),
+            include_str!("../avro/v4/imgpipe.events.WebhookEndpointDeleted.avsc"),
+            include_str!("../avro/v4/imgpipe.events.WebhookEndpointDisabled.avsc"),
+            include_str!("../avro/v4/imgpipe.events.WebhookDeliveryAttempted.avsc"),
+            include_str!("../avro/v4/imgpipe.events.WebhookRedeliveryRequested.avsc"),
         ],
     ),
 ];
@@ -237,7 +257,8 @@ pub fn decode_with(bytes: &[u8], lookup: &dyn SchemaLookup) -> Result<Event, Sch
             let writer = lookup
                 .schema_by_id(schema_id)
                 .ok_or(SchemaError::UnknownSchemaId(schema_id))?;
-            decode_body(writer, &bytes[CONFLUENT_HEADER_LEN..])
+            let is_current = fingerprint(writer) == schemas().current_fingerprint;
+            decode_body(writer, is_current, &bytes[CONFLUENT_HEADER_LEN..])
         }
     }
 }
@@ -268,15 +289,28 @@ pub fn decode(bytes: &[u8]) -> Result<Event, SchemaError> {
         .by_fingerprint
         .get(&fingerprint)
         .ok_or_else(|| SchemaError::UnknownSchema(hex_string(&fingerprint)))?;
-    decode_body(writer, &bytes[HEADER_LEN..])
+    decode_body(
+        writer,
+        fingerprint == schemas.current_fingerprint,
+        &bytes[HEADER_LEN..],
+    )
 }
 
 /// Decodes an Avro body written with `writer` into the current model.
-fn decode_body(writer: &Schema, mut body: &[u8]) -> Result<Event, SchemaError> {
-    let value = GenericDatumReader::builder(writer)
-        .reader_schema(&schemas().current)
-        .build()?
-        .read_value(&mut body)?;
+///
+/// A body the current schema wrote is read as written, without resolving it against the
+/// current schema: resolution picks a union branch by the first record the value fits, not by
+/// the branch index written, and two payload records whose fields overlap (a `WebhookSecretRotated`
+/// fits `WebhookEndpointUpdated`, whose extra fields have defaults) would be confused. Older
+/// writers only know the union's first branches, which come first in the current union too.
+fn decode_body(writer: &Schema, is_current: bool, mut body: &[u8]) -> Result<Event, SchemaError> {
+    let builder = GenericDatumReader::builder(writer);
+    let reader = if is_current {
+        builder.build()?
+    } else {
+        builder.reader_schema(&schemas().current).build()?
+    };
+    let value = reader.read_value(&mut body)?;
     if !body.is_empty() {
         return Err(SchemaError::TrailingBytes(body.len()));
     }
@@ -301,15 +335,7 @@ fn micros(at: OffsetDateTime) -> i64 {
 
 fn event_to_value(event: &Event) -> Result<Value, SchemaError> {
     let event_type = event.event_type();
-    let payload = match &event.payload {
-        Payload::ImageUploaded(p) => apache_avro::to_value(p)?,
-        Payload::ImageProcessed(p) => apache_avro::to_value(p)?,
-        Payload::ImageFailed(p) => apache_avro::to_value(p)?,
-        Payload::ImageDeleted(p) => apache_avro::to_value(p)?,
-        Payload::ObjectsDeleted(p) => apache_avro::to_value(p)?,
-        Payload::OrphanRemoved(p) => apache_avro::to_value(p)?,
-        Payload::ReprocessRequested(p) => apache_avro::to_value(p)?,
-    };
+    let payload = event.payload.to_avro()?;
     let causation = match event.causation_id {
         None => Value::Union(0, Box::new(Value::Null)),
         Some(id) => Value::Union(1, Box::new(Value::Uuid(id))),
@@ -436,15 +462,5 @@ fn payload_from_union(index: u32, value: Value) -> Result<Payload, SchemaError> 
         .into_iter()
         .find(|t| t.union_index() == index)
         .ok_or_else(|| malformed(format!("unknown payload union branch {index}")))?;
-    Ok(match event_type {
-        EventType::ImageUploaded => Payload::ImageUploaded(apache_avro::from_value(&value)?),
-        EventType::ImageProcessed => Payload::ImageProcessed(apache_avro::from_value(&value)?),
-        EventType::ImageFailed => Payload::ImageFailed(apache_avro::from_value(&value)?),
-        EventType::ImageDeleted => Payload::ImageDeleted(apache_avro::from_value(&value)?),
-        EventType::ObjectsDeleted => Payload::ObjectsDeleted(apache_avro::from_value(&value)?),
-        EventType::OrphanRemoved => Payload::OrphanRemoved(apache_avro::from_value(&value)?),
-        EventType::ReprocessRequested => {
-            Payload::ReprocessRequested(apache_avro::from_value(&value)?)
-        }
-    })
+    Ok(Payload::from_avro(event_type, &value)?)
 }

@@ -60,36 +60,84 @@ pub struct Producer {
     pub version: String,
 }
 
-/// What happened. The variant order is the order of the Avro union and must never change:
-/// new events are appended at the end.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Payload {
-    ImageUploaded(ImageUploaded),
-    ImageProcessed(ImageProcessed),
-    ImageFailed(ImageFailed),
-    ImageDeleted(ImageDeleted),
-    ObjectsDeleted(ObjectsDeleted),
-    OrphanRemoved(OrphanRemoved),
-    ReprocessRequested(ReprocessRequested),
-}
-
-impl Payload {
-    pub fn event_type(&self) -> EventType {
-        match self {
-            Payload::ImageUploaded(_) => EventType::ImageUploaded,
-            Payload::ImageProcessed(_) => EventType::ImageProcessed,
-            Payload::ImageFailed(_) => EventType::ImageFailed,
-            Payload::ImageDeleted(_) => EventType::ImageDeleted,
-            Payload::ObjectsDeleted(_) => EventType::ObjectsDeleted,
-            Payload::OrphanRemoved(_) => EventType::OrphanRemoved,
-            Payload::ReprocessRequested(_) => EventType::ReprocessRequested,
+/// Declares the events once, in payload-union order: [`Payload`] (what happened),
+/// [`EventType`] (its name), `ALL`, and the conversions of every payload to and from Avro
+/// values and JSON, so adding an event is one line here (plus its record below).
+macro_rules! events {
+    ($($ty:ident),+ $(,)?) => {
+        /// What happened. The variant order is the order of the Avro union and must never
+        /// change: new events are appended at the end.
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum Payload {
+            $($ty($ty),)+
         }
-    }
+
+        impl Payload {
+            pub fn event_type(&self) -> EventType {
+                match self {
+                    $(Payload::$ty(_) => EventType::$ty,)+
+                }
+            }
+
+            pub(crate) fn to_avro(&self) -> Result<apache_avro::types::Value, apache_avro::Error> {
+                match self {
+                    $(Payload::$ty(p) => apache_avro::to_value(p),)+
+                }
+            }
+
+            pub(crate) fn from_avro(
+                event_type: EventType,
+                value: &apache_avro::types::Value,
+            ) -> Result<Payload, apache_avro::Error> {
+                Ok(match event_type {
+                    $(EventType::$ty => Payload::$ty(apache_avro::from_value(value)?),)+
+                })
+            }
+
+            pub(crate) fn to_json_value(&self) -> Result<serde_json::Value, serde_json::Error> {
+                match self {
+                    $(Payload::$ty(p) => serde_json::to_value(p),)+
+                }
+            }
+
+            pub(crate) fn from_json_value(
+                event_type: EventType,
+                value: serde_json::Value,
+            ) -> Result<Payload, serde_json::Error> {
+                Ok(match event_type {
+                    $(EventType::$ty => Payload::$ty(serde_json::from_value(value)?),)+
+                })
+            }
+        }
+
+        /// The names of the payload records, as they appear in the `event-type` header.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum EventType {
+            $($ty,)+
+        }
+
+        impl EventType {
+            /// In payload-union order.
+            pub const ALL: [EventType; [$(stringify!($ty)),+].len()] = [$(EventType::$ty),+];
+
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(EventType::$ty => stringify!($ty),)+
+                }
+            }
+        }
+
+        $(
+            impl From<$ty> for Payload {
+                fn from(value: $ty) -> Self {
+                    Payload::$ty(value)
+                }
+            }
+        )+
+    };
 }
 
-/// The names of the payload records, as they appear in the `event-type` header.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum EventType {
+events!(
     ImageUploaded,
     ImageProcessed,
     ImageFailed,
@@ -97,30 +145,27 @@ pub enum EventType {
     ObjectsDeleted,
     OrphanRemoved,
     ReprocessRequested,
+    WebhookEndpointCreated,
+    WebhookEndpointUpdated,
+    WebhookSecretRotated,
+    WebhookEndpointDeleted,
+    WebhookEndpointDisabled,
+    WebhookDeliveryAttempted,
+    WebhookRedeliveryRequested,
+);
+
+impl Payload {
+    /// The webhook events: an endpoint's own (keyed by the endpoint's id) and delivery attempts
+    /// (keyed by the image's id). Image folds, the processor and replay pass them by.
+    pub fn is_webhook(&self) -> bool {
+        self.event_type().is_webhook()
+    }
 }
 
 impl EventType {
-    /// In payload-union order.
-    pub const ALL: [EventType; 7] = [
-        EventType::ImageUploaded,
-        EventType::ImageProcessed,
-        EventType::ImageFailed,
-        EventType::ImageDeleted,
-        EventType::ObjectsDeleted,
-        EventType::OrphanRemoved,
-        EventType::ReprocessRequested,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::ImageUploaded => "ImageUploaded",
-            EventType::ImageProcessed => "ImageProcessed",
-            EventType::ImageFailed => "ImageFailed",
-            EventType::ImageDeleted => "ImageDeleted",
-            EventType::ObjectsDeleted => "ObjectsDeleted",
-            EventType::OrphanRemoved => "OrphanRemoved",
-            EventType::ReprocessRequested => "ReprocessRequested",
-        }
+    /// See [`Payload::is_webhook`].
+    pub fn is_webhook(self) -> bool {
+        self.as_str().starts_with("Webhook")
     }
 
     /// Position of this type's record in the payload union.
@@ -241,21 +286,90 @@ pub struct ReprocessRequested {
     pub format: String,
 }
 
-macro_rules! payload_from {
-    ($($ty:ident),*) => {$(
-        impl From<$ty> for Payload {
-            fn from(value: $ty) -> Self {
-                Payload::$ty(value)
-            }
-        }
-    )*};
+/// A client registered a webhook endpoint. Keyed by the endpoint's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct WebhookEndpointCreated {
+    pub endpoint_id: String,
+    /// Client id of the API key that registered it.
+    pub owner: String,
+    pub url: String,
+    /// `image.ready`, `image.failed`, `image.deleted`.
+    pub event_types: Vec<String>,
+    /// The signing secret sealed with the deployment's sealing key, so reading the log does not
+    /// reveal it.
+    pub sealed_secret: String,
 }
-payload_from!(
-    ImageUploaded,
-    ImageProcessed,
-    ImageFailed,
-    ImageDeleted,
-    ObjectsDeleted,
-    OrphanRemoved,
-    ReprocessRequested
-);
+
+/// The owner changed an endpoint; `None` fields are unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct WebhookEndpointUpdated {
+    pub endpoint_id: String,
+    pub requested_by: String,
+    pub url: Option<String>,
+    pub event_types: Option<Vec<String>>,
+    pub enabled: Option<bool>,
+}
+
+/// The endpoint's signing secret was replaced; the previous one also signs until
+/// `previous_valid_until_micros`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct WebhookSecretRotated {
+    pub endpoint_id: String,
+    pub requested_by: String,
+    pub sealed_secret: String,
+    pub previous_valid_until_micros: i64,
+}
+
+/// The owner deleted an endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct WebhookEndpointDeleted {
+    pub endpoint_id: String,
+    pub requested_by: String,
+}
+
+/// The delivering service disabled an endpoint that kept failing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct WebhookEndpointDisabled {
+    pub endpoint_id: String,
+    /// Stable code (`failing`).
+    pub reason: String,
+    pub failing_since_micros: i64,
+}
+
+/// One attempt to deliver a message to an endpoint. Keyed by the image's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct WebhookDeliveryAttempted {
+    pub endpoint_id: String,
+    /// The `webhook-id`: the id of the event the message is about.
+    pub message_id: String,
+    /// `image.ready`, `image.failed` or `image.deleted`.
+    pub message_type: String,
+    /// 1 for the first attempt of a delivery or of a redelivery.
+    pub attempt: i32,
+    pub redelivery: bool,
+    pub url: String,
+    pub status_code: Option<i32>,
+    pub duration_ms: i64,
+    /// Why it failed (`timeout`, `connect`, `address-refused`, `tls`, `redirect`, `status`,
+    /// `request`); `None` when delivered.
+    pub error_class: Option<String>,
+    /// When the next attempt is due; `None` when delivered or given up.
+    pub next_attempt_micros: Option<i64>,
+}
+
+/// An owner or operator asked for one message, or every message since a time, to be delivered
+/// to the endpoint again. Keyed by the endpoint's id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, AvroSchema)]
+#[avro(namespace = "imgpipe.events")]
+pub struct WebhookRedeliveryRequested {
+    pub endpoint_id: String,
+    pub requested_by: String,
+    pub message_id: Option<String>,
+    pub since_micros: Option<i64>,
+}

@@ -25,6 +25,11 @@ words! {
         Shutdown = "shutdown",
         /// The record names an object that is not its own image's (the processor).
         ForeignObject = "foreign-object",
+        /// The read models did not answer (the webhook deliverer).
+        Database = "database",
+        /// The image's owner is in neither the read model nor ingest's accepted uploads, so
+        /// its webhooks cannot be found (the webhook deliverer).
+        OwnerUnknown = "owner-unknown",
     }
 }
 

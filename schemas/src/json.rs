@@ -17,15 +17,7 @@ impl EventType {
 impl Payload {
     /// The payload's fields as a JSON object, named as in the Avro record.
     pub fn to_json(&self) -> Value {
-        let value = match self {
-            Payload::ImageUploaded(p) => serde_json::to_value(p),
-            Payload::ImageProcessed(p) => serde_json::to_value(p),
-            Payload::ImageFailed(p) => serde_json::to_value(p),
-            Payload::ImageDeleted(p) => serde_json::to_value(p),
-            Payload::ObjectsDeleted(p) => serde_json::to_value(p),
-            Payload::OrphanRemoved(p) => serde_json::to_value(p),
-            Payload::ReprocessRequested(p) => serde_json::to_value(p),
-        };
+        let value = self.to_json_value();
         // These are plain structs of strings, numbers and string-keyed maps: serde_json has
         // nothing to refuse in them.
         value.unwrap_or(Value::Null)
@@ -36,29 +28,7 @@ impl Payload {
         let malformed = |e: serde_json::Error| {
             SchemaError::Malformed(format!("{event_type} payload as JSON: {e}"))
         };
-        Ok(match event_type {
-            EventType::ImageUploaded => {
-                Payload::ImageUploaded(serde_json::from_value(value).map_err(malformed)?)
-            }
-            EventType::ImageProcessed => {
-                Payload::ImageProcessed(serde_json::from_value(value).map_err(malformed)?)
-            }
-            EventType::ImageFailed => {
-                Payload::ImageFailed(serde_json::from_value(value).map_err(malformed)?)
-            }
-            EventType::ImageDeleted => {
-                Payload::ImageDeleted(serde_json::from_value(value).map_err(malformed)?)
-            }
-            EventType::ObjectsDeleted => {
-                Payload::ObjectsDeleted(serde_json::from_value(value).map_err(malformed)?)
-            }
-            EventType::OrphanRemoved => {
-                Payload::OrphanRemoved(serde_json::from_value(value).map_err(malformed)?)
-            }
-            EventType::ReprocessRequested => {
-                Payload::ReprocessRequested(serde_json::from_value(value).map_err(malformed)?)
-            }
-        })
+        Payload::from_json_value(event_type, value).map_err(malformed)
     }
 }
 
@@ -130,6 +100,60 @@ mod tests {
                 reason: "spec v2".into(),
                 original_key: "originals/x".into(),
                 format: "jpeg".into(),
+            }
+            .into(),
+            WebhookEndpointCreated {
+                endpoint_id: "e".into(),
+                owner: "client-a".into(),
+                url: "https://hooks.example.com/".into(),
+                event_types: vec!["image.ready".into()],
+                sealed_secret: "v1.x".into(),
+            }
+            .into(),
+            WebhookEndpointUpdated {
+                endpoint_id: "e".into(),
+                requested_by: "client-a".into(),
+                url: None,
+                event_types: None,
+                enabled: Some(false),
+            }
+            .into(),
+            WebhookSecretRotated {
+                endpoint_id: "e".into(),
+                requested_by: "client-a".into(),
+                sealed_secret: "v1.y".into(),
+                previous_valid_until_micros: 3,
+            }
+            .into(),
+            WebhookEndpointDeleted {
+                endpoint_id: "e".into(),
+                requested_by: "client-a".into(),
+            }
+            .into(),
+            WebhookEndpointDisabled {
+                endpoint_id: "e".into(),
+                reason: "failing".into(),
+                failing_since_micros: 4,
+            }
+            .into(),
+            WebhookDeliveryAttempted {
+                endpoint_id: "e".into(),
+                message_id: "m".into(),
+                message_type: "image.ready".into(),
+                attempt: 1,
+                redelivery: false,
+                url: "https://hooks.example.com/".into(),
+                status_code: None,
+                duration_ms: 5,
+                error_class: Some("timeout".into()),
+                next_attempt_micros: Some(6),
+            }
+            .into(),
+            WebhookRedeliveryRequested {
+                endpoint_id: "e".into(),
+                requested_by: "ops".into(),
+                message_id: Some("m".into()),
+                since_micros: None,
             }
             .into(),
         ]

@@ -14,6 +14,7 @@ pub mod headers;
 mod json;
 mod reason;
 pub mod state;
+mod webhook;
 
 pub use codec::{
     decode, decode_with, encode, encode_confluent, Framing, SchemaLookup, CONTENT_TYPE,
@@ -22,7 +23,10 @@ pub use codec::{
 pub use error::SchemaError;
 pub use events::{
     Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted,
-    OrphanRemoved, Payload, Producer, ReprocessRequested, Variant,
+    OrphanRemoved, Payload, Producer, ReprocessRequested, Variant, WebhookDeliveryAttempted,
+    WebhookEndpointCreated, WebhookEndpointDeleted, WebhookEndpointDisabled,
+    WebhookEndpointUpdated, WebhookRedeliveryRequested, WebhookSecretRotated,
 };
 pub use reason::ReasonCode;
 pub use state::{ImageHistory, ImageState};
+pub use webhook::{DisableReason, WebhookErrorClass, WebhookEventType};

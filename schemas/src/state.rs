@@ -177,7 +177,15 @@ impl ImageState {
                 self.variants
                     .retain(|variant| !gone.contains(variant.key.as_str()));
             }
-            Payload::OrphanRemoved(_) => {}
+            // Audit records and webhook events do not change the image.
+            Payload::OrphanRemoved(_)
+            | Payload::WebhookEndpointCreated(_)
+            | Payload::WebhookEndpointUpdated(_)
+            | Payload::WebhookSecretRotated(_)
+            | Payload::WebhookEndpointDeleted(_)
+            | Payload::WebhookEndpointDisabled(_)
+            | Payload::WebhookDeliveryAttempted(_)
+            | Payload::WebhookRedeliveryRequested(_) => {}
         }
     }
 

@@ -14,7 +14,10 @@ use apache_avro::AvroSchema;
 use imgpipe_schemas::codec::{current_schema, writer_schemas};
 use imgpipe_schemas::{
     decode, encode, Event, EventType, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded,
-    ObjectsDeleted, OrphanRemoved, Payload, Producer, ReprocessRequested, Variant, SCHEMA_VERSION,
+    ObjectsDeleted, OrphanRemoved, Payload, Producer, ReprocessRequested, Variant,
+    WebhookDeliveryAttempted, WebhookEndpointCreated, WebhookEndpointDeleted,
+    WebhookEndpointDisabled, WebhookEndpointUpdated, WebhookRedeliveryRequested,
+    WebhookSecretRotated, SCHEMA_VERSION,
 };
 use time::macros::datetime;
 use uuid::{uuid, Uuid};
@@ -49,6 +52,31 @@ fn rust_types_match_the_current_avsc() {
         ("ObjectsDeleted", ObjectsDeleted::get_schema()),
         ("OrphanRemoved", OrphanRemoved::get_schema()),
         ("ReprocessRequested", ReprocessRequested::get_schema()),
+        (
+            "WebhookEndpointCreated",
+            WebhookEndpointCreated::get_schema(),
+        ),
+        (
+            "WebhookEndpointUpdated",
+            WebhookEndpointUpdated::get_schema(),
+        ),
+        ("WebhookSecretRotated", WebhookSecretRotated::get_schema()),
+        (
+            "WebhookEndpointDeleted",
+            WebhookEndpointDeleted::get_schema(),
+        ),
+        (
+            "WebhookEndpointDisabled",
+            WebhookEndpointDisabled::get_schema(),
+        ),
+        (
+            "WebhookDeliveryAttempted",
+            WebhookDeliveryAttempted::get_schema(),
+        ),
+        (
+            "WebhookRedeliveryRequested",
+            WebhookRedeliveryRequested::get_schema(),
+        ),
     ];
     for (name, from_rust) in derived {
         assert_eq!(
@@ -98,6 +126,7 @@ fn every_released_version_is_readable_by_the_current_schema() {
 const EVENT_ID: Uuid = uuid!("01933b4e-8a10-7000-8000-000000000001");
 const IMAGE_ID: Uuid = uuid!("01933b4e-8a10-7000-8000-0000000000aa");
 const CAUSE_ID: Uuid = uuid!("01933b4e-8a10-7000-8000-000000000000");
+const ENDPOINT_ID: &str = "01933b4e-8a10-7000-8000-0000000000ee";
 
 /// The events the golden vectors of the current version hold.
 fn golden_events() -> Vec<(&'static str, Event)> {
@@ -211,6 +240,102 @@ fn golden_events() -> Vec<(&'static str, Event)> {
                     reason: "spec v2".into(),
                     original_key: format!("originals/{IMAGE_ID}"),
                     format: "jpeg".into(),
+                }
+                .into(),
+                None,
+            ),
+        ),
+        (
+            "webhook_endpoint_created",
+            envelope(
+                WebhookEndpointCreated {
+                    endpoint_id: ENDPOINT_ID.into(),
+                    owner: "client-a".into(),
+                    url: "https://hooks.example.com/imgpipe".into(),
+                    event_types: vec!["image.ready".into(), "image.failed".into()],
+                    sealed_secret: "v1.c2VhbGVkLXNlY3JldC1ieXRlcw".into(),
+                }
+                .into(),
+                None,
+            ),
+        ),
+        (
+            "webhook_endpoint_updated",
+            envelope(
+                WebhookEndpointUpdated {
+                    endpoint_id: ENDPOINT_ID.into(),
+                    requested_by: "client-a".into(),
+                    url: None,
+                    event_types: Some(vec!["image.deleted".into()]),
+                    enabled: Some(false),
+                }
+                .into(),
+                None,
+            ),
+        ),
+        (
+            "webhook_secret_rotated",
+            envelope(
+                WebhookSecretRotated {
+                    endpoint_id: ENDPOINT_ID.into(),
+                    requested_by: "client-a".into(),
+                    sealed_secret: "v1.bmV3LXNlYWxlZC1zZWNyZXQ".into(),
+                    previous_valid_until_micros: 1_795_086_400_000_000,
+                }
+                .into(),
+                None,
+            ),
+        ),
+        (
+            "webhook_endpoint_deleted",
+            envelope(
+                WebhookEndpointDeleted {
+                    endpoint_id: ENDPOINT_ID.into(),
+                    requested_by: "client-a".into(),
+                }
+                .into(),
+                None,
+            ),
+        ),
+        (
+            "webhook_endpoint_disabled",
+            envelope(
+                WebhookEndpointDisabled {
+                    endpoint_id: ENDPOINT_ID.into(),
+                    reason: "failing".into(),
+                    failing_since_micros: 1_794_740_800_000_000,
+                }
+                .into(),
+                None,
+            ),
+        ),
+        (
+            "webhook_delivery_attempted",
+            envelope(
+                WebhookDeliveryAttempted {
+                    endpoint_id: ENDPOINT_ID.into(),
+                    message_id: CAUSE_ID.to_string(),
+                    message_type: "image.ready".into(),
+                    attempt: 2,
+                    redelivery: false,
+                    url: "https://hooks.example.com/imgpipe".into(),
+                    status_code: Some(503),
+                    duration_ms: 41,
+                    error_class: Some("status".into()),
+                    next_attempt_micros: Some(1_795_000_300_000_000),
+                }
+                .into(),
+                Some(CAUSE_ID),
+            ),
+        ),
+        (
+            "webhook_redelivery_requested",
+            envelope(
+                WebhookRedeliveryRequested {
+                    endpoint_id: ENDPOINT_ID.into(),
+                    requested_by: "operator".into(),
+                    message_id: None,
+                    since_micros: Some(1_795_000_000_000_000),
                 }
                 .into(),
                 None,

@@ -19,6 +19,7 @@
 
 pub mod log;
 mod summary;
+pub mod webhooks;
 
 pub use summary::{ImageLine, Summary};
 

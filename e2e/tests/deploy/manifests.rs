@@ -56,7 +56,7 @@ pub fn of_kind<'a>(docs: &'a [Value], wanted: &'a str) -> impl Iterator<Item = &
 pub struct Workload<'a> {
     pub name: &'a str,
     pub kind: &'a str,
-    /// `app.kubernetes.io/component`: ingest, processor, projector or admin.
+    /// `app.kubernetes.io/component`: ingest, processor, projector, webhooks or admin.
     pub component: &'a str,
     pub pod: &'a Value,
     /// The pod template: `metadata` (labels, annotations) and `spec` (= `pod`).

@@ -1,13 +1,21 @@
 //! What handlers take from a request, refused with the JSON envelope and a stable code: the
-//! authenticated [`Client`], and axum's `Query` and `Path` answering a request they cannot
-//! read with `invalid-query` or `invalid-image-id` instead of axum's text/plain 400.
+//! authenticated [`Client`], and axum's `Query`, `Path` and `Json` answering a request they
+//! cannot read with `invalid-query`, `invalid-image-id`, `invalid-webhook-id` or `invalid-json`
+//! instead of axum's text/plain 400.
 
 use std::sync::Arc;
 
-use axum::extract::{FromRef, FromRequestParts, Path, Query};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{
+    DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, OptionalFromRequest, Path, Query,
+    Request,
+};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::StatusCode;
+use axum::Json;
 use serde::de::DeserializeOwned;
+use uuid::Uuid;
 
 use crate::auth::ApiKeys;
 use crate::error::IngestError;
@@ -74,5 +82,66 @@ impl<S: Send + Sync> FromRequestParts<S> for ImageIdPath {
             .await
             .map(|Path(id)| Self(id))
             .map_err(|rejection| IngestError::InvalidImageId(rejection.body_text()))
+    }
+}
+
+/// The route's `{id}` as a webhook endpoint's id; 400 `invalid-webhook-id` when it is not a UUID.
+pub(super) struct WebhookIdPath(pub Uuid);
+
+impl<S: Send + Sync> FromRequestParts<S> for WebhookIdPath {
+    type Rejection = IngestError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| IngestError::InvalidWebhookId(rejection.body_text()))?;
+        Uuid::parse_str(&id)
+            .map(Self)
+            .map_err(|_| IngestError::InvalidWebhookId(id))
+    }
+}
+
+/// The most a JSON request body may hold (the API's JSON bodies are a few hundred bytes).
+pub(super) const JSON_BODY_LIMIT: usize = 16 * 1024;
+
+/// The limit layer of routes taking [`ApiJson`] bodies.
+pub(super) fn json_body_limit() -> DefaultBodyLimit {
+    DefaultBodyLimit::max(JSON_BODY_LIMIT)
+}
+
+/// A JSON request body as `T` (`Content-Type: application/json`); 400 `invalid-json` when it
+/// does not read as one, 413 `payload-too-large` over [`JSON_BODY_LIMIT`]. As an `Option`, a
+/// request without a Content-Type (no body) is `None`.
+pub(super) struct ApiJson<T>(pub T);
+
+fn json_rejected(rejection: JsonRejection) -> IngestError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        IngestError::PayloadTooLarge {
+            limit: JSON_BODY_LIMIT as u64,
+        }
+    } else {
+        IngestError::InvalidJson(rejection.body_text())
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = IngestError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        <Json<T> as FromRequest<S>>::from_request(request, state)
+            .await
+            .map(|Json(value)| Self(value))
+            .map_err(json_rejected)
+    }
+}
+
+impl<T: DeserializeOwned, S: Send + Sync> OptionalFromRequest<S> for ApiJson<T> {
+    type Rejection = IngestError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Option<Self>, Self::Rejection> {
+        <Json<T> as OptionalFromRequest<S>>::from_request(request, state)
+            .await
+            .map(|json| json.map(|Json(value)| Self(value)))
+            .map_err(json_rejected)
     }
 }

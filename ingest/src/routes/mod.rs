@@ -11,6 +11,7 @@ mod readiness;
 mod request_id;
 mod upload;
 mod view;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,7 +36,8 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
         "/v1",
         images::router()
             .merge(upload::router())
-            .merge(queries::router()),
+            .merge(queries::router())
+            .merge(webhooks::router()),
     )
 }
 

@@ -29,6 +29,30 @@ pub async fn apply_all(
     tx: &mut PgConnection,
     events: &[(&Event, &RecordPosition)],
 ) -> Result<Vec<bool>, sqlx::Error> {
+    // Webhook events are few next to the images' (an endpoint's changes, one per delivery
+    // attempt) and touch their own tables: one at a time, in the same transaction.
+    let mut changed = vec![false; events.len()];
+    let mut images = Vec::with_capacity(events.len());
+    let mut image_at = Vec::with_capacity(events.len());
+    for (at, &(event, position)) in events.iter().enumerate() {
+        if event.payload.is_webhook() {
+            changed[at] = super::webhooks::apply(tx, event).await?.changed();
+        } else {
+            images.push((event, position));
+            image_at.push(at);
+        }
+    }
+    for (at, image_changed) in image_at.into_iter().zip(apply_images(tx, &images).await?) {
+        changed[at] = image_changed;
+    }
+    Ok(changed)
+}
+
+/// [`apply_all`] of the images' events.
+async fn apply_images(
+    tx: &mut PgConnection,
+    events: &[(&Event, &RecordPosition)],
+) -> Result<Vec<bool>, sqlx::Error> {
     let fresh = record_in_timeline(tx, events).await?;
     // The first of two copies in one batch is the one applied, as one at a time.
     let mut applied = HashSet::new();

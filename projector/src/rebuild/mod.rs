@@ -26,12 +26,26 @@ use crate::positions::{self, PositionMap};
 use crate::{db, Config, ProjectorError};
 
 /// Tables derived from the events: a rebuild makes them anew.
-pub const PROJECTIONS: &[&str] = &["images", "variants", "image_events", "projection_positions"];
+pub const PROJECTIONS: &[&str] = &[
+    "images",
+    "variants",
+    "image_events",
+    "projection_positions",
+    "webhook_endpoints",
+    "webhook_events",
+    "webhook_attempts",
+];
 /// Tables that hold state no event carries (ingest's Idempotency-Key reservations and its
-/// record of accepted uploads, the orphan sweep's missing-object marks): a rebuild moves them
+/// record of accepted uploads, the orphan sweep's missing-object marks, the webhook deliveries
+/// still to attempt): a rebuild moves them
 /// into the new schema as they are. A table in neither list stops a rebuild before it changes
 /// anything, so a new table is never silently dropped or rebuilt empty.
-pub const KEPT: &[&str] = &["idempotency_keys", "accepted_uploads", "missing_objects"];
+pub const KEPT: &[&str] = &[
+    "idempotency_keys",
+    "accepted_uploads",
+    "missing_objects",
+    "webhook_schedule",
+];
 /// How many records the replay may still lack when the swap starts: the swap applies them
 /// while it holds the live projector still, so this bounds how long that lasts.
 const SWAP_SLACK: i64 = 200;

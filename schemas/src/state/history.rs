@@ -59,10 +59,7 @@ impl ImageHistory {
                         self.awaiting.remove(&cause);
                     }
                 }
-                Payload::ImageUploaded(_)
-                | Payload::ImageDeleted(_)
-                | Payload::ObjectsDeleted(_)
-                | Payload::OrphanRemoved(_) => {}
+                _ => {}
             }
         }
         self.image.update(event.occurred_at, &event.payload);
