@@ -103,11 +103,17 @@ impl Receiver {
 
 /// Runs the delivering service until the returned token is cancelled.
 async fn start_webhooks(config: WebhooksConfig) -> CancellationToken {
+    start_webhooks_with_ops(config).await.0
+}
+
+/// Also the service's ops URL (`/metrics`).
+async fn start_webhooks_with_ops(config: WebhooksConfig) -> (CancellationToken, String) {
     let service = imgpipe_webhooks::Webhooks::build(&config).await.unwrap();
+    let ops_url = format!("http://127.0.0.1:{}", service.ops_port());
     let stop = CancellationToken::new();
     let token = stop.clone();
     tokio::spawn(async move { service.run(token).await.unwrap() });
-    stop
+    (stop, ops_url)
 }
 
 async fn register(pipeline: &Pipeline, url: &str, types: &[&str]) -> (String, SigningSecret) {
@@ -350,6 +356,64 @@ async fn a_receiver_at_an_address_not_allow_listed_is_never_contacted() {
     }
     assert!(literal.received().is_empty());
     assert!(by_name.received().is_empty());
+
+    stop.cancel();
+    pipeline.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_endpoint_failing_for_longer_than_allowed_is_disabled_with_an_event() {
+    let pipeline = Pipeline::start().await.unwrap();
+    let mut config = pipeline.webhooks_config.clone();
+    // Fails for 2 s at most, retried every second, many times.
+    config.delivery.disable_after_secs = 2;
+    config.delivery.retry_schedule = "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s".into();
+    let (stop, ops_url) = start_webhooks_with_ops(config).await;
+    let receiver = Receiver::start("127.0.0.1", usize::MAX).await;
+    let (endpoint, _) = register(&pipeline, &receiver.url, &["image.ready"]).await;
+
+    upload_until_ready(&pipeline).await;
+    let mut status = Value::Null;
+    for _ in 0..300 {
+        let (code, body) = pipeline
+            .get(&format!("/v1/webhooks/{endpoint}"))
+            .await
+            .unwrap();
+        assert_eq!(code, 200, "{body}");
+        if body["enabled"] == false {
+            status = body;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status["disabled_reason"], "failing", "{status}");
+    assert!(status["failing_since"].is_string());
+    // The disabling is an event of the endpoint's, on the log.
+    let disabled = imgpipe_e2e::read_topic(&pipeline.kafka, &pipeline.kafka.topics().events)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|record| {
+            use rdkafka::Message as _;
+            imgpipe_schemas::decode(record.payload()?).ok()
+        })
+        .filter(|event| {
+            matches!(&event.payload, imgpipe_schemas::Payload::WebhookEndpointDisabled(d)
+                if d.endpoint_id == endpoint && d.reason == "failing")
+        })
+        .count();
+    assert_eq!(disabled, 1);
+    let page = imgpipe_e2e::metrics::page(&pipeline.http, &ops_url)
+        .await
+        .unwrap();
+    assert_eq!(
+        imgpipe_e2e::metrics::series_value(&page, "imgpipe_webhooks_endpoints_disabled_total"),
+        Some(1.0)
+    );
+    // Nothing more goes to it: its pending retry was dropped with it.
+    let attempts = receiver.received().len();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(receiver.received().len(), attempts);
 
     stop.cancel();
     pipeline.stop().await.unwrap();

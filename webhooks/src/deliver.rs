@@ -228,8 +228,7 @@ impl Deliverer {
         let next_at = if outcome.delivered() {
             None
         } else {
-            self.retry_wait(due.attempt, &outcome)
-                .map(|wait| now + wait)
+            retry_wait(&self.schedule, due.attempt, outcome.retry_after).map(|wait| now + wait)
         };
         let recorded = WebhookDeliveryAttempted {
             endpoint_id: endpoint.endpoint_id.to_string(),
@@ -284,17 +283,6 @@ impl Deliverer {
         }
     }
 
-    /// The wait before attempt `attempt + 1`, or `None` when the schedule is spent. The
-    /// receiver's Retry-After, when it sent one, replaces the schedule's wait.
-    fn retry_wait(&self, attempt: i32, outcome: &AttemptOutcome) -> Option<Duration> {
-        let scheduled = *self
-            .schedule
-            .get(usize::try_from(attempt).ok()?.checked_sub(1)?)?;
-        Some(outcome.retry_after.map_or(scheduled, |asked| {
-            asked.clamp(Duration::from_secs(1), MAX_RETRY_AFTER)
-        }))
-    }
-
     async fn disable_if_failing_too_long(&self, endpoint: &Endpoint, now: OffsetDateTime) {
         let Some(since) = endpoint.failing_since else {
             return;
@@ -340,6 +328,60 @@ impl Deliverer {
     }
 }
 
+/// The wait before attempt `attempt + 1`, or `None` when `schedule` is spent. The receiver's
+/// Retry-After, when it sent one, replaces the schedule's wait (at least a second, at most a
+/// day); it cannot add attempts.
+fn retry_wait(
+    schedule: &[Duration],
+    attempt: i32,
+    retry_after: Option<Duration>,
+) -> Option<Duration> {
+    let index = usize::try_from(attempt).ok()?.checked_sub(1)?;
+    let scheduled = *schedule.get(index)?;
+    Some(retry_after.map_or(scheduled, |asked| {
+        asked.clamp(Duration::from_secs(1), MAX_RETRY_AFTER)
+    }))
+}
+
 fn micros(at: OffsetDateTime) -> i64 {
     (at.unix_timestamp_nanos() / 1_000) as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_follow_the_schedule_or_the_receivers_retry_after_until_it_is_spent() {
+        let schedule = [Duration::from_secs(5), Duration::from_secs(300)];
+        assert_eq!(retry_wait(&schedule, 1, None), Some(Duration::from_secs(5)));
+        assert_eq!(
+            retry_wait(&schedule, 2, None),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            retry_wait(&schedule, 3, None),
+            None,
+            "given up after the last wait"
+        );
+        let asked = Some(Duration::from_secs(42));
+        assert_eq!(
+            retry_wait(&schedule, 1, asked),
+            Some(Duration::from_secs(42))
+        );
+        assert_eq!(
+            retry_wait(&schedule, 3, asked),
+            None,
+            "Retry-After adds no attempt"
+        );
+        assert_eq!(
+            retry_wait(&schedule, 1, Some(Duration::ZERO)),
+            Some(Duration::from_secs(1))
+        );
+        assert_eq!(
+            retry_wait(&schedule, 1, Some(Duration::from_secs(10 * 86_400))),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(retry_wait(&schedule, 0, None), None);
+    }
 }
