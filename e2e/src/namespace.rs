@@ -95,6 +95,7 @@ impl Namespace {
                 // Tests hammer the API from one address; those that test a limit set it.
                 reads_per_minute: 0,
                 deletes_per_minute: 0,
+                changes_per_minute: 0,
                 requests_per_minute_per_ip: 0,
                 ..Default::default()
             },

@@ -329,10 +329,11 @@ async fn slow_clients_cannot_hold_the_server() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reads_and_deletes_have_their_own_per_client_limits() {
+async fn reads_deletes_and_other_changes_have_their_own_per_client_limits() {
     let pipeline = Pipeline::start_with(|settings| {
         settings.reads_per_minute = 3;
         settings.deletes_per_minute = 1;
+        settings.changes_per_minute = 1;
     })
     .await
     .expect("pipeline starts");
@@ -366,6 +367,26 @@ async fn reads_and_deletes_have_their_own_per_client_limits() {
         .await
         .unwrap();
     assert_eq!(second.status(), 429, "the second delete of the minute");
+
+    // A change other than an upload (a webhook's) has a budget of its own; uploads do not
+    // count against it.
+    let webhook = format!("/v1/webhooks/{}", uuid::Uuid::now_v7());
+    let change = |key: &str| {
+        pipeline
+            .http
+            .patch(pipeline.url(&webhook))
+            .bearer_auth(key.to_string())
+            .json(&serde_json::json!({"enabled": false}))
+            .send()
+    };
+    assert_eq!(change(&pipeline.api_key).await.unwrap().status(), 404);
+    assert_eq!(
+        change(&pipeline.api_key).await.unwrap().status(),
+        429,
+        "the second change of the minute"
+    );
+    let (status, accepted) = pipeline.upload(photo()).await.unwrap();
+    assert_eq!(status, 202, "an upload is not a change: {accepted}");
 
     // Another client has budgets of its own.
     let other = send(reqwest::Method::GET, &pipeline.other_api_key, "/v1/stats")

@@ -215,6 +215,15 @@ async fn an_endpoint_reads_back_at_once_changes_and_is_deleted_each_change_an_ev
         overlap > time::Duration::hours(23) && overlap < time::Duration::hours(25),
         "{overlap}"
     );
+    // Another rotation with an overlap would cut this one's short.
+    let again = send(&pipeline, Method::POST, key, &rotate, None).await;
+    assert_eq!(
+        (again.status, again.code()),
+        (409, "rotation-in-progress"),
+        "{}",
+        again.body
+    );
+    // One without replaces both secrets at once.
     let short = send(
         &pipeline,
         Method::POST,

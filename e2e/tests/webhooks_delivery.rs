@@ -308,6 +308,16 @@ async fn deliveries_arrive_signed_follow_the_retry_schedule_and_can_be_redeliver
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    // Nor is anything redelivered to it.
+    let refused = pipeline
+        .http
+        .post(pipeline.url(&format!("/v1/webhooks/{endpoint}/redeliver")))
+        .bearer_auth(&pipeline.api_key)
+        .json(&json!({"message_id": message_id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 409);
     let witness = Receiver::start("127.0.0.1", 0).await;
     register(&pipeline, &witness.url, &["image.ready"]).await;
     let second = upload_until_ready(&pipeline).await;
@@ -414,6 +424,45 @@ async fn an_endpoint_failing_for_longer_than_allowed_is_disabled_with_an_event()
     let attempts = receiver.received().len();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(receiver.received().len(), attempts);
+
+    stop.cancel();
+    pipeline.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retry_waiting_when_its_endpoint_is_disabled_is_dropped_unsent() {
+    let pipeline = Pipeline::start().await.unwrap();
+    let mut config = pipeline.webhooks_config.clone();
+    config.delivery.retry_schedule = "3s".into();
+    let (stop, ops_url) = start_webhooks_with_ops(config).await;
+    let receiver = Receiver::start("127.0.0.1", usize::MAX).await;
+    let (endpoint, _) = register(&pipeline, &receiver.url, &["image.ready"]).await;
+    upload_until_ready(&pipeline).await;
+    receiver.wait_for(1, Duration::from_secs(60)).await;
+    // The first attempt failed; its retry is due in 3 s. The owner disables the endpoint.
+    let response = pipeline
+        .http
+        .patch(pipeline.url(&format!("/v1/webhooks/{endpoint}")))
+        .bearer_auth(&pipeline.api_key)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut dropped = None;
+    for _ in 0..100 {
+        let page = imgpipe_e2e::metrics::page(&pipeline.http, &ops_url)
+            .await
+            .unwrap();
+        dropped =
+            imgpipe_e2e::metrics::series_value(&page, "imgpipe_webhooks_deliveries_dropped_total");
+        if dropped.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(dropped, Some(1.0), "the retry was dropped when it came due");
+    assert_eq!(receiver.received().len(), 1, "and never sent");
 
     stop.cancel();
     pipeline.stop().await.unwrap();

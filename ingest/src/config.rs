@@ -72,6 +72,11 @@ pub struct IngestSettings {
     /// Deletes each client may make per minute (bursts up to the same number); 0 = no limit.
     #[serde(default = "default_deletes_per_minute")]
     pub deletes_per_minute: u32,
+    /// Other changes each client may make per minute (webhook registrations, updates,
+    /// rotations and redeliveries: every POST and PATCH but an upload, which has its own
+    /// budgets); bursts up to the same number; 0 = no limit.
+    #[serde(default = "default_changes_per_minute")]
+    pub changes_per_minute: u32,
     /// How long an Idempotency-Key is remembered: after it, the key is free again (a retry
     /// that late makes a new image) and its row is pruned, so the table does not grow for good.
     #[serde(default = "default_idempotency_ttl_secs")]
@@ -108,6 +113,7 @@ impl Default for IngestSettings {
             requests_per_minute_per_ip: default_requests_per_minute_per_ip(),
             reads_per_minute: default_reads_per_minute(),
             deletes_per_minute: default_deletes_per_minute(),
+            changes_per_minute: default_changes_per_minute(),
             idempotency_ttl_secs: default_idempotency_ttl_secs(),
             ops_addr: None,
         }
@@ -159,6 +165,9 @@ fn default_reads_per_minute() -> u32 {
 }
 fn default_deletes_per_minute() -> u32 {
     600
+}
+fn default_changes_per_minute() -> u32 {
+    120
 }
 
 fn default_idempotency_ttl_secs() -> u64 {

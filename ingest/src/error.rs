@@ -107,6 +107,15 @@ pub enum IngestError {
     InvalidRedelivery(String),
     #[error("the endpoint has no delivery of that message to redeliver")]
     WebhookMessageNotFound,
+    #[error(
+        "the endpoint is disabled: enable it (PATCH enabled: true) to have messages redelivered"
+    )]
+    WebhookDisabled,
+    #[error(
+        "the previous secret still signs until {until}: rotate again after it, or with \
+         overlap_seconds 0 to replace both now"
+    )]
+    RotationInProgress { until: String },
 }
 
 #[derive(Serialize)]
@@ -176,6 +185,10 @@ impl IngestError {
             Self::InvalidOverlap { max: 0 },
             Self::InvalidRedelivery(String::new()),
             Self::WebhookMessageNotFound,
+            Self::WebhookDisabled,
+            Self::RotationInProgress {
+                until: String::new(),
+            },
         ]
     }
 
@@ -224,6 +237,8 @@ impl IngestError {
             Self::InvalidOverlap { .. } => "invalid-overlap",
             Self::InvalidRedelivery(_) => "invalid-redelivery",
             Self::WebhookMessageNotFound => "webhook-message-not-found",
+            Self::WebhookDisabled => "webhook-disabled",
+            Self::RotationInProgress { .. } => "rotation-in-progress",
         }
     }
 
@@ -265,7 +280,9 @@ impl IngestError {
             | Self::IdempotencyKeyInFlight
             | Self::DeletionInFlight
             | Self::AsOfUnavailable(_)
-            | Self::TooManyWebhooks { .. } => StatusCode::CONFLICT,
+            | Self::TooManyWebhooks { .. }
+            | Self::WebhookDisabled
+            | Self::RotationInProgress { .. } => StatusCode::CONFLICT,
             Self::EventLogUnavailable(_)
             | Self::StorageUnavailable(_)
             | Self::DatabaseUnavailable(_)
@@ -381,6 +398,8 @@ mod tests {
             InvalidOverlap { .. } => 40,
             InvalidRedelivery(_) => 41,
             WebhookMessageNotFound => 42,
+            WebhookDisabled => 43,
+            RotationInProgress { .. } => 44,
         }
     }
 
@@ -390,7 +409,7 @@ mod tests {
             .iter()
             .map(variant_number)
             .collect();
-        assert_eq!(numbers, (0..=42).collect());
+        assert_eq!(numbers, (0..=44).collect());
     }
 
     #[test]

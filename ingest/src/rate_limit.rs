@@ -50,6 +50,9 @@ pub struct RateLimits {
     /// Reads and deletes per client (`IMGPIPE_INGEST_READS_PER_MINUTE`, `_DELETES_PER_MINUTE`).
     reads: Option<DefaultKeyedRateLimiter<String>>,
     deletes: Option<DefaultKeyedRateLimiter<String>>,
+    /// Other changes per client (`IMGPIPE_INGEST_CHANGES_PER_MINUTE`): POST and PATCH but
+    /// uploads.
+    changes: Option<DefaultKeyedRateLimiter<String>>,
     /// Uploads in progress, all clients and per client.
     pub uploads_in_progress: UploadSlots,
     clock: DefaultClock,
@@ -96,6 +99,7 @@ impl RateLimits {
             per_ip: keyed_per_minute(settings.requests_per_minute_per_ip),
             reads: keyed_per_minute(settings.reads_per_minute),
             deletes: keyed_per_minute(settings.deletes_per_minute),
+            changes: keyed_per_minute(settings.changes_per_minute),
             uploads_in_progress: UploadSlots::new(
                 settings.max_concurrent_uploads,
                 settings.max_concurrent_uploads_per_client,
@@ -112,12 +116,19 @@ impl RateLimits {
         }
     }
 
-    /// Counts one request of `client` other than an upload (which [`Self::check_upload`]
-    /// counts): a read (GET, HEAD) or a delete against their own budgets.
-    pub fn check_request(&self, client: &str, method: &Method) -> Result<(), IngestError> {
+    /// Counts one request of `client` against its budget: a read (GET, HEAD), a delete, or
+    /// another change (POST, PATCH, PUT). An upload (`is_upload`) counts nothing here:
+    /// [`Self::check_upload`] counts it.
+    pub fn check_request(
+        &self,
+        client: &str,
+        method: &Method,
+        is_upload: bool,
+    ) -> Result<(), IngestError> {
         let limiter = match *method {
             Method::GET | Method::HEAD => self.reads.as_ref(),
             Method::DELETE => self.deletes.as_ref(),
+            Method::POST | Method::PATCH | Method::PUT if !is_upload => self.changes.as_ref(),
             _ => None,
         };
         match limiter.map(|limiter| limiter.check_key(&client.to_string())) {
@@ -242,21 +253,28 @@ mod tests {
     }
 
     #[test]
-    fn reads_and_deletes_have_budgets_of_their_own() {
+    fn reads_deletes_and_other_changes_have_budgets_of_their_own() {
         let mut settings = settings(0, 0);
         settings.reads_per_minute = 2;
         settings.deletes_per_minute = 1;
+        settings.changes_per_minute = 1;
         let limits = RateLimits::new(&settings).unwrap();
-        assert!(limits.check_request("a", &Method::GET).is_ok());
-        assert!(limits.check_request("a", &Method::HEAD).is_ok());
-        assert!(is_limited(limits.check_request("a", &Method::GET)));
-        assert!(limits.check_request("a", &Method::DELETE).is_ok());
-        assert!(is_limited(limits.check_request("a", &Method::DELETE)));
+        assert!(limits.check_request("a", &Method::GET, false).is_ok());
+        assert!(limits.check_request("a", &Method::HEAD, false).is_ok());
+        assert!(is_limited(limits.check_request("a", &Method::GET, false)));
+        assert!(limits.check_request("a", &Method::DELETE, false).is_ok());
+        assert!(is_limited(limits.check_request(
+            "a",
+            &Method::DELETE,
+            false
+        )));
+        assert!(limits.check_request("a", &Method::POST, false).is_ok());
+        assert!(is_limited(limits.check_request("a", &Method::PATCH, false)));
         assert!(
-            limits.check_request("a", &Method::POST).is_ok(),
+            limits.check_request("a", &Method::POST, true).is_ok(),
             "uploads count apart"
         );
-        assert!(limits.check_request("b", &Method::GET).is_ok());
+        assert!(limits.check_request("b", &Method::GET, false).is_ok());
     }
 
     #[test]

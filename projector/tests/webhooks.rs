@@ -225,13 +225,32 @@ async fn failed_attempts_start_the_failing_time_and_a_delivery_ends_it() {
         .await
         .unwrap();
     assert_eq!(row(&pool, endpoint).await.failing_since, None);
+    // Nor does one from before the owner enabled the endpoint again.
+    let failing = attempt(endpoint, Some("timeout"));
+    apply(&pool, &failing).await.unwrap();
+    assert_eq!(
+        row(&pool, endpoint).await.failing_since,
+        Some(failing.occurred_at)
+    );
+    let enable = updated(endpoint, Some(true), None);
+    apply(&pool, &enable).await.unwrap();
+    assert_eq!(row(&pool, endpoint).await.failing_since, None);
+    // (Between the delivery and the re-enable, so only the re-enable can rule it out.)
+    let mut late = attempt(endpoint, Some("connect"));
+    late.occurred_at = failing.occurred_at;
+    apply(&pool, &late).await.unwrap();
+    assert_eq!(
+        row(&pool, endpoint).await.failing_since,
+        None,
+        "a failure from before the re-enable, applied late, starts nothing"
+    );
     let attempts: i64 =
         sqlx::query_scalar("SELECT count(*) FROM webhook_attempts WHERE endpoint_id = $1")
             .bind(endpoint)
             .fetch_one(&pool)
             .await
             .unwrap();
-    assert_eq!(attempts, 4);
+    assert_eq!(attempts, 6);
 }
 
 fn failed_before(delivered: &Event, endpoint: Uuid) -> Event {

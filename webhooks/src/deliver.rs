@@ -31,6 +31,10 @@ use crate::target::AddressPolicy;
 /// How long a claim hides a delivery from other instances: longer than an attempt can take
 /// (the timeout) plus recording it, so only a crashed instance's claims expire.
 const LEASE_MARGIN: Duration = Duration::from_secs(60);
+/// The least wait before trying again a delivery whose endpoint's secret cannot be opened.
+const SECRET_RETRY: Duration = Duration::from_secs(300);
+/// How long attempts wait after the log refused an attempt's record.
+const LOG_PAUSE: Duration = Duration::from_secs(10);
 /// The longest a receiver's Retry-After may put a retry off.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 
@@ -59,6 +63,10 @@ pub(crate) struct Deliverer {
     pub(crate) per_endpoint: usize,
     /// Attempts in flight per endpoint, on this instance.
     pub(crate) in_flight: Arc<Mutex<HashMap<Uuid, usize>>>,
+    /// Until when no delivery is claimed: the log refused an attempt's record.
+    pub(crate) log_down_until: Mutex<Option<tokio::time::Instant>>,
+    /// Endpoints this instance is disabling right now (one disabling event each).
+    pub(crate) disabling: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl Deliverer {
@@ -89,6 +97,9 @@ impl Deliverer {
     /// One round: claims what the free slots allow and starts an attempt for each. Returns how
     /// many it started.
     async fn claim_some(self: &Arc<Self>, tasks: &TaskTracker) -> usize {
+        if self.log_paused() {
+            return 0;
+        }
         let free = self.slots.available_permits();
         if free == 0 {
             // Wait for any attempt to end.
@@ -118,31 +129,25 @@ impl Deliverer {
             let Ok(permit) = self.slots.clone().acquire_owned().await else {
                 break;
             };
-            self.enter(due.endpoint_id);
+            let in_flight = InFlight::enter(&self.in_flight, due.endpoint_id);
             let deliverer = Arc::clone(self);
             tasks.spawn(async move {
-                let endpoint_id = due.endpoint_id;
                 deliverer.attempt(due).await;
-                deliverer.leave(endpoint_id);
+                // Also when the attempt panicked: the endpoint's slot is given back.
+                drop(in_flight);
                 drop(permit);
             });
         }
         count
     }
 
-    fn enter(&self, endpoint_id: Uuid) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        *in_flight.entry(endpoint_id).or_default() += 1;
-    }
-
-    fn leave(&self, endpoint_id: Uuid) {
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = in_flight.get_mut(&endpoint_id) {
-            *n -= 1;
-            if *n == 0 {
-                in_flight.remove(&endpoint_id);
-            }
-        }
+    /// Whether attempts wait because the log refused an attempt's record a moment ago.
+    fn log_paused(&self) -> bool {
+        let until = self
+            .log_down_until
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        until.is_some_and(|until| tokio::time::Instant::now() < until)
     }
 
     /// One attempt of one delivery, start to end. A failure to reach Postgres or the log leaves
@@ -168,10 +173,22 @@ impl Deliverer {
             Err(error) => {
                 // The sealing key changed or the row is corrupt: an operator's fix, not the
                 // receiver's fault. Try again in a while, without an attempt on record.
+                // Counted as an attempt of the schedule (without a record: nothing was sent),
+                // so a key that stays wrong gives the delivery up in the end.
                 tracing::error!(endpoint_id = %endpoint.endpoint_id, error = %error,
                     "cannot open the endpoint's signing secret");
-                let later = OffsetDateTime::now_utc() + Duration::from_secs(300);
-                let _ = schedule::retry_at(&self.pool, &due, due.attempt, later).await;
+                self.metrics.secret_unreadable();
+                let wait = retry_wait(&self.schedule, due.attempt, None);
+                let written = match wait {
+                    Some(wait) => {
+                        let later = OffsetDateTime::now_utc() + wait.max(SECRET_RETRY);
+                        schedule::retry_at(&self.pool, &due, due.attempt + 1, later).await
+                    }
+                    None => schedule::remove(&self.pool, &due).await,
+                };
+                if let Err(error) = written {
+                    tracing::warn!(error = %error, "updating the webhook schedule failed");
+                }
                 return;
             }
         };
@@ -250,9 +267,23 @@ impl Deliverer {
             recorded,
         );
         if let Err(error) = self.events.publish(&event).await {
-            // Not on record, so not done: the claim expires and the attempt is made again.
-            tracing::warn!(error = %error, "recording a webhook attempt failed");
-            return;
+            // The attempt happened but the log did not take its record. Making it again would
+            // resend what may have been delivered, every lease, for as long as the log is down:
+            // so the schedule moves on as if recorded, the attempt is logged here instead, and
+            // no delivery is claimed for a while.
+            tracing::error!(
+                error = %error,
+                endpoint_id = %endpoint.endpoint_id,
+                message_id = %due.message_id,
+                attempt = due.attempt,
+                status = outcome.status,
+                error_class = outcome.error.map(|class| class.as_str()),
+                "recording a webhook attempt failed; the attempt is not on the log"
+            );
+            *self
+                .log_down_until
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(tokio::time::Instant::now() + LOG_PAUSE);
         }
         let delivery = if outcome.delivered() {
             DeliveryOutcome::Delivered
@@ -275,21 +306,54 @@ impl Deliverer {
             Some(at) => schedule::retry_at(&self.pool, due, due.attempt + 1, at).await,
             None => schedule::remove(&self.pool, due).await,
         };
-        if let Err(error) = written {
-            tracing::warn!(error = %error, "updating the webhook schedule failed");
+        match written {
+            Ok(true) => {}
+            Ok(false) => tracing::debug!(
+                message_id = %due.message_id,
+                "the claim was voided meanwhile (a redelivery, or the lease ran out): the newer state stands"
+            ),
+            Err(error) => tracing::warn!(error = %error, "updating the webhook schedule failed"),
         }
         if !outcome.delivered() {
-            self.disable_if_failing_too_long(endpoint, now).await;
+            self.disable_if_failing_too_long(endpoint.endpoint_id, now)
+                .await;
         }
     }
 
-    async fn disable_if_failing_too_long(&self, endpoint: &Endpoint, now: OffsetDateTime) {
+    /// Disables the endpoint if, as the read model says now (not as it was before this
+    /// attempt: the owner may have enabled it meanwhile), it has been failing for longer than
+    /// `disable_after`. One disabling at a time per endpoint on this instance.
+    async fn disable_if_failing_too_long(&self, endpoint_id: Uuid, now: OffsetDateTime) {
+        let endpoint = match schedule::endpoint(&self.pool, endpoint_id).await {
+            Ok(Some(endpoint)) if endpoint.active() => endpoint,
+            Ok(_) => return,
+            Err(error) => {
+                tracing::warn!(error = %error, "reading a webhook endpoint failed");
+                return;
+            }
+        };
         let Some(since) = endpoint.failing_since else {
             return;
         };
         if now - since < self.disable_after {
             return;
         }
+        if !self
+            .disabling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(endpoint_id)
+        {
+            return;
+        }
+        self.disable(&endpoint, since).await;
+        self.disabling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&endpoint_id);
+    }
+
+    async fn disable(&self, endpoint: &Endpoint, since: OffsetDateTime) {
         let disabled = Event::new(
             endpoint.endpoint_id,
             format!("webhook-disable-{}", endpoint.endpoint_id),
@@ -328,9 +392,10 @@ impl Deliverer {
     }
 }
 
-/// The wait before attempt `attempt + 1`, or `None` when `schedule` is spent. The receiver's
-/// Retry-After, when it sent one, replaces the schedule's wait (at least a second, at most a
-/// day); it cannot add attempts.
+/// The wait before attempt `attempt + 1`, or `None` when `schedule` is spent. A receiver's
+/// Retry-After longer than the schedule's wait puts the retry off that long (at most a day); a
+/// shorter one does not bring it forward, so a receiver briefly overloaded (429 with
+/// `Retry-After: 1`) cannot burn the whole schedule in seconds. It adds no attempt.
 fn retry_wait(
     schedule: &[Duration],
     attempt: i32,
@@ -338,9 +403,36 @@ fn retry_wait(
 ) -> Option<Duration> {
     let index = usize::try_from(attempt).ok()?.checked_sub(1)?;
     let scheduled = *schedule.get(index)?;
-    Some(retry_after.map_or(scheduled, |asked| {
-        asked.clamp(Duration::from_secs(1), MAX_RETRY_AFTER)
-    }))
+    Some(retry_after.map_or(scheduled, |asked| asked.min(MAX_RETRY_AFTER).max(scheduled)))
+}
+
+/// An attempt in flight to an endpoint, counted until dropped.
+struct InFlight {
+    counts: Arc<Mutex<HashMap<Uuid, usize>>>,
+    endpoint_id: Uuid,
+}
+
+impl InFlight {
+    fn enter(counts: &Arc<Mutex<HashMap<Uuid, usize>>>, endpoint_id: Uuid) -> Self {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        *map.entry(endpoint_id).or_default() += 1;
+        Self {
+            counts: Arc::clone(counts),
+            endpoint_id,
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.endpoint_id) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.endpoint_id);
+            }
+        }
+    }
 }
 
 fn micros(at: OffsetDateTime) -> i64 {
@@ -370,13 +462,18 @@ mod tests {
             Some(Duration::from_secs(42))
         );
         assert_eq!(
+            retry_wait(&schedule, 2, asked),
+            Some(Duration::from_secs(300)),
+            "a shorter Retry-After does not bring the retry forward"
+        );
+        assert_eq!(
             retry_wait(&schedule, 3, asked),
             None,
             "Retry-After adds no attempt"
         );
         assert_eq!(
             retry_wait(&schedule, 1, Some(Duration::ZERO)),
-            Some(Duration::from_secs(1))
+            Some(Duration::from_secs(5))
         );
         assert_eq!(
             retry_wait(&schedule, 1, Some(Duration::from_secs(10 * 86_400))),

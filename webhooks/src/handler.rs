@@ -19,10 +19,33 @@ pub(crate) struct ScheduleHandler {
     pub(crate) pool: PgPool,
 }
 
+/// The most messages one redelivery request schedules (the earliest first): the request is
+/// handled inside the consume loop, so its work is bounded; a larger backlog takes another
+/// request with a later `since`.
+const MAX_REDELIVERY: i64 = 10_000;
+
+/// A database error as the consume loop should take it: Postgres unreachable is an outage to
+/// wait out (the consumer pauses, nothing is dead-lettered however long it lasts); anything
+/// else is retried a few times, then dead-lettered.
 fn database(error: sqlx::Error) -> HandlerError {
-    HandlerError::Transient {
-        class: ErrorClass::Database,
-        source: Box::new(error),
+    let unreachable = matches!(
+        error,
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+    );
+    if unreachable {
+        HandlerError::Unavailable {
+            class: ErrorClass::Database,
+            source: Box::new(error),
+        }
+    } else {
+        HandlerError::Transient {
+            class: ErrorClass::Database,
+            source: Box::new(error),
+        }
     }
 }
 
@@ -54,7 +77,6 @@ impl EventHandler for ScheduleHandler {
             event.event_id,
             &event.correlation_id,
             &message,
-            false,
         )
         .await
         .map_err(database)?;
@@ -98,31 +120,30 @@ impl ScheduleHandler {
         if !active {
             return Ok(());
         }
-        let messages = schedule::past_messages(&self.pool, endpoint_id, message_id, since)
-            .await
-            .map_err(database)?;
-        let mut scheduled = 0;
-        for message_id in messages {
-            let stored = schedule::stored_event(&self.pool, message_id)
+        let message_ids =
+            schedule::past_messages(&self.pool, endpoint_id, message_id, since, MAX_REDELIVERY)
                 .await
                 .map_err(database)?;
-            let Some((image_id, occurred_at, correlation_id, payload)) = stored else {
-                continue;
-            };
-            let Some(message) = Message::from_payload(image_id, occurred_at, &payload) else {
-                continue;
-            };
-            schedule::add(
-                &self.pool,
-                &[endpoint_id],
-                message_id,
-                &correlation_id,
-                &message,
-                true,
-            )
+        let stored = schedule::stored_events(&self.pool, &message_ids)
             .await
             .map_err(database)?;
-            scheduled += 1;
+        let messages: Vec<schedule::Redelivery> = stored
+            .into_iter()
+            .filter_map(
+                |(message_id, image_id, occurred_at, correlation_id, payload)| {
+                    Some(schedule::Redelivery {
+                        message_id,
+                        correlation_id,
+                        message: Message::from_payload(image_id, occurred_at, &payload)?,
+                    })
+                },
+            )
+            .collect();
+        let scheduled = messages.len();
+        if scheduled > 0 {
+            schedule::redeliver(&self.pool, endpoint_id, event.event_id, &messages)
+                .await
+                .map_err(database)?;
         }
         tracing::info!(
             %endpoint_id,

@@ -22,6 +22,9 @@ pub const DROPPED: &str = "imgpipe_webhooks_deliveries_dropped_total";
 pub const ENDPOINTS_DISABLED: &str = "imgpipe_webhooks_endpoints_disabled_total";
 /// Deliveries due now and not yet attempted (the backlog).
 pub const DUE: &str = "imgpipe_webhooks_deliveries_due";
+/// Attempts not made because the endpoint's signing secret cannot be opened (the sealing key
+/// changed): an operator's fix; the delivery is given up when the schedule is spent.
+pub const SECRETS_UNREADABLE: &str = "imgpipe_webhooks_secrets_unreadable_total";
 /// Records copied to the dead-letter topic, by error `class`.
 pub const RECORDS_DEAD_LETTERED: &str = "imgpipe_webhooks_records_dead_lettered_total";
 
@@ -33,6 +36,7 @@ pub const ALL: &[(&str, MetricKind)] = &[
     (DROPPED, MetricKind::Counter),
     (ENDPOINTS_DISABLED, MetricKind::Counter),
     (DUE, MetricKind::Gauge),
+    (SECRETS_UNREADABLE, MetricKind::Counter),
     (RECORDS_DEAD_LETTERED, MetricKind::Counter),
 ];
 
@@ -95,6 +99,12 @@ impl WebhookMetrics {
     pub(crate) fn endpoint_disabled(&self) {
         metrics::with_local_recorder(&*self.recorder, || {
             metrics::counter!(ENDPOINTS_DISABLED).increment(1);
+        });
+    }
+
+    pub(crate) fn secret_unreadable(&self) {
+        metrics::with_local_recorder(&*self.recorder, || {
+            metrics::counter!(SECRETS_UNREADABLE).increment(1);
         });
     }
 

@@ -90,6 +90,8 @@ impl Webhooks {
             slots: Arc::new(Semaphore::new(settings.concurrency.max(1))),
             per_endpoint: settings.per_endpoint.max(1),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            log_down_until: Mutex::new(None),
+            disabling: Mutex::new(Default::default()),
         });
         Ok(Self {
             consumer,
@@ -157,9 +159,10 @@ impl Webhooks {
                 handler: self.handler,
                 dead_letters: self.dead_letters,
                 retry: RetryPolicy {
-                    // A database outage is waited out; an image whose owner is nowhere (the
-                    // read models were dropped and not rebuilt yet) is dead-lettered after a
-                    // few minutes, for a redrive once they are back.
+                    // A database outage is waited out (`Unavailable`: no attempt counted); an
+                    // image whose owner is nowhere (the read models were dropped and not rebuilt
+                    // yet) is dead-lettered after a few minutes, for a redrive once they are
+                    // back.
                     max_attempts: Some(30),
                     min_delay: Duration::from_millis(200),
                     max_delay: Duration::from_secs(10),

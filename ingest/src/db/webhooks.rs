@@ -35,12 +35,14 @@ pub struct EndpointRow {
     pub disabled_reason: Option<String>,
     pub failing_since: Option<OffsetDateTime>,
     pub last_delivered_at: Option<OffsetDateTime>,
+    /// Until when the previous secret also signs (a rotation's overlap).
+    pub previous_valid_until: Option<OffsetDateTime>,
     pub created_at: OffsetDateTime,
     pub updated_at: OffsetDateTime,
 }
 
 const ENDPOINT_COLUMNS: &str = "endpoint_id, owner, url, event_types, enabled, disabled_reason, \
-     failing_since, last_delivered_at, created_at, updated_at";
+     failing_since, last_delivered_at, previous_valid_until, created_at, updated_at";
 
 /// The endpoint, unless it does not exist or was deleted.
 pub async fn endpoint(

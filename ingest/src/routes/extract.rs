@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
+use axum::extract::OriginalUri;
 use axum::extract::{
     DefaultBodyLimit, FromRef, FromRequest, FromRequestParts, OptionalFromRequest, Path, Query,
     Request,
 };
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::Json;
 use serde::de::DeserializeOwned;
 use uuid::Uuid;
@@ -20,6 +21,9 @@ use uuid::Uuid;
 use crate::auth::ApiKeys;
 use crate::error::IngestError;
 use crate::rate_limit::RateLimits;
+
+/// The upload route, whose requests count against the upload budgets instead.
+const UPLOAD_PATH: &str = "/v1/images";
 
 /// The authenticated client making the request. A key without the scope for the request's
 /// method is refused here, so no handler has to remember to check.
@@ -52,7 +56,18 @@ where
         if !grant.scope.allows(&parts.method) {
             return Err(IngestError::InsufficientScope);
         }
-        Arc::<RateLimits>::from_ref(state).check_request(&grant.client, &parts.method)?;
+        // Uploads are counted by their own budgets (uploads and bytes per minute).
+        // (The router nests `/v1`, so the path as requested is the original URI's.)
+        let path = parts
+            .extensions
+            .get::<OriginalUri>()
+            .map_or(parts.uri.path(), |original| original.0.path());
+        let is_upload = parts.method == Method::POST && path == UPLOAD_PATH;
+        Arc::<RateLimits>::from_ref(state).check_request(
+            &grant.client,
+            &parts.method,
+            is_upload,
+        )?;
         Ok(Client(grant.client.clone()))
     }
 }

@@ -105,7 +105,8 @@ async fn apply_updated(
     updated: &WebhookEndpointUpdated,
 ) -> Result<(), sqlx::Error> {
     // Enabling or disabling by the owner clears the service's reason; enabling also forgets the
-    // failures so far, so the endpoint gets its full failing time again.
+    // failures so far (and any failed attempt from before it applied later), so the endpoint
+    // gets its full failing time again.
     sqlx::query(
         "UPDATE webhook_endpoints
          SET url = COALESCE($3, url),
@@ -113,6 +114,7 @@ async fn apply_updated(
              enabled = COALESCE($5, enabled),
              disabled_reason = CASE WHEN $5 IS NULL THEN disabled_reason END,
              failing_since = CASE WHEN $5 THEN NULL ELSE failing_since END,
+             failures_reset_at = CASE WHEN $5 THEN $6 ELSE failures_reset_at END,
              last_event_id = $2, updated_at = $6
          WHERE endpoint_id = $1::uuid AND last_event_id < $2 AND NOT deleted",
     )
@@ -227,7 +229,8 @@ async fn apply_attempt(
     } else {
         "UPDATE webhook_endpoints
          SET failing_since = LEAST(failing_since, $2)
-         WHERE endpoint_id = $1::uuid AND (last_delivered_at IS NULL OR last_delivered_at < $2)"
+         WHERE endpoint_id = $1::uuid AND (last_delivered_at IS NULL OR last_delivered_at < $2)
+           AND (failures_reset_at IS NULL OR failures_reset_at < $2)"
     };
     sqlx::query(query)
         .bind(&attempt.endpoint_id)

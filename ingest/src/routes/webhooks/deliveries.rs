@@ -202,6 +202,7 @@ impl RedeliveryRequest {
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
         (status = 403, description = "`insufficient-scope`: a read-only key", body = ErrorBody),
         (status = 404, description = "`webhook-not-found` (also another client's, or a deleted one); `webhook-message-not-found`: the endpoint had no attempt of that message", body = ErrorBody),
+        (status = 409, description = "`webhook-disabled`: enable the endpoint first", body = ErrorBody),
         (status = 413, description = "`payload-too-large`", body = ErrorBody),
         (status = 429, description = "`rate-limited`: over the address's requests per minute", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
@@ -217,7 +218,11 @@ async fn redeliver(
     ApiJson(request): ApiJson<RedeliveryRequest>,
 ) -> Result<(StatusCode, Json<RedeliveryAccepted>), IngestError> {
     let redelivery = request.read()?;
-    owned_endpoint(&state, &client, id).await?;
+    let endpoint = owned_endpoint(&state, &client, id).await?;
+    if !endpoint.enabled {
+        // The deliverer sends nothing to a disabled endpoint: say so rather than accept.
+        return Err(IngestError::WebhookDisabled);
+    }
     let (message_id, since) = match redelivery {
         Redelivery::Message(message_id) => {
             let delivered = db::has_attempt(&state.pool, id, message_id)

@@ -9,6 +9,7 @@ use imgpipe_schemas::{
 };
 use imgpipe_webhooks::signature::SigningSecret;
 use serde::{Deserialize, Serialize};
+use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
@@ -390,6 +391,7 @@ struct RotatedSecret {
         (status = 401, description = "`missing-api-key`, `invalid-api-key`", body = ErrorBody),
         (status = 403, description = "`insufficient-scope`: a read-only key", body = ErrorBody),
         (status = 404, description = "`webhook-not-found` (also another client's, or a deleted one)", body = ErrorBody),
+        (status = 409, description = "`rotation-in-progress`: the previous secret still signs; rotate with overlap_seconds 0 to replace both now", body = ErrorBody),
         (status = 413, description = "`payload-too-large`", body = ErrorBody),
         (status = 429, description = "`rate-limited`: over the address's requests per minute", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds until a retry can pass"))),
@@ -416,7 +418,16 @@ async fn rotate_secret(
     }
     // A whole number of seconds within a week.
     let overlap = overlap as i64;
-    owned_endpoint(&state, &client, id).await?;
+    let endpoint = owned_endpoint(&state, &client, id).await?;
+    // A second rotation with an overlap while the first's runs would cut the first's short
+    // (one previous secret is kept); one with no overlap replaces both at once, on purpose.
+    if let Some(until) = endpoint.previous_valid_until {
+        if overlap > 0 && until > OffsetDateTime::now_utc() {
+            return Err(IngestError::RotationInProgress {
+                until: until.format(&Rfc3339).unwrap_or_default(),
+            });
+        }
+    }
     let secret = SigningSecret::generate();
     // In whole microseconds, as the event carries it.
     let valid_until = OffsetDateTime::now_utc() + time::Duration::seconds(overlap);
