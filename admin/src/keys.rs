@@ -91,6 +91,15 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_key_says_so_in_its_entry() {
+        let (key, entry) = mint_api_key("ops", Scope::Admin, ClientLimits::default()).unwrap();
+        assert!(entry.ends_with(";scope=admin"), "{entry}");
+        let keys = ApiKeys::parse(&entry).unwrap();
+        let grant = keys.grant_for(&key).unwrap();
+        assert_eq!((&*grant.client, grant.scope), ("ops", Scope::Admin));
+    }
+
+    #[test]
     fn a_client_id_ingest_would_misread_is_refused() {
         for client in ["a,b", "a;b", "a=b", " a", ""] {
             assert!(

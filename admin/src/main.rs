@@ -141,6 +141,9 @@ enum Command {
         /// A key that may only read (GET, HEAD); uploads and deletes get 403.
         #[arg(long)]
         read_only: bool,
+        /// An admin key (`scope=admin`): read-write plus the web console's operator pages.
+        #[arg(long, conflicts_with = "read_only")]
+        admin: bool,
     },
 }
 
@@ -338,11 +341,12 @@ async fn main() -> anyhow::Result<()> {
             uploads_per_minute,
             bytes_per_minute,
             read_only,
+            admin,
         } => {
-            let scope = if read_only {
-                Scope::Read
-            } else {
-                Scope::ReadWrite
+            let scope = match (read_only, admin) {
+                (true, _) => Scope::Read,
+                (_, true) => Scope::Admin,
+                _ => Scope::ReadWrite,
             };
             let limits = ClientLimits {
                 uploads_per_minute,
@@ -451,6 +455,25 @@ mod tests {
         assert!(parse(&["--image", "0193a0b4-0000-7000-8000-000000000000", "--all"]).is_err());
         assert!(parse(&["--from", "yesterday"]).is_err());
         assert!(Cli::try_parse_from(["imgpipe", "replay", "redrive", "--dry-run"]).is_ok());
+    }
+
+    #[test]
+    fn api_key_admin_conflicts_with_read_only() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(["imgpipe", "api-key", "ops"].iter().chain(args).copied())
+        };
+        assert!(matches!(
+            parse(&["--admin"]),
+            Ok(Cli {
+                command: Command::ApiKey {
+                    admin: true,
+                    read_only: false,
+                    ..
+                },
+            })
+        ));
+        assert!(parse(&["--read-only"]).is_ok());
+        assert!(parse(&["--admin", "--read-only"]).is_err());
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! own rate limits.
 //!
 //! `IMGPIPE_INGEST_API_KEYS` is a comma-separated list of entries
-//! `client-id=sha256-hex[;scope=read][;uploads_per_minute=N][;bytes_per_minute=N]`. The scope
-//! belongs to the key. The limits belong to the client: during a rotation its old and new keys
-//! are listed side by side, so a limit stated on any of its entries holds for all its keys, and
-//! two entries stating different values are refused rather than one silently winning.
+//! `client-id=sha256-hex[;scope=S][;uploads_per_minute=N][;bytes_per_minute=N]`, the scope `S`
+//! being `read`, `read-write` (the default) or `admin` (read-write plus the web console's
+//! operator pages). The scope belongs to the key. The limits belong to the client: during a
+//! rotation its old and new keys are listed side by side, so a limit stated on any of its
+//! entries holds for all its keys, and two entries stating different values are refused rather
+//! than one silently winning.
 
 use std::collections::{BTreeMap, HashMap};
 use std::num::ParseIntError;
@@ -26,14 +28,22 @@ pub enum Scope {
     ReadWrite,
     /// GET and HEAD only: dashboards and reporting jobs that must not upload or delete.
     Read,
+    /// Every route, as read-write, plus the web console's operator pages (issue #17).
+    Admin,
 }
 
 impl Scope {
+    /// Whether a key of this scope may call an API route with `method`.
     pub fn allows(self, method: &Method) -> bool {
         match self {
-            Self::ReadWrite => true,
+            Self::ReadWrite | Self::Admin => true,
             Self::Read => method == Method::GET || method == Method::HEAD,
         }
+    }
+
+    /// Whether a key of this scope may open the console's operator pages.
+    pub fn is_admin(self) -> bool {
+        self == Self::Admin
     }
 }
 
@@ -144,8 +154,10 @@ impl ApiKeys {
     /// The entry to put in the config for `key` with a scope and the client's own limits.
     pub fn entry_with(client: &str, key: &str, scope: Scope, limits: ClientLimits) -> String {
         let mut entry = format!("{client}={}", hex::encode(Sha256::digest(key.as_bytes())));
-        if scope == Scope::Read {
-            entry.push_str(";scope=read");
+        match scope {
+            Scope::ReadWrite => {}
+            Scope::Read => entry.push_str(";scope=read"),
+            Scope::Admin => entry.push_str(";scope=admin"),
         }
         if let Some(n) = limits.uploads_per_minute {
             entry.push_str(&format!(";uploads_per_minute={n}"));
@@ -222,6 +234,7 @@ impl<'a> Entry<'a> {
                     let value = match value {
                         "read" => Scope::Read,
                         "read-write" => Scope::ReadWrite,
+                        "admin" => Scope::Admin,
                         _ => {
                             return Err(ConfigError::UnknownScope {
                                 at: at.clone(),
@@ -425,7 +438,7 @@ mod tests {
         );
         let error = error_of(&format!("alpha={HASH};scope=write"));
         assert!(
-            error.contains("scope \"write\" is not read or read-write"),
+            error.contains("scope \"write\" is not read, read-write or admin"),
             "{error}"
         );
         let error = error_of(&format!("alpha={HASH};scope=read;scope=read"));
@@ -452,5 +465,45 @@ mod tests {
             assert!(!Scope::Read.allows(&method));
             assert!(Scope::ReadWrite.allows(&method));
         }
+    }
+
+    #[test]
+    fn an_admin_scope_parses_and_round_trips() {
+        let keys = ApiKeys::parse(&format!("ops={HASH};scope=admin")).unwrap();
+        assert_eq!(keys.grant_by_hash[&[0u8; 32]].scope, Scope::Admin);
+
+        let limits = ClientLimits {
+            uploads_per_minute: Some(5),
+            bytes_per_minute: None,
+        };
+        let entry = ApiKeys::entry_with("ops", "k", Scope::Admin, limits);
+        assert!(
+            entry.ends_with(";scope=admin;uploads_per_minute=5"),
+            "{entry}"
+        );
+        let keys = ApiKeys::parse(&entry).unwrap();
+        let grant = keys.grant_for("k").unwrap();
+        assert_eq!((&*grant.client, grant.scope), ("ops", Scope::Admin));
+        assert_eq!(
+            keys.client_limits().collect::<Vec<_>>(),
+            vec![("ops", limits)]
+        );
+    }
+
+    #[test]
+    fn an_admin_scope_allows_every_method_and_only_it_is_admin() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::DELETE,
+            Method::PUT,
+            Method::PATCH,
+        ] {
+            assert!(Scope::Admin.allows(&method), "{method}");
+        }
+        assert!(Scope::Admin.is_admin());
+        assert!(!Scope::ReadWrite.is_admin());
+        assert!(!Scope::Read.is_admin());
     }
 }

@@ -221,7 +221,7 @@ impl Config {
 /// An option of an `IMGPIPE_INGEST_API_KEYS` entry (the format is in `auth.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyOption {
-    /// The key's scope: `read` or `read-write`.
+    /// The key's scope: `read`, `read-write` or `admin`.
     Scope,
     /// The client's own `IMGPIPE_INGEST_UPLOADS_PER_MINUTE`.
     UploadsPerMinute,
@@ -303,7 +303,7 @@ pub enum ConfigError {
     UnknownOption { at: EntryAt, name: String },
     #[error("{at}: {option} is given twice")]
     OptionGivenTwice { at: EntryAt, option: KeyOption },
-    #[error("{at}: scope {value:?} is not read or read-write")]
+    #[error("{at}: scope {value:?} is not read, read-write or admin")]
     UnknownScope { at: EntryAt, value: String },
     #[error(
         "{at}: {option} {value:?} is not a whole number in range (0 = no limit, at most {})",

@@ -116,6 +116,8 @@ pub enum IngestError {
          overlap_seconds 0 to replace both now"
     )]
     RotationInProgress { until: String },
+    #[error("this client has {limit} status streams open, the most it may; close one first")]
+    TooManyStreams { limit: usize },
 }
 
 #[derive(Serialize)]
@@ -189,6 +191,7 @@ impl IngestError {
             Self::RotationInProgress {
                 until: String::new(),
             },
+            Self::TooManyStreams { limit: 0 },
         ]
     }
 
@@ -239,6 +242,7 @@ impl IngestError {
             Self::WebhookMessageNotFound => "webhook-message-not-found",
             Self::WebhookDisabled => "webhook-disabled",
             Self::RotationInProgress { .. } => "rotation-in-progress",
+            Self::TooManyStreams { .. } => "too-many-streams",
         }
     }
 
@@ -274,7 +278,9 @@ impl IngestError {
             | Self::WebhookNotFound
             | Self::WebhookMessageNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            Self::RateLimited { .. } | Self::TooManyUploads { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::RateLimited { .. }
+            | Self::TooManyUploads { .. }
+            | Self::TooManyStreams { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::UploadTimedOut { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::IdempotencyKeyReused
             | Self::IdempotencyKeyInFlight
@@ -331,6 +337,7 @@ impl IntoResponse for IngestError {
             | Self::DeletionInFlight
             | Self::TooManyUploads { .. }
             | Self::ServerBusy => Some("1".to_string()),
+            Self::TooManyStreams { .. } => Some("5".to_string()),
             // A setting, not an outage: retrying does not help.
             Self::WebhooksDisabled => None,
             _ if status == StatusCode::SERVICE_UNAVAILABLE => Some("5".to_string()),
@@ -400,6 +407,7 @@ mod tests {
             WebhookMessageNotFound => 42,
             WebhookDisabled => 43,
             RotationInProgress { .. } => 44,
+            TooManyStreams { .. } => 45,
         }
     }
 
@@ -409,7 +417,7 @@ mod tests {
             .iter()
             .map(variant_number)
             .collect();
-        assert_eq!(numbers, (0..=44).collect());
+        assert_eq!(numbers, (0..=45).collect());
     }
 
     #[test]

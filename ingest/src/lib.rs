@@ -11,10 +11,10 @@ pub mod openapi;
 pub mod rate_limit;
 pub mod routes;
 mod server;
+mod slots;
 pub mod sniff;
 pub mod startup;
 pub mod state;
-mod upload_slots;
 
 pub use config::Config;
 pub use error::IngestError;

@@ -14,7 +14,12 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 use crate::auth::ApiKeys;
 use crate::config::{ConfigError, IngestSettings};
 use crate::error::IngestError;
-use crate::upload_slots::UploadSlots;
+use crate::slots::Slots;
+
+/// Status streams open at once per client: a page of a few uploads in progress, each watched.
+pub const STREAMS_PER_CLIENT: usize = 8;
+/// Status streams open at once per instance: each polls the read model at most twice a second.
+pub const STREAMS_IN_ALL: usize = 512;
 
 /// Bytes are metered in KiB cells, so a u32 quota reaches terabytes per minute.
 const CELL: u64 = 1024;
@@ -54,7 +59,9 @@ pub struct RateLimits {
     /// uploads.
     changes: Option<DefaultKeyedRateLimiter<String>>,
     /// Uploads in progress, all clients and per client.
-    pub uploads_in_progress: UploadSlots,
+    pub uploads_in_progress: Slots,
+    /// Status streams open (`GET /v1/images/{id}/stream`), all clients and per client.
+    pub streams_open: Slots,
     clock: DefaultClock,
 }
 
@@ -100,10 +107,14 @@ impl RateLimits {
             reads: keyed_per_minute(settings.reads_per_minute),
             deletes: keyed_per_minute(settings.deletes_per_minute),
             changes: keyed_per_minute(settings.changes_per_minute),
-            uploads_in_progress: UploadSlots::new(
+            uploads_in_progress: Slots::new(
                 settings.max_concurrent_uploads,
                 settings.max_concurrent_uploads_per_client,
+                |limit| IngestError::TooManyUploads { limit },
             ),
+            streams_open: Slots::new(STREAMS_IN_ALL, STREAMS_PER_CLIENT, |limit| {
+                IngestError::TooManyStreams { limit }
+            }),
             clock: DefaultClock::default(),
         })
     }

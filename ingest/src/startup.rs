@@ -56,6 +56,7 @@ impl Application {
             settings: Arc::new(config.ingest.clone()),
             rate_limits: Arc::new(RateLimits::new(&config.ingest).map_err(BuildError::RateLimits)?),
             webhooks,
+            stopping: CancellationToken::new(),
         };
         crate::metrics::handle();
         let listener = TcpListener::bind(&config.ingest.listen_addr).await?;
@@ -89,6 +90,12 @@ impl Application {
         let address = self.listener.local_addr()?;
         tracing::info!(%address, "ingest listening");
         let header_read_timeout = Duration::from_secs(self.state.settings.header_read_timeout_secs);
+        let stopping = self.state.stopping.clone();
+        let shutdown_begins = shutdown.clone();
+        tokio::spawn(async move {
+            shutdown_begins.cancelled().await;
+            stopping.cancel();
+        });
         let forgetting = tokio::spawn(forget_idle_addresses(
             Arc::clone(&self.state.rate_limits),
             shutdown.clone(),

@@ -9,6 +9,7 @@ use imgpipe_infra::storage::ObjectStore;
 use imgpipe_webhooks::secret::SecretSealer;
 use imgpipe_webhooks::target::AddressPolicy;
 use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
 use crate::config::IngestSettings;
@@ -24,6 +25,9 @@ pub struct AppState {
     pub settings: Arc<IngestSettings>,
     pub rate_limits: Arc<RateLimits>,
     pub webhooks: WebhookSetup,
+    /// Cancelled when ingest begins to shut down, so long requests (status streams) end then
+    /// instead of holding the shutdown for its whole grace.
+    pub stopping: CancellationToken,
 }
 
 /// What the webhook routes need from the deployment's `IMGPIPE_WEBHOOKS_*` settings.

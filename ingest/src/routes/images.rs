@@ -73,6 +73,16 @@ async fn status(
     if let Some(as_of) = as_of {
         return as_of::image_at(&state, image_id, as_of).await.map(Json);
     }
+    current(&state, image_id, image).await.map(Json)
+}
+
+/// The image as the read model has it now, each variant with a freshly presigned URL: what
+/// `GET /v1/images/{id}` answers and its status stream sends.
+pub(super) async fn current(
+    state: &AppState,
+    image_id: Uuid,
+    image: ImageRow,
+) -> Result<ImageStatus, IngestError> {
     let stored = db::variants(&state.pool, image_id)
         .await
         .map_err(database_unavailable)?;
@@ -90,12 +100,12 @@ async fn status(
             .map_err(IngestError::StorageUnavailable)?;
         variants.push(Variant::current(stored, url));
     }
-    Ok(Json(ImageStatus::current(
+    Ok(ImageStatus::current(
         image_id,
         image,
         variants,
         urls_expire_at,
-    )))
+    ))
 }
 
 #[derive(Debug, Serialize, ToSchema)]

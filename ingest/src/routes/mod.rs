@@ -9,6 +9,7 @@ mod page;
 mod queries;
 mod readiness;
 mod request_id;
+mod stream;
 mod upload;
 mod view;
 mod webhooks;
@@ -37,6 +38,7 @@ pub(crate) fn v1() -> OpenApiRouter<AppState> {
         images::router()
             .merge(upload::router())
             .merge(queries::router())
+            .merge(stream::router())
             .merge(webhooks::router()),
     )
 }

@@ -29,8 +29,8 @@ use super::envelope;
 use super::extract::Client;
 use crate::db;
 use crate::error::{database_unavailable, ErrorBody, IngestError};
+use crate::slots::Slot;
 use crate::state::AppState;
-use crate::upload_slots::UploadSlot;
 
 pub(super) fn router() -> OpenApiRouter<AppState> {
     // The upload counts its own bytes against the configured limit (413) as they stream; axum's
@@ -200,7 +200,7 @@ struct Admitted {
     client: Arc<str>,
     idempotency_key: Option<String>,
     /// Held until the handler ends.
-    _slot: UploadSlot,
+    _slot: Slot,
 }
 
 /// Lets the upload in, or refuses it before its body is read: the client's uploads in
