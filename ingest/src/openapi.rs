@@ -232,6 +232,7 @@ mod tests {
             ("GET", "/v1/images/{id}"),
             ("DELETE", "/v1/images/{id}"),
             ("GET", "/v1/images/{id}/events"),
+            ("GET", "/v1/images/{id}/stream"),
             ("GET", "/v1/stats"),
             ("GET", "/v1/webhooks"),
             ("POST", "/v1/webhooks"),

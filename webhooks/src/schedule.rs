@@ -322,3 +322,7 @@ pub async fn stored_events(
         )
         .collect())
 }
+
+#[cfg(test)]
+#[path = "schedule_tests.rs"]
+mod tests;

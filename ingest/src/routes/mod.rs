@@ -1,6 +1,7 @@
 //! The HTTP surface: `/v1` for apps, `/healthz` and `/readyz` for operators.
 
 mod as_of;
+mod console;
 mod envelope;
 mod extract;
 mod images;
@@ -58,6 +59,7 @@ pub fn router(api: Router<AppState>, state: AppState) -> Router {
     let limits = Arc::clone(&state.rate_limits);
     let metrics_here = state.settings.ops_addr.is_none();
     let mut public = api
+        .merge(console::router())
         .with_state(state)
         .merge(imgpipe_infra::ops::router(readiness, None));
     if metrics_here {
@@ -93,14 +95,16 @@ pub fn router(api: Router<AppState>, state: AppState) -> Router {
 }
 
 /// Counts an API request against its address's budget before anything else is done for it
-/// (the API key is not checked yet): 429 `rate-limited` over it. `/healthz`, `/readyz` and
-/// `/metrics` are the operators' and are not counted.
+/// (the API key is not checked yet): 429 `rate-limited` over it; the console's pages count too
+/// (its sign-in form checks keys). `/healthz`, `/readyz` and `/metrics` are the operators' and
+/// are not counted.
 async fn limit_per_address(
     State(limits): State<Arc<RateLimits>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if request.uri().path().starts_with("/v1/") {
+    let path = request.uri().path();
+    if path.starts_with("/v1/") || path.starts_with("/console") {
         if let Some(peer) = crate::server::peer(&request) {
             if let Err(error) = limits.check_ip(peer.ip()) {
                 return error.into_response();

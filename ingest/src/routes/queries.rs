@@ -124,7 +124,7 @@ async fn timeline(
     }))
 }
 
-const IMAGES_PAGE: PageSize = PageSize {
+pub(super) const IMAGES_PAGE: PageSize = PageSize {
     default: 50,
     max: 200,
 };

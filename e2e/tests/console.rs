@@ -1,0 +1,147 @@
+//! The console's pages over HTTP on the real stack (issue #17): signing in with a key kept in
+//! an HttpOnly cookie, the gallery and an image's page, without JavaScript.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use imgpipe_e2e::fixtures::kite;
+use imgpipe_e2e::Pipeline;
+use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
+use reqwest::redirect::Policy;
+
+fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// Signs in with `key`; the session cookie's `name=value`.
+async fn sign_in(pipeline: &Pipeline, http: &reqwest::Client, key: &str) -> String {
+    let response = http
+        .post(pipeline.url("/console/sign-in"))
+        .form(&[("key", key), ("next", "/console")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()[LOCATION], "/console");
+    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_string();
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    assert!(
+        !cookie.contains(key),
+        "the key is not in the cookie as typed: {cookie}"
+    );
+    cookie.split(';').next().unwrap().to_string()
+}
+
+async fn page(
+    pipeline: &Pipeline,
+    http: &reqwest::Client,
+    cookie: &str,
+    path: &str,
+) -> (u16, String) {
+    let response = http
+        .get(pipeline.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    assert!(response.headers().contains_key(CONTENT_SECURITY_POLICY));
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
+    let pipeline = Pipeline::start().await.unwrap();
+    let http = browser();
+    let (status, accepted) = pipeline.upload(kite()).await.unwrap();
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    pipeline
+        .wait_until_settled(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+
+    // Not signed in: to the sign-in page, and back afterwards.
+    let response = http.get(pipeline.url("/console")).send().await.unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(
+        response.headers()[LOCATION],
+        "/console/sign-in?next=/console"
+    );
+    let (status, form) = page(&pipeline, &http, "", "/console/sign-in?next=/console").await;
+    assert_eq!(status, 200);
+    assert!(form.contains("name=\"key\""), "{form}");
+
+    // A wrong key is refused; the right one signs in.
+    let wrong = http
+        .post(pipeline.url("/console/sign-in"))
+        .form(&[("key", "not-a-key")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert!(!wrong.headers().contains_key(SET_COOKIE));
+    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+
+    let (status, gallery) = page(&pipeline, &http, &cookie, "/console").await;
+    assert_eq!(status, 200);
+    assert!(gallery.contains(&id), "the gallery lists the upload");
+    let (_, failed_only) = page(&pipeline, &http, &cookie, "/console?status=failed").await;
+    assert!(!failed_only.contains(&id), "the filter hides a ready image");
+    let (status, _) = page(&pipeline, &http, &cookie, "/console?status=exploded").await;
+    assert_eq!(status, 400);
+
+    let (status, image) = page(&pipeline, &http, &cookie, &format!("/console/images/{id}")).await;
+    assert_eq!(status, 200);
+    for expected in [
+        "ImageUploaded",
+        "ImageProcessed",
+        "thumb",
+        "medium",
+        "large",
+        "ready",
+    ] {
+        assert!(image.contains(expected), "the image page shows {expected}");
+    }
+
+    // Another client's image is not found; so is a signed-out session's.
+    let other = sign_in(&pipeline, &http, &pipeline.other_api_key).await;
+    let (status, _) = page(&pipeline, &http, &other, &format!("/console/images/{id}")).await;
+    assert_eq!(status, 404);
+    let (_, others_gallery) = page(&pipeline, &http, &other, "/console").await;
+    assert!(!others_gallery.contains(&id));
+    pipeline.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_form_sent_from_another_site_is_refused() {
+    let pipeline = Pipeline::start().await.unwrap();
+    let http = browser();
+    let forged = http
+        .post(pipeline.url("/console/sign-in"))
+        .header("origin", "https://evil.example")
+        .form(&[("key", pipeline.api_key.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    assert!(!forged.headers().contains_key(SET_COOKIE));
+    // Signing out ends the session.
+    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+    let out = http
+        .post(pipeline.url("/console/sign-out"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 303);
+    assert!(out.headers()[SET_COOKIE]
+        .to_str()
+        .unwrap()
+        .contains("Max-Age=0"));
+    pipeline.stop().await.unwrap();
+}

@@ -1,0 +1,201 @@
+//! The console's pages (maud: markup checked at compile time, every value escaped). Plain HTML
+//! forms and links, so every page works without JavaScript; landmarks, labels and visible focus
+//! for keyboard and screen-reader use; one column under 40em wide (360 px phones).
+
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use imgpipe_schemas::state::Status;
+use maud::{html, Markup, DOCTYPE};
+use serde_json::Value;
+
+use crate::db::{ListedImageRow, TimelineRow};
+
+fn layout(title: &str, client: Option<&str>, body: Markup) -> Html<String> {
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) " · imgpipe" }
+                link rel="stylesheet" href="/console/console.css";
+            }
+            body {
+                a class="skip" href="#main" { "Skip to content" }
+                header {
+                    nav aria-label="Console" {
+                        a href="/console" class="brand" { "imgpipe" }
+                        @if let Some(client) = client {
+                            a href="/console" { "Images" }
+                            span class="who" { "Signed in as " strong { (client) } }
+                            form method="post" action="/console/sign-out" class="inline" {
+                                button type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main id="main" { (body) }
+            }
+        }
+    };
+    Html(page.into_string())
+}
+
+pub(super) fn sign_in(next: &str, error: Option<&str>) -> Html<String> {
+    layout(
+        "Sign in",
+        None,
+        html! {
+            h1 { "Sign in" }
+            @if let Some(error) = error {
+                p class="error" role="alert" { (error) }
+            }
+            form method="post" action="/console/sign-in" class="stack" {
+                input type="hidden" name="next" value=(next);
+                label for="key" { "API key" }
+                input id="key" name="key" type="password" autocomplete="current-password" required autofocus;
+                button type="submit" { "Sign in" }
+            }
+            p class="hint" {
+                "The key stays in this browser's session cookie (HttpOnly) and is checked on "
+                "every page like the API's Bearer header."
+            }
+        },
+    )
+}
+
+pub(super) fn problem(status: StatusCode, message: &str) -> Response {
+    let page = layout(
+        status.canonical_reason().unwrap_or("Problem"),
+        None,
+        html! {
+            h1 { (status.canonical_reason().unwrap_or("Problem")) }
+            p role="alert" { (message) }
+            p { a href="/console" { "Back to the images" } }
+        },
+    );
+    (status, page).into_response()
+}
+
+pub(super) fn gallery(
+    client: &str,
+    rows: &[ListedImageRow],
+    status: Option<Status>,
+    next_cursor: Option<&str>,
+) -> Html<String> {
+    let chosen = status.map(Status::as_str).unwrap_or("");
+    layout(
+        "Images",
+        Some(client),
+        html! {
+            h1 { "Images" }
+            form method="get" action="/console" class="filter" {
+                label for="status" { "Status" }
+                select id="status" name="status" {
+                    option value="" selected[chosen.is_empty()] { "any" }
+                    @for word in Status::ALL {
+                        option value=(word.as_str()) selected[chosen == word.as_str()] { (word.as_str()) }
+                    }
+                }
+                button type="submit" { "Show" }
+            }
+            @if rows.is_empty() {
+                p { "No images here yet." }
+            } @else {
+                ul class="gallery" {
+                    @for row in rows {
+                        li {
+                            a href={ "/console/images/" (row.image_id) } {
+                                span class="swatch" style={ "background:" (swatch(row.dominant_color.as_deref())) } aria-hidden="true" {}
+                                span class={ "status " (row.status.as_str()) } { (row.status.as_str()) }
+                                span class="meta" {
+                                    (row.format) " · " (row.width) "×" (row.height) " · " (kib(row.bytes))
+                                }
+                                span class="id" { (row.image_id) }
+                            }
+                        }
+                    }
+                }
+            }
+            @if let Some(cursor) = next_cursor {
+                p { a rel="next" href={ "/console?status=" (chosen) "&cursor=" (cursor) } { "Older images" } }
+            }
+        },
+    )
+}
+
+pub(super) fn image(client: &str, image: &Value, timeline: &[TimelineRow]) -> Html<String> {
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    let status = image["status"].as_str().unwrap_or("");
+    layout(
+        "Image",
+        Some(client),
+        html! {
+            h1 { "Image " code { (text(&image["id"])) } }
+            p { span class={ "status " (status) } { (status) } }
+            @if let Some(failure) = image["failure"].as_object() {
+                p class="error" { "Failed: " code { (failure.get("code").map(text).unwrap_or_default()) } " " (failure.get("reason").map(text).unwrap_or_default()) }
+            }
+            dl class="facts" {
+                @for field in ["format", "width", "height", "bytes", "sha256", "spec_version", "dominant_color", "blurhash", "animated", "uploaded_at", "updated_at"] {
+                    @if !image[field].is_null() {
+                        dt { (field) }
+                        dd { (text(&image[field])) }
+                    }
+                }
+            }
+            h2 { "Variants" }
+            @if let Some(variants) = image["variants"].as_array().filter(|v| !v.is_empty()) {
+                ul class="variants" {
+                    @for variant in variants {
+                        li {
+                            a href=(text(&variant["url"])) { (text(&variant["name"])) }
+                            " " (text(&variant["width"])) "×" (text(&variant["height"])) ", " (kib(variant["bytes"].as_i64().unwrap_or(0)))
+                        }
+                    }
+                }
+            } @else {
+                p { "None yet." }
+            }
+            h2 { "Timeline" }
+            div class="scroll" {
+                table class="timeline" {
+                    thead { tr { th scope="col" { "time" } th scope="col" { "event" } th scope="col" { "topic / partition / offset" } th scope="col" { "correlation" } th scope="col" { "causation" } } }
+                    tbody {
+                        @for row in timeline {
+                            tr {
+                                td { (row.occurred_at) }
+                                td { (row.event_type) }
+                                td { (row.topic) " / " (row.partition) " / " (row.offset) }
+                                td { code { (row.correlation_id) } }
+                                td { code { (row.causation_id.map(|id| id.to_string()).unwrap_or_default()) } }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+/// A `#rrggbb` from the read model, or a neutral grey (never anything else into the style).
+fn swatch(color: Option<&str>) -> &str {
+    match color {
+        Some(c)
+            if c.len() == 7
+                && c.starts_with('#')
+                && c[1..].bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            c
+        }
+        _ => "#888888",
+    }
+}
+
+fn kib(bytes: i64) -> String {
+    format!("{:.1} KiB", bytes as f64 / 1024.0)
+}
