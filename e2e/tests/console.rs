@@ -145,3 +145,75 @@ async fn a_form_sent_from_another_site_is_refused() {
         .contains("Max-Age=0"));
     pipeline.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_consoles_scripts_reach_the_api_with_the_session_and_nothing_else() {
+    let pipeline = Pipeline::start().await.unwrap();
+    let http = browser();
+    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+
+    let (status, upload) = page(&pipeline, &http, &cookie, "/console/upload").await;
+    assert_eq!(status, 200);
+    assert!(upload.contains("id=\"drop\"") && upload.contains("/console/console.js"));
+    let script = http
+        .get(pipeline.url("/console/console.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(script.status(), 200);
+    assert!(script.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/javascript"));
+
+    // An upload through the bridge is the session's client's, whatever header it brought.
+    let accepted = http
+        .post(pipeline.url("/console/api/v1/images"))
+        .header("cookie", &cookie)
+        .bearer_auth(&pipeline.other_api_key)
+        .header("content-type", "application/octet-stream")
+        .body(kite())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(accepted.status(), 202);
+    let accepted: serde_json::Value = accepted.json().await.unwrap();
+    let id = accepted["id"].as_str().unwrap();
+    let (status, _) = pipeline.image(id).await.unwrap();
+    assert_eq!(status, 200, "the first client's image");
+    let stream = http
+        .get(pipeline.url(&format!("/console/api/v1/images/{id}/stream")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    drop(stream);
+
+    // Without a session the bridge is the API without a key; a change from another site is
+    // refused before anything else.
+    let anonymous = http
+        .get(pipeline.url("/console/api/v1/images"))
+        .bearer_auth(&pipeline.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        anonymous.status(),
+        401,
+        "a Bearer header alone does not pass the bridge"
+    );
+    let forged = http
+        .post(pipeline.url("/console/api/v1/images"))
+        .header("cookie", &cookie)
+        .header("origin", "https://evil.example")
+        .body(kite())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let body: serde_json::Value = forged.json().await.unwrap();
+    assert_eq!(body["code"], "cross-site-request");
+    pipeline.stop().await.unwrap();
+}

@@ -118,6 +118,8 @@ pub enum IngestError {
     RotationInProgress { until: String },
     #[error("this client has {limit} status streams open, the most it may; close one first")]
     TooManyStreams { limit: usize },
+    #[error("a change sent to the console from another site is refused")]
+    CrossSiteRequest,
 }
 
 #[derive(Serialize)]
@@ -192,6 +194,7 @@ impl IngestError {
                 until: String::new(),
             },
             Self::TooManyStreams { limit: 0 },
+            Self::CrossSiteRequest,
         ]
     }
 
@@ -243,13 +246,14 @@ impl IngestError {
             Self::WebhookDisabled => "webhook-disabled",
             Self::RotationInProgress { .. } => "rotation-in-progress",
             Self::TooManyStreams { .. } => "too-many-streams",
+            Self::CrossSiteRequest => "cross-site-request",
         }
     }
 
     pub fn status(&self) -> StatusCode {
         match self {
             Self::MissingApiKey | Self::InvalidApiKey => StatusCode::UNAUTHORIZED,
-            Self::InsufficientScope => StatusCode::FORBIDDEN,
+            Self::InsufficientScope | Self::CrossSiteRequest => StatusCode::FORBIDDEN,
             Self::EmptyBody
             | Self::BodyRead(_)
             | Self::InvalidMultipart(_)
@@ -408,6 +412,7 @@ mod tests {
             WebhookDisabled => 43,
             RotationInProgress { .. } => 44,
             TooManyStreams { .. } => 45,
+            CrossSiteRequest => 46,
         }
     }
 
@@ -417,7 +422,7 @@ mod tests {
             .iter()
             .map(variant_number)
             .collect();
-        assert_eq!(numbers, (0..=45).collect());
+        assert_eq!(numbers, (0..=46).collect());
     }
 
     #[test]

@@ -62,6 +62,10 @@ where
             .extensions
             .get::<OriginalUri>()
             .map_or(parts.uri.path(), |original| original.0.path());
+        // The console's bridge serves the same routes under its prefix.
+        let path = path
+            .strip_prefix(super::console::API_PREFIX)
+            .unwrap_or(path);
         let is_upload = parts.method == Method::POST && path == UPLOAD_PATH;
         Arc::<RateLimits>::from_ref(state).check_request(
             &grant.client,

@@ -6,8 +6,11 @@
 //! The pages read through the same queries as the API; they are not part of `/v1` and its
 //! document.
 
+mod bridge;
 mod pages;
 mod session;
+
+pub(super) use bridge::PREFIX as API_PREFIX;
 
 use axum::extract::{Form, Path, State};
 use axum::http::header::{
@@ -36,6 +39,7 @@ const TIMELINE_ROWS: i64 = 500;
 const GALLERY_PAGE: i64 = 24;
 
 const STYLESHEET: &str = include_str!("console.css");
+const SCRIPT: &str = include_str!("console.js");
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -43,7 +47,10 @@ pub(super) fn router() -> Router<AppState> {
         .route("/console/sign-in", get(sign_in_page).post(sign_in))
         .route("/console/sign-out", post(sign_out))
         .route("/console/images/{id}", get(image_page))
+        .route("/console/upload", get(upload_page))
         .route("/console/console.css", get(stylesheet))
+        .route("/console/console.js", get(script))
+        .merge(bridge::router())
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -73,6 +80,22 @@ async fn stylesheet() -> impl IntoResponse {
         ],
         STYLESHEET,
     )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [
+            (CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (CACHE_CONTROL, "public, max-age=300"),
+        ],
+        SCRIPT,
+    )
+}
+
+/// Uploading several files at once, each with its progress and then its live status (the
+/// script, through the bridge); without JavaScript the page says so.
+async fn upload_page(session: ConsoleClient) -> Response {
+    pages::upload(&session.client).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -27,6 +27,7 @@ fn layout(title: &str, client: Option<&str>, body: Markup) -> Html<String> {
                         a href="/console" class="brand" { "imgpipe" }
                         @if let Some(client) = client {
                             a href="/console" { "Images" }
+                            a href="/console/upload" { "Upload" }
                             span class="who" { "Signed in as " strong { (client) } }
                             form method="post" action="/console/sign-out" class="inline" {
                                 button type="submit" { "Sign out" }
@@ -60,6 +61,24 @@ pub(super) fn sign_in(next: &str, error: Option<&str>) -> Html<String> {
                 "The key stays in this browser's session cookie (HttpOnly) and is checked on "
                 "every page like the API's Bearer header."
             }
+        },
+    )
+}
+
+pub(super) fn upload(client: &str) -> Html<String> {
+    layout(
+        "Upload",
+        Some(client),
+        html! {
+            h1 { "Upload" }
+            noscript { p class="error" { "Uploading from this page needs JavaScript; the API (POST /v1/images) does not." } }
+            div id="drop" class="drop" tabindex="0" role="region" aria-label="Drop images here" {
+                p { "Drop images here, or " }
+                label for="files" class="button" { "choose files" }
+                input id="files" type="file" multiple accept="image/*";
+            }
+            ul id="uploads" class="uploads" aria-live="polite" {}
+            script src="/console/console.js" defer {}
         },
     )
 }

@@ -52,7 +52,7 @@ impl FromRequestParts<AppState> for ConsoleClient {
 }
 
 /// The key the session cookie holds, if there is one that decodes.
-fn session_key(headers: &HeaderMap) -> Option<String> {
+pub(super) fn session_key(headers: &HeaderMap) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
