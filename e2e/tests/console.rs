@@ -217,3 +217,63 @@ async fn the_consoles_scripts_reach_the_api_with_the_session_and_nothing_else() 
     assert_eq!(body["code"], "cross-site-request");
     pipeline.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_images_page_shows_it_as_it_was_at_a_time() {
+    let pipeline = Pipeline::start().await.unwrap();
+    let http = browser();
+    let (status, accepted) = pipeline.upload(kite()).await.unwrap();
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_string();
+    pipeline
+        .wait_until_settled(&id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    let (_, events) = pipeline.timeline(&id).await.unwrap();
+    let uploaded_at = events[0]["occurred_at"].as_str().unwrap().to_string();
+    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+
+    // At the upload's own time: uploaded, no variants, the result marked as later.
+    let at = uploaded_at.replace('+', "%2B");
+    let (status, then) = page(
+        &pipeline,
+        &http,
+        &cookie,
+        &format!("/console/images/{id}?as_of={at}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{then}");
+    assert!(then.contains("status uploaded"), "{then}");
+    assert!(then.contains("None yet."), "no variants then");
+    assert!(
+        then.contains("class=\"later\""),
+        "the later events are marked"
+    );
+    // The page's own picker sends a datetime-local value (seconds, no zone): read as UTC.
+    let (status, _) = page(
+        &pipeline,
+        &http,
+        &cookie,
+        &format!("/console/images/{id}?as_of=2999-01-01T00:00:00"),
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Before the upload there is nothing to show.
+    let (status, _) = page(
+        &pipeline,
+        &http,
+        &cookie,
+        &format!("/console/images/{id}?as_of=2000-01-01T00:00"),
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = page(
+        &pipeline,
+        &http,
+        &cookie,
+        &format!("/console/images/{id}?as_of=yesterday"),
+    )
+    .await;
+    assert_eq!(status, 400);
+    pipeline.stop().await.unwrap();
+}

@@ -208,12 +208,34 @@ async fn gallery(
     pages::gallery(&session.client, &rows, status, next_cursor.as_deref()).into_response()
 }
 
-/// One image: metadata, variants with their URLs, the timeline.
+#[derive(Debug, Deserialize)]
+struct ImageQuery {
+    /// An RFC 3339 time, or a `datetime-local` value (`2026-11-30T07:52`, read as UTC).
+    as_of: Option<String>,
+}
+
+/// One image: metadata, variants with their URLs, the timeline; with `as_of`, the image as it
+/// was then (the same fold as `GET /v1/images/{id}?as_of=`) and the later events marked.
 async fn image_page(
     State(state): State<AppState>,
     session: ConsoleClient,
     Path(id): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ImageQuery>,
 ) -> Response {
+    let as_of = match query.as_of.as_deref().filter(|t| !t.is_empty()) {
+        None => None,
+        // A datetime-local value comes with or without seconds, and without a zone.
+        Some(text) => match super::as_of::parse(text)
+            .or_else(|_| super::as_of::parse(&format!("{text}Z")))
+            .or_else(|_| super::as_of::parse(&format!("{text}:00Z")))
+        {
+            Ok(at) => Some(at),
+            Err(_) => {
+                return pages::problem(StatusCode::BAD_REQUEST, "That time is not one to read.")
+                    .into_response()
+            }
+        },
+    };
     let (image_id, image) = match owned_image(&state, &session.client, id).await {
         Ok(found) => found,
         Err(IngestError::ImageNotFound | IngestError::InvalidImageId(_)) => {
@@ -225,13 +247,31 @@ async fn image_page(
         Ok(rows) => rows,
         Err(error) => return unavailable(IngestError::DatabaseUnavailable(error)),
     };
-    let status = match current(&state, image_id, image).await {
+    let status = match as_of {
+        None => current(&state, image_id, image).await,
+        Some(at) => super::as_of::image_at(&state, image_id, at).await,
+    };
+    let status = match status {
         Ok(status) => status,
+        Err(IngestError::NotYetUploaded(_)) => {
+            return pages::problem(
+                StatusCode::NOT_FOUND,
+                "The image was not uploaded yet then.",
+            )
+            .into_response()
+        }
+        Err(IngestError::AsOfUnavailable(_)) => {
+            return pages::problem(
+                StatusCode::CONFLICT,
+                "This image's events up to then were projected before the timeline kept them.",
+            )
+            .into_response()
+        }
         Err(error) => return unavailable(error),
     };
     // The API's own answer, so the page shows what `GET /v1/images/{id}` says.
     let image = serde_json::to_value(&status).unwrap_or_default();
-    pages::image(&session.client, &image, &timeline).into_response()
+    pages::image(&session.client, &image, &timeline, as_of).into_response()
 }
 
 /// A dependency is down: the page says so (the cause goes to the log).

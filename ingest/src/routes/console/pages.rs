@@ -7,6 +7,8 @@ use axum::response::{Html, IntoResponse, Response};
 use imgpipe_schemas::state::Status;
 use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
 
 use crate::db::{ListedImageRow, TimelineRow};
 
@@ -143,18 +145,38 @@ pub(super) fn gallery(
     )
 }
 
-pub(super) fn image(client: &str, image: &Value, timeline: &[TimelineRow]) -> Html<String> {
+pub(super) fn image(
+    client: &str,
+    image: &Value,
+    timeline: &[TimelineRow],
+    as_of: Option<OffsetDateTime>,
+) -> Html<String> {
     let text = |v: &Value| {
         v.as_str()
             .map(str::to_string)
             .unwrap_or_else(|| v.to_string())
     };
     let status = image["status"].as_str().unwrap_or("");
+    let id = text(&image["id"]);
+    let picked = as_of
+        // A datetime-local value: the RFC 3339 text without its fraction and zone.
+        .and_then(|at| at.format(&Rfc3339).ok())
+        .and_then(|text| text.get(..19).map(str::to_string))
+        .unwrap_or_default();
     layout(
         "Image",
         Some(client),
         html! {
-            h1 { "Image " code { (text(&image["id"])) } }
+            h1 { "Image " code { (id) } }
+            form method="get" action={ "/console/images/" (id) } class="filter" {
+                label for="as_of" { "As of (UTC)" }
+                input id="as_of" name="as_of" type="datetime-local" step="1" value=(picked);
+                button type="submit" { "Show" }
+                @if as_of.is_some() { a href={ "/console/images/" (id) } { "now" } }
+            }
+            @if let Some(at) = as_of {
+                p class="hint" { "As it was at " (at) ", folded from its timeline; later events are marked below." }
+            }
             p { span class={ "status " (status) } { (status) } }
             @if let Some(failure) = image["failure"].as_object() {
                 p class="error" { "Failed: " code { (failure.get("code").map(text).unwrap_or_default()) } " " (failure.get("reason").map(text).unwrap_or_default()) }
@@ -186,7 +208,7 @@ pub(super) fn image(client: &str, image: &Value, timeline: &[TimelineRow]) -> Ht
                     thead { tr { th scope="col" { "time" } th scope="col" { "event" } th scope="col" { "topic / partition / offset" } th scope="col" { "correlation" } th scope="col" { "causation" } } }
                     tbody {
                         @for row in timeline {
-                            tr {
+                            tr class=[as_of.filter(|at| row.occurred_at > *at).map(|_| "later")] {
                                 td { (row.occurred_at) }
                                 td { (row.event_type) }
                                 td { (row.topic) " / " (row.partition) " / " (row.offset) }
