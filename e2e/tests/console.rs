@@ -90,6 +90,26 @@ async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
     let (status, gallery) = page(&pipeline, &http, &cookie, "/console").await;
     assert_eq!(status, 200);
     assert!(gallery.contains(&id), "the gallery lists the upload");
+    // Its BlurHash placeholder is drawn on the server: an 8x6 bitmap, no script needed.
+    let start = gallery
+        .find("/console/placeholder.bmp?hash=")
+        .expect("a placeholder");
+    let src = &gallery[start..start + gallery[start..].find('"').unwrap()];
+    let bitmap = http
+        .get(pipeline.url(&src.replace("&amp;", "&")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bitmap.status(), 200);
+    assert_eq!(bitmap.headers()["content-type"], "image/bmp");
+    let bytes = bitmap.bytes().await.unwrap();
+    assert_eq!((&bytes[..2], bytes.len()), (&b"BM"[..], 54 + 8 * 6 * 3));
+    let bad = http
+        .get(pipeline.url("/console/placeholder.bmp?hash=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
     let (_, failed_only) = page(&pipeline, &http, &cookie, "/console?status=failed").await;
     assert!(!failed_only.contains(&id), "the filter hides a ready image");
     let (status, _) = page(&pipeline, &http, &cookie, "/console?status=exploded").await;

@@ -8,6 +8,7 @@
 
 mod bridge;
 mod pages;
+mod placeholder;
 mod session;
 
 pub(super) use bridge::PREFIX as API_PREFIX;
@@ -49,6 +50,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/console/images/{id}", get(image_page))
         .route("/console/upload", get(upload_page))
         .route("/console/console.css", get(stylesheet))
+        .route("/console/placeholder.bmp", get(placeholder::placeholder))
         .route("/console/console.js", get(script))
         .merge(bridge::router())
         .layer(axum::middleware::map_response(security_headers))

@@ -127,7 +127,11 @@ pub(super) fn gallery(
                     @for row in rows {
                         li {
                             a href={ "/console/images/" (row.image_id) } {
-                                span class="swatch" style={ "background:" (swatch(row.dominant_color.as_deref())) } aria-hidden="true" {}
+                                span class="swatch" style={ "background:" (swatch(row.dominant_color.as_deref())) } aria-hidden="true" {
+                                    @if let Some(hash) = &row.blurhash {
+                                        img src={ "/console/placeholder.bmp?hash=" (encode_query(hash)) } alt="" loading="lazy";
+                                    }
+                                }
                                 span class={ "status " (row.status.as_str()) } { (row.status.as_str()) }
                                 span class="meta" {
                                     (row.format) " · " (row.width) "×" (row.height) " · " (kib(row.bytes))
@@ -235,6 +239,19 @@ fn swatch(color: Option<&str>) -> &str {
         }
         _ => "#888888",
     }
+}
+
+/// A query value with everything but unreserved characters percent-encoded (a BlurHash has
+/// `#`, `+`, `%` and other characters a URL would misread).
+fn encode_query(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn kib(bytes: i64) -> String {
