@@ -13,21 +13,6 @@ pub enum AdminError {
     Infra(#[from] InfraError),
     #[error(transparent)]
     Projector(#[from] ProjectorError),
-    #[error("no record of {topic} arrived for {waited:?} with {unread} partitions unread")]
-    ReadStalled {
-        topic: String,
-        waited: Duration,
-        unread: usize,
-    },
-    #[error("reading or committing the redrive group's position")]
-    RedrivePosition(#[source] InfraError),
-    #[error("putting {record} back on {topic}")]
-    PuttingBack {
-        record: String,
-        topic: String,
-        #[source]
-        source: Box<rdkafka::error::KafkaError>,
-    },
     #[error("image {image} has no ImageUploaded on {topic}")]
     NotUploaded { image: uuid::Uuid, topic: String },
     /// Some requests of a reprocess were appended, then one failed.

@@ -43,9 +43,10 @@ enum Command {
     /// consumer group `imgpipe-redrive` (after the topic prefix) left off, and commits a
     /// record's offset only once the broker acknowledged its copy: a second run moves nothing
     /// the first one moved. A record several consumer groups dead-lettered moves once (one copy
-    /// reaches every group). `--dry-run` and `--image` commit nothing, so a later unfiltered
-    /// run moves the filtered image's records again; consumers are idempotent, so that is
-    /// harmless. Progress goes to stderr, the summary to stdout.
+    /// reaches every group). `--dry-run` commits nothing. `--image` commits only past the
+    /// image's records at the head of the topic's partitions: its records behind another
+    /// image's move again in a later unfiltered run, which is harmless (consumers are
+    /// idempotent). Progress goes to stderr, the summary to stdout.
     #[command(verbatim_doc_comment)]
     Redrive {
         /// Only this image's dead letters; the others stay for a later run.
@@ -307,11 +308,7 @@ async fn main() -> anyhow::Result<()> {
             json,
             progress_every,
         } => {
-            let options = redrive::Options {
-                image,
-                dry_run,
-                progress_every,
-            };
+            let options = redrive::options(image, dry_run, progress_every);
             redrive::run(&options, json, &mut std::io::stderr()).await?;
         }
         Command::Orphans {

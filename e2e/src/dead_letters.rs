@@ -1,11 +1,63 @@
 //! Reading what the consumers dead-lettered: the topic from its start, and the `dlq-*` headers.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use imgpipe_infra::consume::dead_letter_headers as dlq;
 use imgpipe_infra::log_reader::{LogReader, Scan, StartAt};
-use rdkafka::message::OwnedMessage;
+use imgpipe_schemas::Event;
+use rdkafka::message::{Header, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{FutureProducer, FutureRecord};
 
 pub use imgpipe_infra::log_reader::header;
+
+/// Writes the upload `event` to the dead-letter topic the way the consume loop does when the
+/// group `group` gives up on it: the record's own key, value and headers, plus the `dlq-*`
+/// ones (class `storage`, five attempts, from offset `original_offset` of partition 0).
+pub async fn write_dead_letter(
+    pipeline: &Pipeline,
+    event: &Event,
+    original_offset: i64,
+    group: &str,
+) {
+    let producer: FutureProducer = pipeline
+        .kafka
+        .client_config("dead-letterer")
+        .create()
+        .expect("a producer");
+    let topics = pipeline.kafka.topics();
+    let key = event.image_id.to_string();
+    let value = imgpipe_schemas::encode(event).expect("the event encodes");
+    let offset = original_offset.to_string();
+    let group = pipeline.kafka.group_id(group);
+    let mut headers = OwnedHeaders::new();
+    for (key, value) in [
+        ("event-type", "ImageUploaded"),
+        ("correlation-id", event.correlation_id.as_str()),
+        ("content-type", "application/vnd.imgpipe.event+avro"),
+        (dlq::ORIGINAL_TOPIC, topics.events.as_str()),
+        (dlq::ORIGINAL_PARTITION, "0"),
+        (dlq::ORIGINAL_OFFSET, offset.as_str()),
+        (dlq::ERROR_CLASS, "storage"),
+        (dlq::ERROR_MESSAGE, "s3 get: timed out"),
+        (dlq::ATTEMPTS, "5"),
+        (dlq::CONSUMER_GROUP, group.as_str()),
+    ] {
+        headers = headers.insert(Header {
+            key,
+            value: Some(value),
+        });
+    }
+    producer
+        .send(
+            FutureRecord::to(&topics.dead_letter)
+                .key(&key)
+                .payload(&value)
+                .headers(headers),
+            Duration::from_secs(10),
+        )
+        .await
+        .expect("the dead letter is written");
+}
 
 use crate::Pipeline;
 

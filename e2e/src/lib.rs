@@ -6,6 +6,7 @@
 //! The stack's addresses come from the same `IMGPIPE_*` variables the services read
 //! (`scripts/test` exports `.stack/env`); the defaults match `scripts/stack`.
 
+pub mod console;
 pub mod dead_letters;
 pub mod fixtures;
 pub mod metrics;
@@ -61,6 +62,8 @@ pub struct Pipeline {
     pub base_url: String,
     pub api_key: String,
     pub other_api_key: String,
+    /// The key of client `operator`, with `scope=admin` (the console's operator pages).
+    pub admin_api_key: String,
     pub http: reqwest::Client,
     pub store: ObjectStore,
     pub kafka: KafkaConfig,
@@ -242,7 +245,8 @@ impl Pipeline {
 
         let api_key = format!("key-{}", Uuid::new_v4());
         let other_api_key = format!("key-{}", Uuid::new_v4());
-        let mut ingest_config = namespace.ingest_config(&api_key, &other_api_key);
+        let admin_api_key = format!("key-{}", Uuid::new_v4());
+        let mut ingest_config = namespace.ingest_config(&api_key, &other_api_key, &admin_api_key);
         adjust(&mut ingest_config.ingest);
         let mut processor_config = namespace.processor_config();
         adjust_processor(&mut processor_config.processor);
@@ -281,6 +285,7 @@ impl Pipeline {
             base_url,
             api_key,
             other_api_key,
+            admin_api_key,
             http: http_client()?,
             store,
             kafka: namespace.kafka,

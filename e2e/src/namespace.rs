@@ -7,7 +7,7 @@ use imgpipe_infra::registry::RegistryConfig;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::telemetry::LogConfig;
 use imgpipe_infra::{kafka, topics, DatabaseConfig, FromEnv, KafkaConfig, S3Config};
-use imgpipe_ingest::auth::ApiKeys;
+use imgpipe_ingest::auth::{ApiKeys, ClientLimits, Scope};
 use imgpipe_webhooks::config::{DeliverySettings, WebhookSecurity};
 use imgpipe_webhooks::signature::SigningSecret;
 use uuid::Uuid;
@@ -81,14 +81,21 @@ impl Namespace {
         &self,
         api_key: &str,
         other_api_key: &str,
+        admin_api_key: &str,
     ) -> imgpipe_ingest::Config {
         imgpipe_ingest::Config {
             ingest: imgpipe_ingest::config::IngestSettings {
                 listen_addr: "127.0.0.1:0".into(),
                 api_keys: format!(
-                    "{},{}",
+                    "{},{},{}",
                     ApiKeys::entry_for("client-a", api_key),
-                    ApiKeys::entry_for("client-b", other_api_key)
+                    ApiKeys::entry_for("client-b", other_api_key),
+                    ApiKeys::entry_with(
+                        "operator",
+                        admin_api_key,
+                        Scope::Admin,
+                        ClientLimits::default()
+                    )
                 ),
                 uploads_per_minute: 0,
                 bytes_per_minute: 0,

@@ -32,6 +32,23 @@ pub fn venv_bin() -> PathBuf {
     PathBuf::from(bin.trim())
 }
 
+/// The system chromedriver (with Debian's chromium beside it): `scripts/browser` installs both
+/// where they are missing and names the driver.
+pub fn chromedriver() -> PathBuf {
+    let script = workspace_root().join("scripts/browser");
+    let output = Command::new(&script)
+        .output()
+        .unwrap_or_else(|e| panic!("{} cannot run: {e}", script.display()));
+    assert!(
+        output.status.success(),
+        "{} could not install chromium and chromium-driver (Debian's packages, as root or with \
+         sudo):\n{}",
+        script.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    PathBuf::from(String::from_utf8(output.stdout).expect("a path").trim())
+}
+
 /// A program installed in the venv (`st`, `kubectl`, `python`).
 pub fn venv_tool(name: &str) -> PathBuf {
     let tool = venv_bin().join(name);

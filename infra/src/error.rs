@@ -31,6 +31,23 @@ pub enum InfraError {
     NoSuchTopic(String),
     #[error("a blocking Kafka query did not finish")]
     Task(#[source] tokio::task::JoinError),
+    #[error("no record of {topic} arrived for {waited:?} with {unread} partitions unread")]
+    ReadStalled {
+        topic: String,
+        waited: std::time::Duration,
+        unread: usize,
+    },
+    #[error("reading or committing the redrive group's position")]
+    RedrivePosition(#[source] Box<InfraError>),
+    #[error("putting {record} back on {topic}")]
+    PuttingBack {
+        record: String,
+        topic: String,
+        #[source]
+        source: Box<rdkafka::error::KafkaError>,
+    },
+    #[error("writing progress")]
+    Progress(#[from] std::io::Error),
 }
 
 impl InfraError {

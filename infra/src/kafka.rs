@@ -16,6 +16,21 @@ use crate::registry::EventCodec;
 use crate::topics::{self, TopicSpec};
 use crate::{InfraError, KafkaConfig};
 
+/// Base names of the consumer groups (the deployment's prefix goes in front), in one place so
+/// the console's operator page can read each one's lag.
+pub mod groups {
+    /// Makes the variants (the events topic).
+    pub const PROCESSOR: &str = "imgpipe-processor";
+    /// Builds the read models (the events topic).
+    pub const PROJECTOR: &str = "imgpipe-projector";
+    /// Delivers the webhooks (the events topic).
+    pub const WEBHOOKS: &str = "imgpipe-webhooks";
+    /// Marks what was redriven (the dead-letter topic); it never consumes as a member.
+    pub const REDRIVE: &str = "imgpipe-redrive";
+    /// The groups that consume the events topic.
+    pub const ON_EVENTS: [&str; 3] = [PROCESSOR, PROJECTOR, WEBHOOKS];
+}
+
 /// Topic names with the deployment's prefix applied.
 #[derive(Debug, Clone)]
 pub struct Topics {

@@ -11,6 +11,7 @@ pub mod kafka;
 pub mod log_reader;
 pub mod metrics;
 pub mod ops;
+pub mod redrive;
 pub mod registry;
 pub mod storage;
 pub mod telemetry;

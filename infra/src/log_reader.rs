@@ -296,6 +296,23 @@ impl Scan {
         }
     }
 
+    /// [`Scan::next`], or [`InfraError::ReadStalled`] once the broker sent nothing for
+    /// `stall` (a bounded scan knows there is more to read, so silence is a fault).
+    pub async fn next_within(
+        &mut self,
+        stall: Duration,
+    ) -> Result<Option<OwnedMessage>, InfraError> {
+        match tokio::time::timeout(stall, self.next()).await {
+            Ok(Some(message)) => message.map(Some),
+            Ok(None) => Ok(None),
+            Err(_) => Err(InfraError::ReadStalled {
+                topic: self.reader.topic.clone(),
+                waited: stall,
+                unread: self.unfinished(),
+            }),
+        }
+    }
+
     /// The records as a stream, to merge scans of several topics.
     pub fn into_stream(self) -> impl futures::Stream<Item = Result<OwnedMessage, InfraError>> {
         futures::stream::unfold(self, |mut scan| async move {

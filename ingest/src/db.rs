@@ -1,6 +1,7 @@
 //! Queries against the projector's read models, and ingest's own tables. The rows are what
 //! the tables hold; what the API answers is made of them in `routes`.
 
+pub mod operator;
 pub mod webhooks;
 
 use std::collections::BTreeMap;

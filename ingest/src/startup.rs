@@ -6,13 +6,14 @@ use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
 use imgpipe_infra::InfraError;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
 use crate::config::{Config, ConfigError};
 use crate::rate_limit::RateLimits;
 use crate::routes;
-use crate::state::{AppState, WebhookSetup};
+use crate::state::{AppState, OperatorSetup, WebhookSetup};
 
 /// How long in-flight requests may run on after shutdown begins: longer than a healthy upload
 /// takes, shorter than the 60 s body timeout a stalled client could otherwise hold out.
@@ -44,18 +45,21 @@ impl Application {
                 "IMGPIPE_WEBHOOKS_SEALING_KEY is empty: the webhook routes answer 503 webhooks-disabled"
             );
         }
+        let codec = EventCodec::connect(&config.registry, &config.kafka.topics().events).await?;
+        let operator = OperatorSetup {
+            kafka: Arc::new(config.kafka.clone()),
+            codec: codec.clone(),
+            log_queries: Arc::new(Semaphore::new(1)),
+        };
         let state = AppState {
             store: ObjectStore::connect(&config.s3).await,
-            events: EventProducer::new(
-                &config.kafka,
-                "imgpipe-ingest",
-                EventCodec::connect(&config.registry, &config.kafka.topics().events).await?,
-            )?,
+            events: EventProducer::new(&config.kafka, "imgpipe-ingest", codec)?,
             pool: config.database.pool()?,
             api_keys: Arc::new(api_keys),
             settings: Arc::new(config.ingest.clone()),
             rate_limits: Arc::new(RateLimits::new(&config.ingest).map_err(BuildError::RateLimits)?),
             webhooks,
+            operator,
             stopping: CancellationToken::new(),
         };
         crate::metrics::handle();

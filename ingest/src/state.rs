@@ -5,10 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::FromRef;
 use imgpipe_infra::kafka::EventProducer;
+use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
+use imgpipe_infra::KafkaConfig;
 use imgpipe_webhooks::secret::SecretSealer;
 use imgpipe_webhooks::target::AddressPolicy;
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
@@ -25,6 +28,7 @@ pub struct AppState {
     pub settings: Arc<IngestSettings>,
     pub rate_limits: Arc<RateLimits>,
     pub webhooks: WebhookSetup,
+    pub operator: OperatorSetup,
     /// Cancelled when ingest begins to shut down, so long requests (status streams) end then
     /// instead of holding the shutdown for its whole grace.
     pub stopping: CancellationToken,
@@ -38,6 +42,17 @@ pub struct WebhookSetup {
     pub sealer: Option<Arc<SecretSealer>>,
     /// Which endpoint URLs may be registered.
     pub policy: Arc<AddressPolicy>,
+}
+
+/// What the console's operator pages read besides the read models: the log itself.
+#[derive(Clone)]
+pub struct OperatorSetup {
+    pub kafka: Arc<KafkaConfig>,
+    /// Decodes dead letters, to redrive one image's.
+    pub codec: EventCodec,
+    /// One log query (lag, the dead letters, a redrive) at a time per instance: each opens
+    /// broker clients of its own, and a redrive must not race another.
+    pub log_queries: Arc<Semaphore>,
 }
 
 impl FromRef<AppState> for Arc<ApiKeys> {

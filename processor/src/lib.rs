@@ -17,4 +17,4 @@ pub use startup::Processor;
 
 /// The consumer group the processors share (after the deployment's prefix); it also labels
 /// their consumer metrics.
-pub const GROUP: &str = "imgpipe-processor";
+pub const GROUP: &str = imgpipe_infra::kafka::groups::PROCESSOR;

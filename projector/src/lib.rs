@@ -21,4 +21,4 @@ pub use startup::Projector;
 
 /// The consumer group the projectors share (after the deployment's prefix); it also labels
 /// their consumer metrics.
-pub const GROUP: &str = "imgpipe-projector";
+pub const GROUP: &str = imgpipe_infra::kafka::groups::PROJECTOR;

@@ -9,6 +9,19 @@ use sqlx::{PgConnection, PgPool};
 /// Partition -> next offset to apply. A partition without an entry starts at the beginning.
 pub type PositionMap = BTreeMap<i32, i64>;
 
+/// The positions the projector stored with its read models (the same for every instance:
+/// what the projection has not applied is its lag).
+pub struct StoredPositions {
+    pub pool: PgPool,
+    pub topic: String,
+}
+
+impl imgpipe_infra::consume::lag::Positions for StoredPositions {
+    async fn load(&self) -> Result<PositionMap, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(load(&self.pool, &self.topic).await?)
+    }
+}
+
 /// Every stored position of `topic`.
 pub async fn load(db: &PgPool, topic: &str) -> Result<PositionMap, sqlx::Error> {
     let rows: Vec<(i32, i64)> =

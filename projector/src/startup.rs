@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Applier, ApplyMode, Rejects};
 use crate::live::{self, BatchSettings, Live, LiveConsumer, LiveEnd, PositionsContext};
 use crate::metrics::ProjectorMetrics;
-use crate::positions::{self, SharedPositions};
+use crate::positions::{self, SharedPositions, StoredPositions};
 use crate::{db, Config, ProjectorError, GROUP};
 
 /// A built projector: its ops endpoint bound, not yet consuming.
@@ -258,22 +258,6 @@ async fn load_positions(
                 }
             }
         }
-    }
-}
-
-/// The positions the projector stored with its read models (the same for every instance:
-/// what the projection has not applied is its lag).
-struct StoredPositions {
-    pool: PgPool,
-    topic: String,
-}
-
-impl lag::Positions for StoredPositions {
-    async fn load(
-        &self,
-    ) -> Result<std::collections::BTreeMap<i32, i64>, Box<dyn std::error::Error + Send + Sync>>
-    {
-        Ok(positions::load(&self.pool, &self.topic).await?)
     }
 }
 

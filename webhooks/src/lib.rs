@@ -24,4 +24,4 @@ pub use startup::Webhooks;
 
 /// The consumer group of the delivering service (after the deployment's prefix); it also labels
 /// its consumer metrics.
-pub const GROUP: &str = "imgpipe-webhooks";
+pub const GROUP: &str = imgpipe_infra::kafka::groups::WEBHOOKS;

@@ -110,18 +110,7 @@ pub async fn scan(
     let bar = crate::progress::bar(ends.records().max(0) as u64, "scan", show_progress);
     let mut state = LogState::default();
     let mut records = reader.scan(&StartAt::Beginning, &ends)?;
-    loop {
-        let message = match tokio::time::timeout(READ_STALL, records.next()).await {
-            Ok(Some(message)) => message?,
-            Ok(None) => break,
-            Err(_) => {
-                return Err(AdminError::ReadStalled {
-                    topic,
-                    waited: READ_STALL,
-                    unread: records.unfinished(),
-                })
-            }
-        };
+    while let Some(message) = records.next_within(READ_STALL).await? {
         state.records += 1;
         bar.inc(1);
         match codec.decode(message.payload().unwrap_or_default()).await? {

@@ -59,6 +59,40 @@ async fn measure(
     reader: &LogReader,
     positions: &impl Positions,
 ) -> Result<Vec<(i32, i64)>, Box<dyn std::error::Error + Send + Sync>> {
+    let lag = partition_lag(reader, positions).await?;
+    Ok(lag.iter().map(|p| (p.partition, p.lag)).collect())
+}
+
+/// One partition of a group's lag on `reader`'s topic (the console's operator page shows
+/// them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The partition's end (the next offset written).
+    pub end: i64,
+    /// The group's position (next offset to read), if it has one there.
+    pub position: Option<i64>,
+    /// Records after the position (from the partition's start without one).
+    pub lag: i64,
+}
+
+/// Measures the lag now, per partition of `reader`'s topic.
+pub async fn partition_lag(
+    reader: &LogReader,
+    positions: &impl Positions,
+) -> Result<Vec<PartitionLag>, Box<dyn std::error::Error + Send + Sync>> {
     let positions = positions.load().await?;
-    Ok(reader.ends().await?.lag(&positions))
+    let ends = reader.ends().await?;
+    Ok(ends
+        .iter()
+        .map(|(partition, span)| {
+            let position = positions.get(&partition).copied();
+            PartitionLag {
+                partition,
+                end: span.high,
+                position,
+                lag: span.after(position),
+            }
+        })
+        .collect())
 }

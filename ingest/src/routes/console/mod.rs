@@ -1,12 +1,16 @@
 //! `/console`: a small web console served by ingest itself (issue #17). Server-rendered HTML
 //! (maud) that works without JavaScript, styled by one embedded stylesheet, no third-party
-//! asset. So far: signing in with an API key, the gallery of the client's images (newest first,
-//! by status, cursor-paginated, with each one's dominant colour), and an image's page (its
-//! metadata, variants with their URLs, and its timeline with every event's position and ids).
+//! asset: signing in with an API key, the gallery of the client's images (newest first, by
+//! status, cursor-paginated, with each one's dominant colour and BlurHash), an image's page (its
+//! metadata, variants with their URLs, and its timeline with every event's position and ids),
+//! the upload page (the one that needs JavaScript), and the operator pages (`operator.rs`,
+//! scope=admin).
 //! The pages read through the same queries as the API; they are not part of `/v1` and its
 //! document.
 
 mod bridge;
+mod operator;
+mod operator_pages;
 mod pages;
 mod placeholder;
 mod session;
@@ -53,6 +57,7 @@ pub(super) fn router() -> Router<AppState> {
         .route("/console/placeholder.bmp", get(placeholder::placeholder))
         .route("/console/console.js", get(script))
         .merge(bridge::router())
+        .merge(operator::router())
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -97,7 +102,7 @@ async fn script() -> impl IntoResponse {
 /// Uploading several files at once, each with its progress and then its live status (the
 /// script, through the bridge); without JavaScript the page says so.
 async fn upload_page(session: ConsoleClient) -> Response {
-    pages::upload(&session.client).into_response()
+    pages::upload(&session).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -207,7 +212,7 @@ async fn gallery(
         at: row.uploaded_at,
         id: row.image_id,
     });
-    pages::gallery(&session.client, &rows, status, next_cursor.as_deref()).into_response()
+    pages::gallery(&session, &rows, status, next_cursor.as_deref()).into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -273,7 +278,7 @@ async fn image_page(
     };
     // The API's own answer, so the page shows what `GET /v1/images/{id}` says.
     let image = serde_json::to_value(&status).unwrap_or_default();
-    pages::image(&session.client, &image, &timeline, as_of).into_response()
+    pages::image(&session, &image, &timeline, as_of).into_response()
 }
 
 /// A dependency is down: the page says so (the cause goes to the log).

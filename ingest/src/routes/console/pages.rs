@@ -10,9 +10,10 @@ use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use super::session::ConsoleClient;
 use crate::db::{ListedImageRow, TimelineRow};
 
-fn layout(title: &str, client: Option<&str>, body: Markup) -> Html<String> {
+pub(super) fn layout(title: &str, session: Option<&ConsoleClient>, body: Markup) -> Html<String> {
     let page = html! {
         (DOCTYPE)
         html lang="en" {
@@ -27,10 +28,14 @@ fn layout(title: &str, client: Option<&str>, body: Markup) -> Html<String> {
                 header {
                     nav aria-label="Console" {
                         a href="/console" class="brand" { "imgpipe" }
-                        @if let Some(client) = client {
+                        @if let Some(session) = session {
                             a href="/console" { "Images" }
                             a href="/console/upload" { "Upload" }
-                            span class="who" { "Signed in as " strong { (client) } }
+                            @if session.scope.is_admin() {
+                                a href="/console/operator" { "Operator" }
+                                a href="/console/operator/dead-letters" { "Dead letters" }
+                            }
+                            span class="who" { "Signed in as " strong { (session.client) } }
                             form method="post" action="/console/sign-out" class="inline" {
                                 button type="submit" { "Sign out" }
                             }
@@ -67,10 +72,10 @@ pub(super) fn sign_in(next: &str, error: Option<&str>) -> Html<String> {
     )
 }
 
-pub(super) fn upload(client: &str) -> Html<String> {
+pub(super) fn upload(session: &ConsoleClient) -> Html<String> {
     layout(
         "Upload",
-        Some(client),
+        Some(session),
         html! {
             h1 { "Upload" }
             noscript { p class="error" { "Uploading from this page needs JavaScript; the API (POST /v1/images) does not." } }
@@ -99,7 +104,7 @@ pub(super) fn problem(status: StatusCode, message: &str) -> Response {
 }
 
 pub(super) fn gallery(
-    client: &str,
+    session: &ConsoleClient,
     rows: &[ListedImageRow],
     status: Option<Status>,
     next_cursor: Option<&str>,
@@ -107,7 +112,7 @@ pub(super) fn gallery(
     let chosen = status.map(Status::as_str).unwrap_or("");
     layout(
         "Images",
-        Some(client),
+        Some(session),
         html! {
             h1 { "Images" }
             form method="get" action="/console" class="filter" {
@@ -150,7 +155,7 @@ pub(super) fn gallery(
 }
 
 pub(super) fn image(
-    client: &str,
+    session: &ConsoleClient,
     image: &Value,
     timeline: &[TimelineRow],
     as_of: Option<OffsetDateTime>,
@@ -169,7 +174,7 @@ pub(super) fn image(
         .unwrap_or_default();
     layout(
         "Image",
-        Some(client),
+        Some(session),
         html! {
             h1 { "Image " code { (id) } }
             form method="get" action={ "/console/images/" (id) } class="filter" {
@@ -254,6 +259,6 @@ fn encode_query(text: &str) -> String {
         .collect()
 }
 
-fn kib(bytes: i64) -> String {
+pub(super) fn kib(bytes: i64) -> String {
     format!("{:.1} KiB", bytes as f64 / 1024.0)
 }

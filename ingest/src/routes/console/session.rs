@@ -23,7 +23,6 @@ const MAX_AGE_SECS: u64 = 12 * 3600;
 /// afterwards).
 pub(super) struct ConsoleClient {
     pub(super) client: Arc<str>,
-    #[allow(dead_code)] // The operator pages (scope=admin) come next.
     pub(super) scope: Scope,
 }
 

@@ -1,0 +1,72 @@
+//! The console as a browser without JavaScript sees it: signing in, then pages and forms with
+//! the session cookie.
+
+use reqwest::header::SET_COOKIE;
+use reqwest::redirect::Policy;
+
+use crate::Pipeline;
+
+/// A browser-like client of the console: no redirects followed, the session cookie sent.
+pub struct Console {
+    pub http: reqwest::Client,
+    /// The session cookie's `name=value`.
+    pub cookie: String,
+}
+
+impl Console {
+    /// Signs in with `key` (which must be one the pipeline knows).
+    pub async fn sign_in(pipeline: &Pipeline, key: &str) -> Self {
+        let http = reqwest::Client::builder()
+            .redirect(Policy::none())
+            .build()
+            .expect("an HTTP client");
+        let response = http
+            .post(pipeline.url("/console/sign-in"))
+            .form(&[("key", key), ("next", "/console")])
+            .send()
+            .await
+            .expect("the console answers");
+        assert_eq!(response.status(), 303, "signing in");
+        let cookie = response.headers()[SET_COOKIE]
+            .to_str()
+            .expect("a cookie of visible ASCII");
+        let cookie = cookie.split(';').next().unwrap_or_default().to_string();
+        Self { http, cookie }
+    }
+
+    /// A page: its status and HTML.
+    pub async fn get(&self, pipeline: &Pipeline, path: &str) -> (u16, String) {
+        let response = self
+            .http
+            .get(pipeline.url(path))
+            .header("cookie", &self.cookie)
+            .send()
+            .await
+            .expect("the console answers");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("the console answers"),
+        )
+    }
+
+    /// A form sent from the console's own pages.
+    pub async fn post(
+        &self,
+        pipeline: &Pipeline,
+        path: &str,
+        form: &[(&str, &str)],
+    ) -> (u16, String) {
+        let response = self
+            .http
+            .post(pipeline.url(path))
+            .header("cookie", &self.cookie)
+            .form(form)
+            .send()
+            .await
+            .expect("the console answers");
+        (
+            response.status().as_u16(),
+            response.text().await.expect("the console answers"),
+        )
+    }
+}
