@@ -101,7 +101,8 @@ def main():
         wait.until(
             lambda d: d.execute_script(
                 "const img = document.querySelector(\"li.upload[data-status='ready'] img\");"
-                "return img && !img.hidden && img.complete && img.naturalWidth > 0;"
+                "return img && img.dataset.loaded === 'true' && img.complete"
+                "  && img.naturalWidth > 0;"
             )
         )
         seen["uploaded_id"] = ready.get_attribute("data-id")
@@ -128,6 +129,20 @@ def main():
         seen["gallery_ids"] = [
             e.text for e in driver.find_elements(By.CSS_SELECTOR, "ul.gallery .id")
         ]
+        # Each card's BlurHash, drawn by the server as an 8x6 bitmap.
+        seen["gallery_placeholders"] = wait.until(
+            lambda d: d.execute_script(
+                "return Array.from(document.querySelectorAll(\"ul.gallery img[src*='placeholder.bmp']\"))"
+                "  .filter(img => img.complete && img.naturalWidth === 8).length;"
+            )
+        )
+        # And over it, once loaded, the smallest variant from the object store.
+        seen["gallery_thumbs"] = wait.until(
+            lambda d: d.execute_script(
+                "return Array.from(document.querySelectorAll('ul.gallery img.thumb'))"
+                "  .filter(img => img.complete && img.naturalWidth === 256).length;"
+            )
+        )
         shot(driver, "05-gallery")
         driver.set_window_size(360, 800)
         driver.get(f"{BASE}/console")

@@ -90,6 +90,10 @@ async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
     let (status, gallery) = page(&pipeline, &http, &cookie, "/console").await;
     assert_eq!(status, 200);
     assert!(gallery.contains(&id), "the gallery lists the upload");
+    // With its variants and their sizes.
+    for variant in ["thumb 256×160", "medium 1024×640", "large 2048×1280"] {
+        assert!(gallery.contains(variant), "{variant}: {gallery}");
+    }
     // Its BlurHash placeholder is drawn on the server: an 8x6 bitmap, no script needed.
     let start = gallery
         .find("/console/placeholder.bmp?hash=")

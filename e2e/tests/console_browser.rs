@@ -125,6 +125,10 @@ async fn the_console_works_in_a_real_browser() {
             .any(|g| g == id),
         "{seen}"
     );
+    assert!(
+        seen["gallery_placeholders"].as_i64().unwrap() >= 1,
+        "{seen}"
+    );
     assert!(seen["narrow_overflow"].as_i64().unwrap() <= 0, "{seen}");
     assert_eq!(seen["lag_tables"], 4, "{seen}");
 

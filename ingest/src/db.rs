@@ -136,6 +136,32 @@ pub async fn variants(pool: &PgPool, image_id: Uuid) -> Result<Vec<VariantRow>, 
     .await
 }
 
+/// A variant's size, for a list of images (the console's gallery).
+#[derive(Debug, sqlx::FromRow)]
+pub struct VariantSize {
+    pub image_id: Uuid,
+    pub name: String,
+    #[sqlx(rename = "object_key")]
+    pub key: String,
+    pub width: i32,
+    pub height: i32,
+    pub bytes: i64,
+}
+
+/// The variants of every image in `images` (one page of a listing), smallest first.
+pub async fn variant_sizes(
+    pool: &PgPool,
+    images: &[Uuid],
+) -> Result<Vec<VariantSize>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT image_id, name, object_key, width, height, bytes
+         FROM variants WHERE image_id = ANY($1) ORDER BY image_id, width, name",
+    )
+    .bind(images)
+    .fetch_all(pool)
+    .await
+}
+
 pub async fn ping(pool: &PgPool) -> Result<(), sqlx::Error> {
     sqlx::query("SELECT 1").execute(pool).await.map(|_| ())
 }

@@ -50,10 +50,21 @@
       ui.state.textContent = image.status;
       ui.li.dataset.status = image.status;
       if (image.dominant_color) ui.thumb.style.background = image.dominant_color;
-      const thumb = (image.variants || []).find(function (v) { return v.name === "thumb"; });
-      if (thumb && thumb.url) {
-        ui.thumb.src = thumb.url;
+      // The BlurHash (drawn by the server) until the thumbnail itself has arrived.
+      if (image.blurhash && !ui.thumb.dataset.loaded) {
+        ui.thumb.src = "/console/placeholder.bmp?hash=" + encodeURIComponent(image.blurhash);
         ui.thumb.hidden = false;
+      }
+      const thumb = (image.variants || []).find(function (v) { return v.name === "thumb"; });
+      if (thumb && thumb.url && !ui.fetching) {
+        ui.fetching = true;
+        const real = new Image();
+        real.onload = function () {
+          ui.thumb.src = thumb.url;
+          ui.thumb.dataset.loaded = "true";
+          ui.thumb.hidden = false;
+        };
+        real.src = thumb.url;
       }
       if (image.status === "failed" && image.failure) {
         ui.state.textContent = "failed: " + image.failure.code + " " + (image.failure.reason || "");

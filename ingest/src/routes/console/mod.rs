@@ -212,7 +212,32 @@ async fn gallery(
         at: row.uploaded_at,
         id: row.image_id,
     });
-    pages::gallery(&session, &rows, status, next_cursor.as_deref()).into_response()
+    let ids: Vec<_> = rows.iter().map(|row| row.image_id).collect();
+    let variants = match db::variant_sizes(&state.pool, &ids).await {
+        Ok(variants) => variants,
+        Err(error) => return unavailable(IngestError::DatabaseUnavailable(error)),
+    };
+    // Each card shows its smallest variant over the BlurHash (a presigned URL: the browser
+    // fetches it from the object store without the key).
+    let ttl = std::time::Duration::from_secs(state.settings.presign_ttl_secs);
+    let mut thumbs = std::collections::BTreeMap::new();
+    for variant in &variants {
+        if thumbs.contains_key(&variant.image_id) {
+            continue;
+        }
+        match state.store.presigned_get(&variant.key, ttl).await {
+            Ok(url) => thumbs.insert(variant.image_id, url),
+            Err(error) => return unavailable(IngestError::StorageUnavailable(error)),
+        };
+    }
+    let gallery = pages::Gallery {
+        rows: &rows,
+        variants: &variants,
+        thumbs: &thumbs,
+        status,
+        next_cursor: next_cursor.as_deref(),
+    };
+    pages::gallery(&session, &gallery).into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,6 +2,8 @@
 //! forms and links, so every page works without JavaScript; landmarks, labels and visible focus
 //! for keyboard and screen-reader use; one column under 40em wide (360 px phones).
 
+use std::collections::BTreeMap;
+
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use imgpipe_schemas::state::Status;
@@ -9,9 +11,10 @@ use maud::{html, Markup, DOCTYPE};
 use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use uuid::Uuid;
 
 use super::session::ConsoleClient;
-use crate::db::{ListedImageRow, TimelineRow};
+use crate::db::{ListedImageRow, TimelineRow, VariantSize};
 
 pub(super) fn layout(title: &str, session: Option<&ConsoleClient>, body: Markup) -> Html<String> {
     let page = html! {
@@ -103,12 +106,26 @@ pub(super) fn problem(status: StatusCode, message: &str) -> Response {
     (status, page).into_response()
 }
 
-pub(super) fn gallery(
-    session: &ConsoleClient,
-    rows: &[ListedImageRow],
-    status: Option<Status>,
-    next_cursor: Option<&str>,
-) -> Html<String> {
+/// One page of the gallery.
+#[derive(Clone, Copy)]
+pub(super) struct Gallery<'a> {
+    pub(super) rows: &'a [ListedImageRow],
+    /// The page's images' variants, by image.
+    pub(super) variants: &'a [VariantSize],
+    /// Each image's smallest variant's URL.
+    pub(super) thumbs: &'a BTreeMap<Uuid, String>,
+    pub(super) status: Option<Status>,
+    pub(super) next_cursor: Option<&'a str>,
+}
+
+pub(super) fn gallery(session: &ConsoleClient, gallery: &Gallery<'_>) -> Html<String> {
+    let Gallery {
+        rows,
+        variants,
+        thumbs,
+        status,
+        next_cursor,
+    } = *gallery;
     let chosen = status.map(Status::as_str).unwrap_or("");
     layout(
         "Images",
@@ -136,10 +153,19 @@ pub(super) fn gallery(
                                     @if let Some(hash) = &row.blurhash {
                                         img src={ "/console/placeholder.bmp?hash=" (encode_query(hash)) } alt="" loading="lazy";
                                     }
+                                    @if let Some(url) = thumbs.get(&row.image_id) {
+                                        img class="thumb" src=(url) alt="" loading="lazy";
+                                    }
                                 }
                                 span class={ "status " (row.status.as_str()) } { (row.status.as_str()) }
                                 span class="meta" {
                                     (row.format) " · " (row.width) "×" (row.height) " · " (kib(row.bytes))
+                                }
+                                @let sizes = variants.iter().filter(|v| v.image_id == row.image_id);
+                                span class="variants-of" {
+                                    @for variant in sizes {
+                                        span { (variant.name) " " (variant.width) "×" (variant.height) " " (kib(variant.bytes)) }
+                                    }
                                 }
                                 span class="id" { (row.image_id) }
                             }
