@@ -17,25 +17,25 @@ use crate::db::{ImageRow, VariantRow};
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct ImageStatus {
-    id: Uuid,
+    pub(in crate::routes) id: Uuid,
     #[serde(flatten)]
-    image: ImageFields,
+    pub(in crate::routes) image: ImageFields,
     /// Why processing failed; null unless the status is `failed`.
-    failure: Option<Failure>,
-    variants: Vec<Variant>,
+    pub(in crate::routes) failure: Option<Failure>,
+    pub(in crate::routes) variants: Vec<Variant>,
     /// When the variants' `url`s stop working (RFC 3339); fetch the image again for new ones.
     /// Absent with `as_of`, whose variants have no `url`.
     #[serde(
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
-    urls_expire_at: Option<OffsetDateTime>,
+    pub(in crate::routes) urls_expire_at: Option<OffsetDateTime>,
     /// The `as_of` time asked for (RFC 3339): the image is as it was then. Absent without it.
     #[serde(
         with = "time::serde::rfc3339::option",
         skip_serializing_if = "Option::is_none"
     )]
-    as_of: Option<OffsetDateTime>,
+    pub(in crate::routes) as_of: Option<OffsetDateTime>,
 }
 
 impl ImageStatus {
@@ -125,37 +125,37 @@ impl ImageStatus {
 // The document calls it `ImageRow`, the name it had when the database row was served as is.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = ImageRow)]
-struct ImageFields {
+pub(super) struct ImageFields {
     #[schema(value_type = String)]
-    status: Status,
-    format: String,
-    bytes: i64,
-    sha256: String,
-    width: i32,
-    height: i32,
-    spec_version: Option<i32>,
+    pub(in crate::routes) status: Status,
+    pub(in crate::routes) format: String,
+    pub(in crate::routes) bytes: i64,
+    pub(in crate::routes) sha256: String,
+    pub(in crate::routes) width: i32,
+    pub(in crate::routes) height: i32,
+    pub(in crate::routes) spec_version: Option<i32>,
     /// `#rrggbb`; null until processed, and for images processed before schema v2.
-    dominant_color: Option<String>,
-    blurhash: Option<String>,
+    pub(in crate::routes) dominant_color: Option<String>,
+    pub(in crate::routes) blurhash: Option<String>,
     /// The original is an animation (GIF or WebP of more than one frame) and the variants show
     /// its first frame; false until processed, and for images processed before schema v3.
-    animated: bool,
+    pub(in crate::routes) animated: bool,
     /// The upload form's `metadata`; `{}` when it had none.
-    metadata: BTreeMap<String, String>,
+    pub(in crate::routes) metadata: BTreeMap<String, String>,
     #[serde(with = "time::serde::rfc3339")]
-    uploaded_at: OffsetDateTime,
+    pub(in crate::routes) uploaded_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
-    updated_at: OffsetDateTime,
+    pub(in crate::routes) updated_at: OffsetDateTime,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
 pub(super) struct Variant {
     #[serde(flatten)]
-    stored: VariantFields,
+    pub(in crate::routes) stored: VariantFields,
     /// A presigned GET URL for the WebP: no Authorization header, valid until `urls_expire_at`.
     /// Absent with `as_of`: a past variant may no longer exist.
     #[serde(skip_serializing_if = "Option::is_none")]
-    url: Option<String>,
+    pub(in crate::routes) url: Option<String>,
 }
 
 impl Variant {
@@ -179,23 +179,23 @@ impl Variant {
 // The document calls it `VariantRow`, as `ImageFields` is `ImageRow`.
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = VariantRow)]
-struct VariantFields {
-    name: String,
+pub(super) struct VariantFields {
+    pub(in crate::routes) name: String,
     /// The object key in the bucket.
-    key: String,
-    format: String,
-    width: i32,
-    height: i32,
-    bytes: i64,
-    sha256: String,
+    pub(in crate::routes) key: String,
+    pub(in crate::routes) format: String,
+    pub(in crate::routes) width: i32,
+    pub(in crate::routes) height: i32,
+    pub(in crate::routes) bytes: i64,
+    pub(in crate::routes) sha256: String,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
-struct Failure {
+pub(super) struct Failure {
     /// `undecodable`, `unsupported-format`, `image-too-large`, `original-missing`,
     /// `encode-failed`.
-    code: String,
-    reason: String,
+    pub(in crate::routes) code: String,
+    pub(in crate::routes) reason: String,
 }
 
 impl Failure {

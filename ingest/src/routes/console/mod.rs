@@ -302,8 +302,7 @@ async fn image_page(
         Err(error) => return unavailable(error),
     };
     // The API's own answer, so the page shows what `GET /v1/images/{id}` says.
-    let image = serde_json::to_value(&status).unwrap_or_default();
-    pages::image(&session, &image, &timeline, as_of).into_response()
+    pages::image(&session, &status, &timeline, as_of).into_response()
 }
 
 /// A dependency is down: the page says so (the cause goes to the log).

@@ -8,13 +8,13 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use imgpipe_schemas::state::Status;
 use maud::{html, Markup, DOCTYPE};
-use serde_json::Value;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::session::ConsoleClient;
 use crate::db::{ListedImageRow, TimelineRow, VariantSize};
+use crate::routes::view::ImageStatus;
 
 pub(super) fn layout(title: &str, session: Option<&ConsoleClient>, body: Markup) -> Html<String> {
     let page = html! {
@@ -182,22 +182,32 @@ pub(super) fn gallery(session: &ConsoleClient, gallery: &Gallery<'_>) -> Html<St
 
 pub(super) fn image(
     session: &ConsoleClient,
-    image: &Value,
+    image: &ImageStatus,
     timeline: &[TimelineRow],
     as_of: Option<OffsetDateTime>,
 ) -> Html<String> {
-    let text = |v: &Value| {
-        v.as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| v.to_string())
-    };
-    let status = image["status"].as_str().unwrap_or("");
-    let id = text(&image["id"]);
+    let id = image.id;
+    let fields = &image.image;
+    let status = fields.status.as_str();
     let picked = as_of
         // A datetime-local value: the RFC 3339 text without its fraction and zone.
         .and_then(|at| at.format(&Rfc3339).ok())
         .and_then(|text| text.get(..19).map(str::to_string))
         .unwrap_or_default();
+    let time = |at: OffsetDateTime| at.format(&Rfc3339).unwrap_or_default();
+    let facts: Vec<(&str, Option<String>)> = vec![
+        ("format", Some(fields.format.clone())),
+        ("width", Some(fields.width.to_string())),
+        ("height", Some(fields.height.to_string())),
+        ("bytes", Some(fields.bytes.to_string())),
+        ("sha256", Some(fields.sha256.clone())),
+        ("spec_version", fields.spec_version.map(|v| v.to_string())),
+        ("dominant_color", fields.dominant_color.clone()),
+        ("blurhash", fields.blurhash.clone()),
+        ("animated", Some(fields.animated.to_string())),
+        ("uploaded_at", Some(time(fields.uploaded_at))),
+        ("updated_at", Some(time(fields.updated_at))),
+    ];
     layout(
         "Image",
         Some(session),
@@ -213,29 +223,36 @@ pub(super) fn image(
                 p class="hint" { "As it was at " (at) ", folded from its timeline; later events are marked below." }
             }
             p { span class={ "status " (status) } { (status) } }
-            @if let Some(failure) = image["failure"].as_object() {
-                p class="error" { "Failed: " code { (failure.get("code").map(text).unwrap_or_default()) } " " (failure.get("reason").map(text).unwrap_or_default()) }
+            @if let Some(failure) = &image.failure {
+                p class="error" { "Failed: " code { (failure.code) } " " (failure.reason) }
             }
             dl class="facts" {
-                @for field in ["format", "width", "height", "bytes", "sha256", "spec_version", "dominant_color", "blurhash", "animated", "uploaded_at", "updated_at"] {
-                    @if !image[field].is_null() {
-                        dt { (field) }
-                        dd { (text(&image[field])) }
+                @for (name, value) in &facts {
+                    @if let Some(value) = value {
+                        dt { (name) }
+                        dd { (value) }
                     }
+                }
+                @for (key, value) in &fields.metadata {
+                    dt { "metadata." (key) }
+                    dd { (value) }
                 }
             }
             h2 { "Variants" }
-            @if let Some(variants) = image["variants"].as_array().filter(|v| !v.is_empty()) {
+            @if image.variants.is_empty() {
+                p { "None yet." }
+            } @else {
                 ul class="variants" {
-                    @for variant in variants {
+                    @for variant in &image.variants {
                         li {
-                            a href=(text(&variant["url"])) { (text(&variant["name"])) }
-                            " " (text(&variant["width"])) "×" (text(&variant["height"])) ", " (kib(variant["bytes"].as_i64().unwrap_or(0)))
+                            @match &variant.url {
+                                Some(url) => a href=(url) { (variant.stored.name) },
+                                None => span { (variant.stored.name) },
+                            }
+                            " " (variant.stored.width) "×" (variant.stored.height) ", " (kib(variant.stored.bytes))
                         }
                     }
                 }
-            } @else {
-                p { "None yet." }
             }
             h2 { "Timeline" }
             div class="scroll" {
