@@ -31,11 +31,11 @@ pub async fn run(
 
 /// The options of a run over all dead letters, or one image's.
 pub fn options(image: Option<Uuid>, dry_run: bool, progress_every: u64) -> Options {
-    Options {
-        selection: image.map_or(Selection::All, Selection::Image),
+    Options::new(
+        image.map_or(Selection::All, Selection::Image),
         dry_run,
         progress_every,
-    }
+    )
 }
 
 /// `imgpipe replay redrive`: [`run`] with its progress as a spinner on stderr.
@@ -72,6 +72,7 @@ impl Report for Summary {
             "skipped_without_origin": self.skipped_without_origin,
             "by_error_class": classes,
             "committed": self.committed,
+            "moved_behind": self.moved_behind,
             "records": serde_json::to_value(&self.records).unwrap_or_default(),
         })
     }
@@ -102,6 +103,7 @@ impl Report for Summary {
             ("skipped, other images", self.skipped_by_filter),
             ("skipped, duplicates", self.skipped_duplicates),
             ("skipped, no origin", self.skipped_without_origin),
+            ("moved, behind others", self.moved_behind),
         ];
         for (label, count) in rows {
             writeln!(out, "{label:<24}{count:>8}")?;

@@ -149,6 +149,21 @@ async fn dead_letters_are_listed_previewed_and_redriven_from_the_page() {
     assert_eq!(response.status(), 403);
     assert_eq!(pending(&pipeline).await, 2);
 
+    // The second alone: it is processed, but the position cannot move past the first (not
+    // chosen), so both stay listed.
+    let redrive = [("letter", "0:1"), ("action", "redrive")];
+    let (status, page) = operator.post(&pipeline, page_path, &redrive).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("1 dead letters moved"), "{page}");
+    assert!(page.contains("sit behind letters not chosen"), "{page}");
+    let second_id = second.image_id.to_string();
+    let image = pipeline
+        .wait_until_settled(&second_id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(image["status"], "ready", "{image}");
+    assert_eq!(pending(&pipeline).await, 2);
+
     // The first, redriven: it is processed, and the position moves past it.
     let redrive = [("letter", "0:0"), ("action", "redrive")];
     let (status, page) = operator.post(&pipeline, page_path, &redrive).await;
@@ -163,18 +178,21 @@ async fn dead_letters_are_listed_previewed_and_redriven_from_the_page() {
     let (_, page) = operator.get(&pipeline, page_path).await;
     assert!(page.contains("1 not yet redriven"), "{page}");
 
-    // All that is left.
+    // All that is left: the second's letter moves again, which its handlers take as a
+    // repeat (it stays ready, with one set of variants).
     let all = [("action", "redrive-all")];
     let (status, page) = operator.post(&pipeline, page_path, &all).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("1 dead letters moved"), "{page}");
-    let second_id = second.image_id.to_string();
-    let image = pipeline
-        .wait_until_settled(&second_id, Duration::from_secs(120))
+    assert!(page.contains("moved past what was moved"), "{page}");
+    assert_eq!(pending(&pipeline).await, 0);
+    pipeline
+        .wait_until_projected(Duration::from_secs(120))
         .await
         .unwrap();
+    let (_, image) = pipeline.image(&second_id).await.unwrap();
     assert_eq!(image["status"], "ready", "{image}");
-    assert_eq!(pending(&pipeline).await, 0);
+    assert_eq!(image["variants"].as_array().unwrap().len(), 3, "{image}");
 
     // Choosing nothing, or something that is no letter, is a plain refusal.
     let (status, _) = operator

@@ -47,7 +47,9 @@ pub enum InfraError {
         source: Box<rdkafka::error::KafkaError>,
     },
     #[error("writing progress")]
-    Progress(#[from] std::io::Error),
+    Progress(#[source] std::io::Error),
+    #[error("{0:?} is not a dead letter's partition:offset")]
+    InvalidLetter(String),
 }
 
 impl InfraError {

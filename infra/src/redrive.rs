@@ -56,14 +56,14 @@ impl std::str::FromStr for LetterId {
     type Err = InfraError;
 
     fn from_str(text: &str) -> Result<Self, InfraError> {
-        let bad =
-            || InfraError::Config(format!("{text:?} is not a dead letter's partition:offset"));
+        let bad = || InfraError::InvalidLetter(text.chars().take(64).collect());
         let (partition, offset) = text.split_once(':').ok_or_else(bad)?;
-        let (partition, offset) = (partition.parse().map_err(|_| bad())?, offset.parse());
-        Ok(Self {
-            partition,
-            offset: offset.map_err(|_| bad())?,
-        })
+        let partition: i32 = partition.parse().map_err(|_| bad())?;
+        let offset: i64 = offset.parse().map_err(|_| bad())?;
+        if partition < 0 || offset < 0 {
+            return Err(bad());
+        }
+        Ok(Self { partition, offset })
     }
 }
 
@@ -84,6 +84,23 @@ pub struct Options {
     pub dry_run: bool,
     /// A progress line every this many records scanned (0: none).
     pub progress_every: u64,
+    /// Stop there: what was moved is committed, the rest waits for another run.
+    pub deadline: Option<tokio::time::Instant>,
+    /// Keep at most this many records in the summary (the rest are counted).
+    pub keep_records: usize,
+}
+
+impl Options {
+    /// A run with no deadline that keeps every record (the command line's).
+    pub fn new(selection: Selection, dry_run: bool, progress_every: u64) -> Self {
+        Self {
+            selection,
+            dry_run,
+            progress_every,
+            deadline: None,
+            keep_records: usize::MAX,
+        }
+    }
 }
 
 /// A dead letter, as its `dlq-*` headers describe it.
@@ -159,8 +176,15 @@ pub struct Summary {
     /// Whether the group's position moved (never for a dry run; for a filtered run, only past
     /// chosen records at the head of a partition).
     pub committed: bool,
-    /// Every record moved (or that would move).
+    /// Moved, but behind a record not chosen, so still after the position: a later run moves
+    /// them again (harmless: consumers are idempotent).
+    pub moved_behind: u64,
+    /// The run reached its deadline before the end of the topic.
+    pub stopped_at_deadline: bool,
+    /// The records moved (or that would move), up to `Options::keep_records`.
     pub records: Vec<DeadLetter>,
+    /// Records moved (or that would move) beyond those kept.
+    pub records_left_out: u64,
 }
 
 /// The dead letters not yet redriven: how many, and the first `limit` of them.
@@ -219,8 +243,7 @@ pub async fn redrive(
             .create()?,
         produce_timeout: Duration::from_millis(config.produce_timeout_ms),
         may_commit: !options.dry_run,
-        done_up_to: BTreeMap::new(),
-        passed_over: BTreeSet::new(),
+        reach: Reach::default(),
         moved_origins: HashSet::new(),
         moved_since_commit: 0,
         summary: Summary {
@@ -235,13 +258,21 @@ pub async fn redrive(
     writeln!(
         progress,
         "redrive: {total} dead letters to scan on {dead_letter_topic}"
-    )?;
+    )
+    .map_err(InfraError::Progress)?;
     if total == 0 {
         return Ok(run.summary);
     }
     let start = StartAt::Positions(committed);
     let mut letters = reader.scan(&start, &until(&ends, &options.selection))?;
     while let Some(message) = letters.next_within(READ_STALL).await? {
+        if options
+            .deadline
+            .is_some_and(|deadline| tokio::time::Instant::now() >= deadline)
+        {
+            run.summary.stopped_at_deadline = true;
+            break;
+        }
         if let Err(error) = run.record(&message, codec, options).await {
             run.commit(&reader).await?;
             return Err(error);
@@ -259,7 +290,8 @@ pub async fn redrive(
             writeln!(
                 progress,
                 "redrive: {scanned}/{total} scanned, {moved} {verb}"
-            )?;
+            )
+            .map_err(InfraError::Progress)?;
         }
     }
     run.commit(&reader).await?;
@@ -276,9 +308,10 @@ fn until(ends: &PartitionEnds, selection: &Selection) -> PartitionEnds {
             let last = letters
                 .iter()
                 .filter(|letter| letter.partition == partition)
-                .map(|letter| letter.offset + 1)
+                .map(|letter| letter.offset.saturating_add(1))
                 .max();
-            span.high = last.map_or(span.low, |last| last.min(span.high));
+            // A letter before the partition's start (gone by retention) reads nothing.
+            span.high = last.map_or(span.low, |last| last.max(span.low).min(span.high));
             (partition, span)
         })
         .collect()
@@ -290,10 +323,7 @@ struct Run {
     produce_timeout: Duration,
     /// Whether this run records what it moved (not for a dry run).
     may_commit: bool,
-    /// The next offset to commit per partition: everything before it is done.
-    done_up_to: BTreeMap<i32, i64>,
-    /// Partitions with a record this run did not choose: the position stays before it.
-    passed_over: BTreeSet<i32>,
+    reach: Reach,
     moved_origins: HashSet<(String, String, String)>,
     moved_since_commit: u64,
     summary: Summary,
@@ -317,6 +347,8 @@ impl Run {
             .unwrap_or_else(|| "unknown".into());
         let counts = self.summary.by_error_class.entry(class).or_default();
         counts.scanned += 1;
+        let chosen = !matches!(outcome, Outcome::NotChosen);
+        let moved = matches!(outcome, Outcome::Move(_));
         match outcome {
             Outcome::Move(topic) => {
                 if !options.dry_run {
@@ -325,33 +357,61 @@ impl Run {
                 }
                 counts.moved += 1;
                 self.summary.moved += 1;
-                self.summary.records.push(letter);
+                if self.summary.records.len() < options.keep_records {
+                    self.summary.records.push(letter);
+                } else {
+                    self.summary.records_left_out += 1;
+                }
             }
-            Outcome::NotChosen => {
-                self.summary.skipped_by_filter += 1;
-                self.passed_over.insert(message.partition());
-            }
+            Outcome::NotChosen => self.summary.skipped_by_filter += 1,
             Outcome::Duplicate => self.summary.skipped_duplicates += 1,
             Outcome::NoOrigin => self.summary.skipped_without_origin += 1,
         }
-        if !self.passed_over.contains(&message.partition()) {
-            self.done_up_to
-                .insert(message.partition(), message.offset() + 1);
+        let passed = self
+            .reach
+            .pass(message.partition(), message.offset(), chosen);
+        if moved && !passed {
+            self.summary.moved_behind += 1;
         }
         Ok(())
     }
 
     /// Commits what is done, if this run may.
     async fn commit(&mut self, reader: &LogReader) -> Result<(), InfraError> {
-        if self.may_commit && !self.done_up_to.is_empty() {
+        if self.may_commit && !self.reach.done_up_to.is_empty() {
             reader
-                .commit(&self.done_up_to)
+                .commit(&self.reach.done_up_to)
                 .await
                 .map_err(|e| InfraError::RedrivePosition(Box::new(e)))?;
             self.moved_since_commit = 0;
             self.summary.committed = true;
         }
         Ok(())
+    }
+}
+
+/// How far the position may move: past each partition's records for as long as every one of
+/// them was chosen (a record not chosen must not be marked redriven, nor anything after it).
+#[derive(Debug, Default)]
+struct Reach {
+    /// The next offset to commit per partition: everything before it is done.
+    done_up_to: BTreeMap<i32, i64>,
+    /// Partitions where a record was not chosen: the position stays before it.
+    passed_over: BTreeSet<i32>,
+}
+
+impl Reach {
+    /// Takes the record at `offset` of `partition` into account; whether the position can
+    /// move past it.
+    fn pass(&mut self, partition: i32, offset: i64, chosen: bool) -> bool {
+        if !chosen {
+            self.passed_over.insert(partition);
+        }
+        if self.passed_over.contains(&partition) {
+            return false;
+        }
+        self.done_up_to.insert(partition, offset + 1);
+        true
     }
 }
 
@@ -458,7 +518,7 @@ mod tests {
             }
         );
         assert_eq!(id.to_string(), "2:41");
-        for bad in ["", "2", "2:", ":4", "a:1", "1:b", "1:2:3"] {
+        for bad in ["", "2", "2:", ":4", "a:1", "1:b", "1:2:3", "0:-2", "-1:0"] {
             assert!(bad.parse::<LetterId>().is_err(), "{bad:?}");
         }
     }
@@ -484,5 +544,30 @@ mod tests {
         assert_eq!(until.get(2).unwrap().high, 0);
         let all = super::until(&ends, &Selection::All);
         assert_eq!(all.get(2).unwrap().high, 3);
+        // A letter before the partition's start (gone by retention), or at the very end of
+        // the offsets: clamped to what the partition holds, no overflow.
+        let letters = [(1, 2), (0, i64::MAX)]
+            .map(|(partition, offset)| LetterId { partition, offset })
+            .into();
+        let until = super::until(&ends, &Selection::Letters(letters));
+        assert_eq!(until.get(1).unwrap().high, 5);
+        assert_eq!(until.get(0).unwrap().high, 10);
+    }
+
+    #[test]
+    fn the_position_never_moves_past_a_record_not_chosen() {
+        let mut reach = Reach::default();
+        assert!(reach.pass(0, 0, true));
+        assert!(reach.pass(0, 1, true));
+        assert!(!reach.pass(0, 2, false));
+        // Chosen, but behind the one not chosen: it stays after the position.
+        assert!(!reach.pass(0, 3, true));
+        assert!(reach.pass(1, 7, true));
+        assert_eq!(reach.done_up_to, BTreeMap::from([(0, 2), (1, 8)]));
+        // Not chosen first: the partition's position does not move at all.
+        let mut reach = Reach::default();
+        assert!(!reach.pass(0, 5, false));
+        assert!(!reach.pass(0, 6, true));
+        assert!(reach.done_up_to.is_empty());
     }
 }

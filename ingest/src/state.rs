@@ -51,7 +51,9 @@ pub struct OperatorSetup {
     /// Decodes dead letters, to redrive one image's.
     pub codec: EventCodec,
     /// One log query (lag, the dead letters, a redrive) at a time per instance: each opens
-    /// broker clients of its own, and a redrive must not race another.
+    /// broker clients of its own. Two redrives on two instances (or one beside the command
+    /// line's) can still overlap; then records move twice and the position may step back,
+    /// which moves them again later: duplicates, which consumers take, never a loss.
     pub log_queries: Arc<Semaphore>,
 }
 

@@ -206,7 +206,7 @@ async fn gallery(
     .await
     {
         Ok(rows) => rows,
-        Err(error) => return unavailable(IngestError::DatabaseUnavailable(error)),
+        Err(error) => return pages::unavailable(IngestError::DatabaseUnavailable(error)),
     };
     let (rows, next_cursor) = page.page(rows, |row| Cursor {
         at: row.uploaded_at,
@@ -215,7 +215,7 @@ async fn gallery(
     let ids: Vec<_> = rows.iter().map(|row| row.image_id).collect();
     let variants = match db::variant_sizes(&state.pool, &ids).await {
         Ok(variants) => variants,
-        Err(error) => return unavailable(IngestError::DatabaseUnavailable(error)),
+        Err(error) => return pages::unavailable(IngestError::DatabaseUnavailable(error)),
     };
     // Each card shows its smallest variant over the BlurHash (a presigned URL: the browser
     // fetches it from the object store without the key).
@@ -227,7 +227,7 @@ async fn gallery(
         }
         match state.store.presigned_get(&variant.key, ttl).await {
             Ok(url) => thumbs.insert(variant.image_id, url),
-            Err(error) => return unavailable(IngestError::StorageUnavailable(error)),
+            Err(error) => return pages::unavailable(IngestError::StorageUnavailable(error)),
         };
     }
     let gallery = pages::Gallery {
@@ -273,11 +273,11 @@ async fn image_page(
         Err(IngestError::ImageNotFound | IngestError::InvalidImageId(_)) => {
             return pages::problem(StatusCode::NOT_FOUND, "No such image.").into_response()
         }
-        Err(error) => return unavailable(error),
+        Err(error) => return pages::unavailable(error),
     };
     let timeline = match db::timeline(&state.pool, image_id, None, TIMELINE_ROWS).await {
         Ok(rows) => rows,
-        Err(error) => return unavailable(IngestError::DatabaseUnavailable(error)),
+        Err(error) => return pages::unavailable(IngestError::DatabaseUnavailable(error)),
     };
     let status = match as_of {
         None => current(&state, image_id, image).await,
@@ -299,18 +299,8 @@ async fn image_page(
             )
             .into_response()
         }
-        Err(error) => return unavailable(error),
+        Err(error) => return pages::unavailable(error),
     };
     // The API's own answer, so the page shows what `GET /v1/images/{id}` says.
     pages::image(&session, &status, &timeline, as_of).into_response()
-}
-
-/// A dependency is down: the page says so (the cause goes to the log).
-fn unavailable(error: IngestError) -> Response {
-    tracing::error!(error = %error, "console page: a dependency is unavailable");
-    pages::problem(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "The service cannot answer right now; try again shortly.",
-    )
-    .into_response()
 }

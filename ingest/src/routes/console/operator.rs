@@ -25,7 +25,8 @@ use imgpipe_infra::redrive::{self, LetterId, Options, Selection};
 use imgpipe_infra::BoxError;
 use imgpipe_projector::positions::StoredPositions;
 
-use super::operator_pages::{self as pages, GroupLag, LogProblem, Overview};
+use super::operator_pages::{self, GroupLag, LogProblem, Overview};
+use super::pages;
 use super::session::{same_origin, ConsoleClient};
 use crate::db::operator::{result_latency, status_counts};
 use crate::error::IngestError;
@@ -37,13 +38,13 @@ const LISTED_LETTERS: usize = 100;
 const CHOSEN_LETTERS: usize = 1000;
 /// How long a page waits for its turn at the log and for the query itself.
 const LOG_QUERY_WAIT: Duration = Duration::from_secs(20);
-/// How long a redrive's page waits for the redrive; it goes on after that.
-const REDRIVE_WAIT: Duration = Duration::from_secs(30);
-/// The latency windows the overview shows.
-const LATENCY_WINDOWS: [(&str, Duration); 2] = [
-    ("last hour", Duration::from_secs(3600)),
-    ("last 24 hours", Duration::from_secs(24 * 3600)),
-];
+/// How long a redrive from the page runs: it stops there (committing what it moved), and the
+/// page says to run it again for the rest.
+const REDRIVE_RUN: Duration = Duration::from_secs(25);
+/// How long the page waits for it: the run, and a record's acknowledgement in flight.
+const REDRIVE_WAIT: Duration = Duration::from_secs(40);
+/// The records a redrive's page lists (the rest are counted).
+const SHOWN_RECORDS: usize = 200;
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -63,7 +64,7 @@ impl FromRequestParts<AppState> for OperatorClient {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
         let session = ConsoleClient::from_request_parts(parts, state).await?;
         if !session.scope.is_admin() {
-            return Err(super::pages::problem(
+            return Err(pages::problem(
                 StatusCode::FORBIDDEN,
                 "The operator pages need an API key with scope=admin.",
             ));
@@ -76,17 +77,13 @@ async fn overview(
     State(state): State<AppState>,
     OperatorClient(session): OperatorClient,
 ) -> Response {
-    let counts = status_counts(&state.pool).await;
-    let mut latencies = Vec::new();
-    for (label, window) in LATENCY_WINDOWS {
-        match result_latency(&state.pool, window).await {
-            Ok(latency) => latencies.push((label, latency)),
-            Err(error) => return super::unavailable(IngestError::DatabaseUnavailable(error)),
-        }
-    }
-    let counts = match counts {
+    let counts = match status_counts(&state.pool).await {
         Ok(counts) => counts,
-        Err(error) => return super::unavailable(IngestError::DatabaseUnavailable(error)),
+        Err(error) => return pages::unavailable(IngestError::DatabaseUnavailable(error)),
+    };
+    let latencies = match result_latency(&state.pool).await {
+        Ok(latencies) => latencies,
+        Err(error) => return pages::unavailable(IngestError::DatabaseUnavailable(error)),
     };
     let lag = log_query(&state, all_lag(&state)).await;
     let overview = Overview {
@@ -94,7 +91,7 @@ async fn overview(
         counts,
         latencies,
     };
-    pages::overview(&session, &overview).into_response()
+    operator_pages::overview(&session, &overview).into_response()
 }
 
 /// Every group's lag, measured the one way the services measure their own: the processor's
@@ -142,7 +139,7 @@ async fn dead_letters(
 ) -> Response {
     let kafka = std::sync::Arc::clone(&state.operator.kafka);
     let pending = log_query(&state, redrive::pending(&kafka, LISTED_LETTERS)).await;
-    pages::dead_letters(&session, &pending).into_response()
+    operator_pages::dead_letters(&session, &pending).into_response()
 }
 
 /// What a dead-letter form asks for.
@@ -200,14 +197,14 @@ async fn redrive_letters(
     body: Bytes,
 ) -> Response {
     if !same_origin(&headers) {
-        return super::pages::problem(
+        return pages::problem(
             StatusCode::FORBIDDEN,
             "This form was sent from another site.",
         );
     }
     let form = match read_form(&body) {
         Ok(form) => form,
-        Err(message) => return super::pages::problem(StatusCode::BAD_REQUEST, message),
+        Err(message) => return pages::problem(StatusCode::BAD_REQUEST, message),
     };
     let permit = match tokio::time::timeout(
         LOG_QUERY_WAIT,
@@ -216,12 +213,12 @@ async fn redrive_letters(
     .await
     {
         Ok(Ok(permit)) => permit,
-        _ => return pages::log_problem(&session, &LogProblem::Busy).into_response(),
+        _ => return operator_pages::log_problem(&session, &LogProblem::Busy).into_response(),
     };
     let options = Options {
-        selection: form.selection.clone(),
-        dry_run: form.dry_run,
-        progress_every: 0,
+        deadline: Some(tokio::time::Instant::now() + REDRIVE_RUN),
+        keep_records: SHOWN_RECORDS,
+        ..Options::new(form.selection.clone(), form.dry_run, 0)
     };
     let (kafka, codec) = (
         std::sync::Arc::clone(&state.operator.kafka),
@@ -253,9 +250,10 @@ async fn redrive_letters(
         Err(_) => Err(LogProblem::StillRunning),
     };
     match outcome {
-        Ok(summary) => pages::redrive_result(&session, form.selection == Selection::All, &summary)
-            .into_response(),
-        Err(problem) => pages::log_problem(&session, &problem).into_response(),
+        Ok(summary) => {
+            operator_pages::redrive_result(&session, &form.selection, &summary).into_response()
+        }
+        Err(problem) => operator_pages::log_problem(&session, &problem).into_response(),
     }
 }
 

@@ -3,7 +3,7 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use imgpipe_infra::consume::lag::PartitionLag;
-use imgpipe_infra::redrive::{DeadLetter, Pending, Summary};
+use imgpipe_infra::redrive::{DeadLetter, Pending, Selection, Summary};
 use imgpipe_infra::BoxError;
 use imgpipe_schemas::state::Status;
 use maud::{html, Markup};
@@ -63,7 +63,7 @@ impl LogProblem {
 pub(super) struct Overview {
     pub(super) lag: Result<Vec<GroupLag>, LogProblem>,
     pub(super) counts: Vec<StatusCount>,
-    pub(super) latencies: Vec<(&'static str, Latency)>,
+    pub(super) latencies: Vec<Latency>,
 }
 
 pub(super) fn overview(session: &ConsoleClient, overview: &Overview) -> Response {
@@ -113,9 +113,9 @@ pub(super) fn overview(session: &ConsoleClient, overview: &Overview) -> Response
                 table class="timeline" id="latency" {
                     thead { tr { th scope="col" { "window" } th scope="col" { "results" } th scope="col" { "p50" } th scope="col" { "p95" } th scope="col" { "p99" } } }
                     tbody {
-                        @for (window, latency) in &overview.latencies {
+                        @for latency in &overview.latencies {
                             tr {
-                                td { (window) }
+                                td { (latency.window) }
                                 td { (latency.results) }
                                 td { (millis(latency.p50_ms)) }
                                 td { (millis(latency.p95_ms)) }
@@ -167,7 +167,7 @@ pub(super) fn dead_letters(
             h1 { "Dead letters" }
             p id="pending" {
                 (pending.total) " not yet redriven"
-                @if (pending.letters.len() as i64) < pending.total { "; the oldest " (pending.letters.len()) " are listed" }
+                @if (pending.letters.len() as i64) < pending.total { "; the first " (pending.letters.len()) " in the log are listed" }
                 "."
             }
             @if !pending.letters.is_empty() {
@@ -217,9 +217,13 @@ fn letters_table(letters: &[DeadLetter], choosable: bool) -> Markup {
     }
 }
 
-/// What a preview would move (with a button to move it) or what a redrive moved; `all` when
-/// every letter was chosen.
-pub(super) fn redrive_result(session: &ConsoleClient, all: bool, summary: &Summary) -> Response {
+/// What a preview would move (with a button to move the same selection) or what a redrive
+/// moved.
+pub(super) fn redrive_result(
+    session: &ConsoleClient,
+    selection: &Selection,
+    summary: &Summary,
+) -> Response {
     let (title, verb) = if summary.dry_run {
         ("Redrive preview", "would move")
     } else {
@@ -239,21 +243,36 @@ pub(super) fn redrive_result(session: &ConsoleClient, all: bool, summary: &Summa
                 li { (summary.skipped_by_filter) " not chosen" }
                 li { (summary.skipped_duplicates) " copies of a record another group dead-lettered too (it moves once)" }
                 li { (summary.skipped_without_origin) " without an origin to go back to" }
+                @if summary.stopped_at_deadline {
+                    li class="error" { "The run stopped at its time limit; what it moved is recorded. Run it again for the rest." }
+                }
                 @if !summary.dry_run {
-                    li { "The redrive position " @if summary.committed { "moved past them" } @else { "stays (only a redrive of all moves it)" } "." }
+                    li {
+                        "The redrive position " @if summary.committed { "moved past what was moved" } @else { "did not move" }
+                        @if summary.moved_behind > 0 {
+                            "; " (summary.moved_behind) " of the letters moved sit behind letters not chosen, so they stay listed (a later run moves them again, which consumers take in their stride)"
+                        }
+                        "."
+                    }
                 }
             }
             @if !summary.records.is_empty() { (letters_table(&summary.records, false)) }
+            @if summary.records_left_out > 0 {
+                p class="hint" { "And " (summary.records_left_out) " more, not listed." }
+            }
             @if summary.dry_run && summary.moved > 0 {
                 form method="post" action="/console/operator/dead-letters" {
-                    @if all {
-                        p class="hint" { "Letters dead-lettered after this preview are redriven too." }
-                        button type="submit" name="action" value="redrive-all" { "Redrive all" }
-                    } @else {
-                        @for letter in &summary.records {
-                            input type="hidden" name="letter" value=(letter.id());
+                    @match selection {
+                        Selection::Letters(chosen) => {
+                            @for letter in chosen {
+                                input type="hidden" name="letter" value=(letter);
+                            }
+                            button type="submit" name="action" value="redrive" { "Redrive these " (summary.moved) }
                         }
-                        button type="submit" name="action" value="redrive" { "Redrive these " (summary.moved) }
+                        _ => {
+                            p class="hint" { "Letters dead-lettered after this preview are redriven too." }
+                            button type="submit" name="action" value="redrive-all" { "Redrive all" }
+                        }
                     }
                 }
             }

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::session::ConsoleClient;
 use crate::db::{ListedImageRow, TimelineRow, VariantSize};
+use crate::error::IngestError;
 use crate::routes::view::ImageStatus;
 
 pub(super) fn layout(title: &str, session: Option<&ConsoleClient>, body: Markup) -> Html<String> {
@@ -90,6 +91,15 @@ pub(super) fn upload(session: &ConsoleClient) -> Html<String> {
             ul id="uploads" class="uploads" aria-live="polite" {}
             script src="/console/console.js" defer {}
         },
+    )
+}
+
+/// A dependency is down: the page says so (the cause goes to the log).
+pub(super) fn unavailable(error: IngestError) -> Response {
+    tracing::error!(error = %error, "console page: a dependency is unavailable");
+    problem(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The service cannot answer right now; try again shortly.",
     )
 }
 
