@@ -21,6 +21,13 @@
 //! reused as it is (one with fewer is an error: use a fresh namespace). Either way the
 //! partitions' ends are printed on stdout, one `partition next-offset` line each; the rate on
 //! stderr.
+//!
+//! `--into-postgres` appends nothing: it measures what a rebuild does with the log apart from
+//! fetching it. Each batch of 2,000 events is encoded as the log holds them (on 6 partitions,
+//! keyed by image) and handed to the projector's `Applier` in bulk mode, as `imgpipe rebuild`
+//! does: decoding, the positions, the timeline and the read models in one transaction, in the
+//! schema `IMGPIPE_DATABASE_SCHEMA` names (migrated first; use a fresh one). It prints the
+//! events/s of the applies alone (making the events is not timed) and the peak RSS.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -30,11 +37,15 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::log_reader::LogReader;
 use imgpipe_infra::registry::{EventCodec, RegistryConfig};
-use imgpipe_infra::{FromEnv, KafkaConfig};
+use imgpipe_infra::{DatabaseConfig, FromEnv, KafkaConfig};
+use imgpipe_projector::batch::{Applier, ApplyMode, BatchOutcome, Rejects};
+use imgpipe_projector::positions::PositionMap;
 use imgpipe_schemas::{
     Event, ImageDeleted, ImageFailed, ImageProcessed, ImageUploaded, ObjectsDeleted, OrphanRemoved,
     Payload, Producer, ReprocessRequested, Variant,
 };
+use rdkafka::message::{OwnedMessage, Timestamp};
+use rdkafka::Message;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -46,16 +57,27 @@ struct Args {
     events: u64,
     seed: u64,
     in_flight: usize,
+    into_postgres: bool,
 }
+
+/// Records per applied batch with `--into-postgres`: the size of the rebuild's batches.
+const BATCH: usize = 2_000;
+/// Partitions of the events topic (redpanda/topics.conf).
+const PARTITIONS: u128 = 6;
 
 fn parse_args() -> anyhow::Result<Args> {
     let mut args = Args {
         events: 1_000_000,
         seed: 19,
         in_flight: 20_000,
+        into_postgres: false,
     };
     let mut given = std::env::args().skip(1);
     while let Some(flag) = given.next() {
+        if flag == "--into-postgres" {
+            args.into_postgres = true;
+            continue;
+        }
         let value = given
             .next()
             .with_context(|| format!("{flag} needs a value"))?;
@@ -63,7 +85,9 @@ fn parse_args() -> anyhow::Result<Args> {
             "--events" => args.events = value.replace([',', '_'], "").parse()?,
             "--seed" => args.seed = value.parse()?,
             "--in-flight" => args.in_flight = value.parse()?,
-            _ => bail!("unknown option {flag} (--events N, --seed S, --in-flight K)"),
+            _ => bail!(
+                "unknown option {flag} (--events N, --seed S, --in-flight K, --into-postgres)"
+            ),
         }
     }
     Ok(args)
@@ -73,6 +97,9 @@ fn parse_args() -> anyhow::Result<Args> {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     let kafka = KafkaConfig::from_env()?;
+    if args.into_postgres {
+        return apply_directly(&kafka.topics().events, &args).await;
+    }
     let topic = kafka.topics().events;
     let log = LogReader::new(
         &kafka,
@@ -131,6 +158,81 @@ async fn append(producer: &EventProducer, args: &Args) -> anyhow::Result<()> {
         appended as f64 / seconds
     );
     Ok(())
+}
+
+/// `--into-postgres`: the events applied as a rebuild applies the log, without the broker.
+async fn apply_directly(topic: &str, args: &Args) -> anyhow::Result<()> {
+    let database = DatabaseConfig::from_env()?;
+    imgpipe_projector::db::migrate(&database).await?;
+    let applier = Applier {
+        pool: database.pool()?,
+        codec: EventCodec::reader(&RegistryConfig::default()),
+        rejects: Rejects::Count,
+        topic: topic.to_string(),
+        mode: ApplyMode::Bulk,
+    };
+    let mut world = World::new(args.seed, args.events);
+    let mut next_offset = [0i64; PARTITIONS as usize];
+    let mut positions = PositionMap::new();
+    let mut applying = Duration::ZERO;
+    let mut applied = 0u64;
+    loop {
+        let mut batch = Vec::with_capacity(BATCH);
+        while batch.len() < BATCH {
+            let Some(event) = world.next_event() else {
+                break;
+            };
+            batch.push(as_logged(&event, topic, &mut next_offset)?);
+        }
+        if batch.is_empty() {
+            break;
+        }
+        let started = Instant::now();
+        match applier.apply(&batch, &positions).await? {
+            BatchOutcome::Committed(_) => {}
+            BatchOutcome::Conflict => bail!("the positions moved under the benchmark"),
+        }
+        applying += started.elapsed();
+        for record in &batch {
+            positions.insert(record.partition(), record.offset() + 1);
+        }
+        applied += batch.len() as u64;
+        if applied % 100_000 < BATCH as u64 {
+            eprintln!("  {applied} events applied");
+        }
+    }
+    let seconds = applying.as_secs_f64();
+    println!(
+        "applied {applied} events of {} images in {seconds:.1} s ({:.0} events/s), peak RSS {} MiB",
+        world.images,
+        applied as f64 / seconds,
+        peak_rss_kib().unwrap_or(0) / 1024
+    );
+    Ok(())
+}
+
+/// `event` as the log holds it: encoded, keyed by image, on its image's partition at the next
+/// offset there.
+fn as_logged(event: &Event, topic: &str, next_offset: &mut [i64]) -> anyhow::Result<OwnedMessage> {
+    let partition = (event.image_id.as_u128() % PARTITIONS) as usize;
+    let offset = next_offset[partition];
+    next_offset[partition] += 1;
+    Ok(OwnedMessage::new(
+        Some(imgpipe_schemas::encode(event)?),
+        Some(event.image_id.to_string().into_bytes()),
+        topic.to_string(),
+        Timestamp::now(),
+        partition as i32,
+        offset,
+        None,
+    ))
+}
+
+/// This process's peak resident set (VmHWM), in KiB.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn acknowledged<T>(result: Option<Result<T, imgpipe_infra::InfraError>>) -> anyhow::Result<()> {
