@@ -3,7 +3,7 @@
 
 use imgpipe_schemas::state::Status;
 use imgpipe_schemas::EventType;
-use sqlx::PgPool;
+use sqlx::{PgPool, Postgres, Transaction};
 
 /// How many images have one status and spec version (none before their first result).
 #[derive(Debug, sqlx::FromRow)]
@@ -14,15 +14,34 @@ pub struct StatusCount {
     pub images: i64,
 }
 
+/// Every image counted (a scan of the images table), within [`STATEMENT_LIMIT`].
 pub async fn status_counts(pool: &PgPool) -> Result<Vec<StatusCount>, sqlx::Error> {
-    sqlx::query_as(
+    let mut tx = limited(pool).await?;
+    let counts = sqlx::query_as(
         "SELECT status, spec_version, count(*) AS images
          FROM images
          GROUP BY status, spec_version
          ORDER BY status, spec_version NULLS FIRST",
     )
-    .fetch_all(pool)
-    .await
+    .fetch_all(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(counts)
+}
+
+/// How long one of the operator page's statements may run: a huge table cannot hold the page
+/// (or a connection of the pool) longer.
+const STATEMENT_LIMIT: &str = "5s";
+
+/// A transaction whose statements stop at [`STATEMENT_LIMIT`].
+async fn limited(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(&format!(
+        "SET LOCAL statement_timeout = '{STATEMENT_LIMIT}'"
+    ))
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
 }
 
 /// Time from an upload (or a reprocess request) to its result, over the results of a window.
@@ -37,8 +56,8 @@ pub struct Latency {
 
 /// The latency of the results (processed or failed) of the last hour and of the last day:
 /// each result's time less its cause's (the result's causation is the upload or the request).
-/// The results are found by the partial index `image_events_results`; the query may take at
-/// most 5 s, so a huge timeline cannot hold the page.
+/// The results are found by the partial index `image_events_results`, within
+/// [`STATEMENT_LIMIT`].
 pub async fn result_latency(pool: &PgPool) -> Result<Vec<Latency>, sqlx::Error> {
     // Literal, as in the index's predicate, so the planner can use it.
     let results = format!(
@@ -46,10 +65,7 @@ pub async fn result_latency(pool: &PgPool) -> Result<Vec<Latency>, sqlx::Error> 
         EventType::ImageProcessed.as_str(),
         EventType::ImageFailed.as_str()
     );
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET LOCAL statement_timeout = '5s'")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = limited(pool).await?;
     let query = format!(
         "WITH latencies AS (
              SELECT result.occurred_at,
