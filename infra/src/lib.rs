@@ -16,6 +16,7 @@ pub mod registry;
 pub mod storage;
 pub mod telemetry;
 pub mod topics;
+pub mod worker;
 
 pub use config::{FromEnv, KafkaConfig, S3Config, Secret};
 pub use db::DatabaseConfig;

@@ -4,13 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use imgpipe_infra::breaker::CircuitBreaker;
-use imgpipe_infra::consume::lag::{self, CommittedOffsets};
+use imgpipe_infra::consume::lag::CommittedOffsets;
 use imgpipe_infra::consume::{self, ConsumerHealth, Consumption, DeadLetterProducer, RetryPolicy};
 use imgpipe_infra::kafka::EventProducer;
 use imgpipe_infra::log_reader::LogReader;
-use imgpipe_infra::ops::{self, Dependency, DependencyDown, Readiness};
+use imgpipe_infra::ops::{Dependency, DependencyDown, Readiness};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::storage::ObjectStore;
+use imgpipe_infra::worker::Sidecars;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -120,27 +121,16 @@ impl Processor {
             store: self.handler.store.clone(),
             events: self.handler.events.clone(),
         });
-        let metrics_handle = self.handler.metrics.handle();
-        let ops = tokio::spawn(ops::serve(
-            self.ops_listener,
-            ops::router(readiness, Some(self.health.clone()))
-                .merge(imgpipe_infra::metrics::router(metrics_handle.clone())),
-            shutdown.clone(),
-        ));
-        tokio::spawn(imgpipe_infra::metrics::upkeep(
-            metrics_handle,
-            shutdown.clone(),
-        ));
-        tokio::spawn(lag::report_lag(
-            self.lag_reader.clone(),
-            CommittedOffsets(self.lag_reader),
-            self.health.clone(),
-            {
-                let metrics = self.handler.metrics.clone();
-                move |health| metrics.consumer_health(health)
-            },
-            shutdown.clone(),
-        ));
+        let sidecars = Sidecars {
+            ops_listener: self.ops_listener,
+            readiness,
+            health: self.health.clone(),
+            metrics: self.handler.metrics.handle(),
+            lag_reader: self.lag_reader.clone(),
+            positions: CommittedOffsets(self.lag_reader),
+        };
+        let metrics = self.handler.metrics.clone();
+        let sidecars = sidecars.start(move |health| metrics.consumer_health(health), &shutdown);
         let events = self.handler.events.clone();
         tracing::info!(
             spec_version = self.handler.spec.version,
@@ -161,9 +151,7 @@ impl Processor {
         )
         .await;
         events.flush(SHUTDOWN_FLUSH).await;
-        if let Ok(Err(error)) = ops.await {
-            tracing::warn!(error = %error, "ops endpoint stopped with an error");
-        }
+        sidecars.finish().await;
         tracing::info!("processor stopped");
         Ok(())
     }

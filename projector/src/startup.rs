@@ -3,15 +3,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use imgpipe_infra::consume::{lag, ConsumerHealth, DeadLetterProducer};
+use imgpipe_infra::consume::{ConsumerHealth, DeadLetterProducer};
 use imgpipe_infra::log_reader::LogReader;
 use imgpipe_infra::ops::{self, Readiness};
 use imgpipe_infra::registry::EventCodec;
+use imgpipe_infra::worker::Sidecars;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::Consumer;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::{Applier, ApplyMode, Rejects};
@@ -84,15 +84,22 @@ impl Projector {
     /// Consumes until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
         let pool = self.applier.pool.clone();
-        let sidecars = Sidecars::start(
-            self.ops_listener,
-            self.orphan_sweep,
-            self.lag_reader,
-            &self.applier,
-            &self.health,
-            &self.metrics,
-            &shutdown,
-        );
+        let sidecars = Sidecars {
+            ops_listener: self.ops_listener,
+            readiness: Arc::new(DatabaseReadiness(pool.clone())),
+            health: self.health.clone(),
+            metrics: self.metrics.handle(),
+            lag_reader: self.lag_reader,
+            positions: StoredPositions {
+                pool: pool.clone(),
+                topic: self.applier.topic.clone(),
+            },
+        };
+        let metrics = self.metrics.clone();
+        let mut sidecars = sidecars.start(move |health| metrics.consumer_health(health), &shutdown);
+        let orphan_sweep = self
+            .orphan_sweep
+            .map(|s| tokio::spawn(s.run(shutdown.clone())));
         let mut next = Some(self.consumer);
         while let Some(consumer) = next.take() {
             // The positions must be known before the first assignment, which seeks to them;
@@ -120,84 +127,18 @@ impl Projector {
                 next = reconnect(&self.consumer_config, &self.positions, &shutdown).await;
             }
         }
-        sidecars.stop(pool).await;
-        tracing::info!("projector stopped");
-        Ok(())
-    }
-}
-
-/// The tasks that run beside the consuming: the ops endpoint, the metrics upkeep, the orphan
-/// sweep and the lag reporter.
-struct Sidecars {
-    ops: JoinHandle<std::io::Result<()>>,
-    upkeep: JoinHandle<()>,
-    orphan_sweep: Option<JoinHandle<()>>,
-    lag: JoinHandle<()>,
-    stop_lag: CancellationToken,
-}
-
-impl Sidecars {
-    fn start(
-        ops_listener: TcpListener,
-        orphan_sweep: Option<crate::orphans::PeriodicSweep>,
-        lag_reader: LogReader,
-        applier: &Applier,
-        health: &ConsumerHealth,
-        metrics: &ProjectorMetrics,
-        shutdown: &CancellationToken,
-    ) -> Self {
-        let readiness = Arc::new(DatabaseReadiness(applier.pool.clone()));
-        let metrics_handle = metrics.handle();
-        let ops = tokio::spawn(ops::serve(
-            ops_listener,
-            ops::router(readiness, Some(health.clone()))
-                .merge(imgpipe_infra::metrics::router(metrics_handle.clone())),
-            shutdown.clone(),
-        ));
-        let upkeep = tokio::spawn(imgpipe_infra::metrics::upkeep(
-            metrics_handle,
-            shutdown.clone(),
-        ));
-        let orphan_sweep = orphan_sweep.map(|s| tokio::spawn(s.run(shutdown.clone())));
-        let stop_lag = shutdown.child_token();
-        let lag = tokio::spawn(lag::report_lag(
-            lag_reader,
-            StoredPositions {
-                pool: applier.pool.clone(),
-                topic: applier.topic.clone(),
-            },
-            health.clone(),
-            {
-                let metrics = metrics.clone();
-                move |health| metrics.consumer_health(health)
-            },
-            stop_lag.clone(),
-        ));
-        Self {
-            ops,
-            upkeep,
-            orphan_sweep,
-            lag,
-            stop_lag,
-        }
-    }
-
-    /// Stops the lag reporter and waits for every task to end (the others stop with the
-    /// shutdown), closing `pool` on the way.
-    async fn stop(self, pool: PgPool) {
-        self.stop_lag.cancel();
-        let _ = self.lag.await;
-        if let Some(Err(error)) = match self.orphan_sweep {
+        // The lag reporter and the sweep read the pool: they stop before it closes.
+        sidecars.stop_lag().await;
+        if let Some(Err(error)) = match orphan_sweep {
             Some(task) => Some(task.await),
             None => None,
         } {
             tracing::warn!(error = %error, "orphan sweep task failed");
         }
         pool.close().await;
-        let _ = self.upkeep.await;
-        if let Ok(Err(error)) = self.ops.await {
-            tracing::warn!(error = %error, "ops endpoint stopped with an error");
-        }
+        sidecars.finish().await;
+        tracing::info!("projector stopped");
+        Ok(())
     }
 }
 
