@@ -383,6 +383,20 @@ impl Pipeline {
         Ok((types, events))
     }
 
+    /// Uploads `body` with the first client's key (it must be accepted: 202) and waits up to
+    /// two minutes for the image to settle; its id and the image as it settled.
+    pub async fn upload_settled(&self, body: Vec<u8>) -> anyhow::Result<(String, Value)> {
+        let (status, accepted) = self.upload(body).await?;
+        if status != 202 {
+            bail!("the upload was not accepted: {status} {accepted}");
+        }
+        let id = accepted["id"].as_str().unwrap_or_default().to_string();
+        let image = self
+            .wait_until_settled(&id, Duration::from_secs(120))
+            .await?;
+        Ok((id, image))
+    }
+
     /// Polls until the image is `ready` or `failed`, or `timeout` passes.
     pub async fn wait_until_settled(&self, id: &str, timeout: Duration) -> anyhow::Result<Value> {
         let deadline = Instant::now() + timeout;

@@ -15,38 +15,37 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The venv's bin directory: `scripts/venv` creates it (once) and names it.
-pub fn venv_bin() -> PathBuf {
-    let script = workspace_root().join("scripts/venv");
+/// Runs one of the scripts that install a test tool once (`scripts/venv`, `scripts/browser`)
+/// and gives the path it prints; `needs` says what the install needs, should it fail.
+fn installed(script: &str, needs: &str) -> PathBuf {
+    let script = workspace_root().join(script);
     let output = Command::new(&script)
         .output()
         .unwrap_or_else(|e| panic!("{} cannot run: {e}", script.display()));
     assert!(
         output.status.success(),
-        "{} could not create the test tools' venv (python3 with venv and pip, and PyPI, are \
-         needed):\n{}",
+        "{} could not install {needs}:\n{}",
         script.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    let bin = String::from_utf8(output.stdout).expect("a path");
-    PathBuf::from(bin.trim())
+    PathBuf::from(String::from_utf8(output.stdout).expect("a path").trim())
+}
+
+/// The venv's bin directory: `scripts/venv` creates it (once) and names it.
+pub fn venv_bin() -> PathBuf {
+    installed(
+        "scripts/venv",
+        "the test tools' venv (python3 with venv and pip, and PyPI, are needed)",
+    )
 }
 
 /// The system chromedriver (with Debian's chromium beside it): `scripts/browser` installs both
 /// where they are missing and names the driver.
 pub fn chromedriver() -> PathBuf {
-    let script = workspace_root().join("scripts/browser");
-    let output = Command::new(&script)
-        .output()
-        .unwrap_or_else(|e| panic!("{} cannot run: {e}", script.display()));
-    assert!(
-        output.status.success(),
-        "{} could not install chromium and chromium-driver (Debian's packages, as root or with \
-         sudo):\n{}",
-        script.display(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    PathBuf::from(String::from_utf8(output.stdout).expect("a path").trim())
+    installed(
+        "scripts/browser",
+        "chromium and chromium-driver (Debian's packages, as root or with sudo)",
+    )
 }
 
 /// A program installed in the venv (`st`, `kubectl`, `python`).

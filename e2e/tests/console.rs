@@ -2,68 +2,16 @@
 //! an HttpOnly cookie, the gallery and an image's page, without JavaScript.
 #![allow(clippy::unwrap_used)]
 
-use std::time::Duration;
-
+use imgpipe_e2e::console::Console;
 use imgpipe_e2e::fixtures::kite;
 use imgpipe_e2e::Pipeline;
-use reqwest::header::{CONTENT_SECURITY_POLICY, LOCATION, SET_COOKIE};
-use reqwest::redirect::Policy;
-
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(Policy::none())
-        .build()
-        .unwrap()
-}
-
-/// Signs in with `key`; the session cookie's `name=value`.
-async fn sign_in(pipeline: &Pipeline, http: &reqwest::Client, key: &str) -> String {
-    let response = http
-        .post(pipeline.url("/console/sign-in"))
-        .form(&[("key", key), ("next", "/console")])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 303);
-    assert_eq!(response.headers()[LOCATION], "/console");
-    let cookie = response.headers()[SET_COOKIE].to_str().unwrap().to_string();
-    assert!(cookie.contains("HttpOnly"), "{cookie}");
-    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
-    assert!(
-        !cookie.contains(key),
-        "the key is not in the cookie as typed: {cookie}"
-    );
-    cookie.split(';').next().unwrap().to_string()
-}
-
-async fn page(
-    pipeline: &Pipeline,
-    http: &reqwest::Client,
-    cookie: &str,
-    path: &str,
-) -> (u16, String) {
-    let response = http
-        .get(pipeline.url(path))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    assert!(response.headers().contains_key(CONTENT_SECURITY_POLICY));
-    (status, response.text().await.unwrap())
-}
+use reqwest::header::{LOCATION, SET_COOKIE};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
     let pipeline = Pipeline::start().await.unwrap();
-    let http = browser();
-    let (status, accepted) = pipeline.upload(kite()).await.unwrap();
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["id"].as_str().unwrap().to_string();
-    pipeline
-        .wait_until_settled(&id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let http = Console::signed_out().http;
+    let (id, _) = pipeline.upload_settled(kite()).await.unwrap();
 
     // Not signed in: to the sign-in page, and back afterwards.
     let response = http.get(pipeline.url("/console")).send().await.unwrap();
@@ -72,7 +20,9 @@ async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
         response.headers()[LOCATION],
         "/console/sign-in?next=/console"
     );
-    let (status, form) = page(&pipeline, &http, "", "/console/sign-in?next=/console").await;
+    let (status, form) = Console::signed_out()
+        .get(&pipeline, "/console/sign-in?next=/console")
+        .await;
     assert_eq!(status, 200);
     assert!(form.contains("name=\"key\""), "{form}");
 
@@ -85,9 +35,9 @@ async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
         .unwrap();
     assert_eq!(wrong.status(), 401);
     assert!(!wrong.headers().contains_key(SET_COOKIE));
-    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+    let session = Console::sign_in(&pipeline, &pipeline.api_key).await;
 
-    let (status, gallery) = page(&pipeline, &http, &cookie, "/console").await;
+    let (status, gallery) = session.get(&pipeline, "/console").await;
     assert_eq!(status, 200);
     assert!(gallery.contains(&id), "the gallery lists the upload");
     // With its variants and their sizes.
@@ -114,12 +64,14 @@ async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
         .await
         .unwrap();
     assert_eq!(bad.status(), 400);
-    let (_, failed_only) = page(&pipeline, &http, &cookie, "/console?status=failed").await;
+    let (_, failed_only) = session.get(&pipeline, "/console?status=failed").await;
     assert!(!failed_only.contains(&id), "the filter hides a ready image");
-    let (status, _) = page(&pipeline, &http, &cookie, "/console?status=exploded").await;
+    let (status, _) = session.get(&pipeline, "/console?status=exploded").await;
     assert_eq!(status, 400);
 
-    let (status, image) = page(&pipeline, &http, &cookie, &format!("/console/images/{id}")).await;
+    let (status, image) = session
+        .get(&pipeline, &format!("/console/images/{id}"))
+        .await;
     assert_eq!(status, 200);
     for expected in [
         "ImageUploaded",
@@ -133,10 +85,10 @@ async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
     }
 
     // Another client's image is not found; so is a signed-out session's.
-    let other = sign_in(&pipeline, &http, &pipeline.other_api_key).await;
-    let (status, _) = page(&pipeline, &http, &other, &format!("/console/images/{id}")).await;
+    let other = Console::sign_in(&pipeline, &pipeline.other_api_key).await;
+    let (status, _) = other.get(&pipeline, &format!("/console/images/{id}")).await;
     assert_eq!(status, 404);
-    let (_, others_gallery) = page(&pipeline, &http, &other, "/console").await;
+    let (_, others_gallery) = other.get(&pipeline, "/console").await;
     assert!(!others_gallery.contains(&id));
     pipeline.stop().await.unwrap();
 }
@@ -144,7 +96,7 @@ async fn a_client_signs_in_and_reads_its_gallery_and_an_images_timeline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_form_sent_from_another_site_is_refused() {
     let pipeline = Pipeline::start().await.unwrap();
-    let http = browser();
+    let http = Console::signed_out().http;
     let forged = http
         .post(pipeline.url("/console/sign-in"))
         .header("origin", "https://evil.example")
@@ -155,10 +107,10 @@ async fn a_form_sent_from_another_site_is_refused() {
     assert_eq!(forged.status(), 403);
     assert!(!forged.headers().contains_key(SET_COOKIE));
     // Signing out ends the session.
-    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+    let session = Console::sign_in(&pipeline, &pipeline.api_key).await;
     let out = http
         .post(pipeline.url("/console/sign-out"))
-        .header("cookie", &cookie)
+        .header("cookie", &session.cookie)
         .send()
         .await
         .unwrap();
@@ -173,10 +125,10 @@ async fn a_form_sent_from_another_site_is_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_consoles_scripts_reach_the_api_with_the_session_and_nothing_else() {
     let pipeline = Pipeline::start().await.unwrap();
-    let http = browser();
-    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+    let http = Console::signed_out().http;
+    let session = Console::sign_in(&pipeline, &pipeline.api_key).await;
 
-    let (status, upload) = page(&pipeline, &http, &cookie, "/console/upload").await;
+    let (status, upload) = session.get(&pipeline, "/console/upload").await;
     assert_eq!(status, 200);
     assert!(upload.contains("id=\"drop\"") && upload.contains("/console/console.js"));
     let script = http
@@ -193,7 +145,7 @@ async fn the_consoles_scripts_reach_the_api_with_the_session_and_nothing_else() 
     // An upload through the bridge is the session's client's, whatever header it brought.
     let accepted = http
         .post(pipeline.url("/console/api/v1/images"))
-        .header("cookie", &cookie)
+        .header("cookie", &session.cookie)
         .bearer_auth(&pipeline.other_api_key)
         .header("content-type", "application/octet-stream")
         .body(kite())
@@ -207,7 +159,7 @@ async fn the_consoles_scripts_reach_the_api_with_the_session_and_nothing_else() 
     assert_eq!(status, 200, "the first client's image");
     let stream = http
         .get(pipeline.url(&format!("/console/api/v1/images/{id}/stream")))
-        .header("cookie", &cookie)
+        .header("cookie", &session.cookie)
         .send()
         .await
         .unwrap();
@@ -230,7 +182,7 @@ async fn the_consoles_scripts_reach_the_api_with_the_session_and_nothing_else() 
     );
     let forged = http
         .post(pipeline.url("/console/api/v1/images"))
-        .header("cookie", &cookie)
+        .header("cookie", &session.cookie)
         .header("origin", "https://evil.example")
         .body(kite())
         .send()
@@ -245,27 +197,16 @@ async fn the_consoles_scripts_reach_the_api_with_the_session_and_nothing_else() 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_images_page_shows_it_as_it_was_at_a_time() {
     let pipeline = Pipeline::start().await.unwrap();
-    let http = browser();
-    let (status, accepted) = pipeline.upload(kite()).await.unwrap();
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["id"].as_str().unwrap().to_string();
-    pipeline
-        .wait_until_settled(&id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (id, _) = pipeline.upload_settled(kite()).await.unwrap();
     let (_, events) = pipeline.timeline(&id).await.unwrap();
     let uploaded_at = events[0]["occurred_at"].as_str().unwrap().to_string();
-    let cookie = sign_in(&pipeline, &http, &pipeline.api_key).await;
+    let session = Console::sign_in(&pipeline, &pipeline.api_key).await;
 
     // At the upload's own time: uploaded, no variants, the result marked as later.
     let at = uploaded_at.replace('+', "%2B");
-    let (status, then) = page(
-        &pipeline,
-        &http,
-        &cookie,
-        &format!("/console/images/{id}?as_of={at}"),
-    )
-    .await;
+    let (status, then) = session
+        .get(&pipeline, &format!("/console/images/{id}?as_of={at}"))
+        .await;
     assert_eq!(status, 200, "{then}");
     assert!(then.contains("status uploaded"), "{then}");
     assert!(then.contains("None yet."), "no variants then");
@@ -274,30 +215,24 @@ async fn an_images_page_shows_it_as_it_was_at_a_time() {
         "the later events are marked"
     );
     // The page's own picker sends a datetime-local value (seconds, no zone): read as UTC.
-    let (status, _) = page(
-        &pipeline,
-        &http,
-        &cookie,
-        &format!("/console/images/{id}?as_of=2999-01-01T00:00:00"),
-    )
-    .await;
+    let (status, _) = session
+        .get(
+            &pipeline,
+            &format!("/console/images/{id}?as_of=2999-01-01T00:00:00"),
+        )
+        .await;
     assert_eq!(status, 200);
     // Before the upload there is nothing to show.
-    let (status, _) = page(
-        &pipeline,
-        &http,
-        &cookie,
-        &format!("/console/images/{id}?as_of=2000-01-01T00:00"),
-    )
-    .await;
+    let (status, _) = session
+        .get(
+            &pipeline,
+            &format!("/console/images/{id}?as_of=2000-01-01T00:00"),
+        )
+        .await;
     assert_eq!(status, 404);
-    let (status, _) = page(
-        &pipeline,
-        &http,
-        &cookie,
-        &format!("/console/images/{id}?as_of=yesterday"),
-    )
-    .await;
+    let (status, _) = session
+        .get(&pipeline, &format!("/console/images/{id}?as_of=yesterday"))
+        .await;
     assert_eq!(status, 400);
     pipeline.stop().await.unwrap();
 }

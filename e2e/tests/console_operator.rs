@@ -66,13 +66,7 @@ async fn only_an_admin_key_reads_the_operator_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_overview_shows_lag_counts_and_latency() {
     let pipeline = Pipeline::start().await.unwrap();
-    let (status, accepted) = pipeline.upload(kite()).await.unwrap();
-    assert_eq!(status, 202, "{accepted}");
-    let id = accepted["id"].as_str().unwrap().to_string();
-    pipeline
-        .wait_until_settled(&id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    pipeline.upload_settled(kite()).await.unwrap();
 
     let operator = Console::sign_in(&pipeline, &pipeline.admin_api_key).await;
     let (status, page) = operator.get(&pipeline, "/console/operator").await;

@@ -132,13 +132,7 @@ async fn register(pipeline: &Pipeline, url: &str, types: &[&str]) -> (String, Si
 }
 
 async fn upload_until_ready(pipeline: &Pipeline) -> String {
-    let (status, body) = pipeline.upload(kite()).await.unwrap();
-    assert_eq!(status, 202, "{body}");
-    let id = body["id"].as_str().unwrap().to_string();
-    let image = pipeline
-        .wait_until_settled(&id, Duration::from_secs(120))
-        .await
-        .unwrap();
+    let (id, image) = pipeline.upload_settled(kite()).await.unwrap();
     assert_eq!(image["status"], "ready", "{image}");
     id
 }

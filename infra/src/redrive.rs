@@ -194,16 +194,46 @@ pub struct Pending {
     pub letters: Vec<DeadLetter>,
 }
 
+/// The dead-letter topic as the redrive group stands on it.
+struct Position {
+    topic: String,
+    reader: LogReader,
+    ends: PartitionEnds,
+    /// The group's committed positions: everything before them was redriven.
+    committed: BTreeMap<i32, i64>,
+    /// Dead letters after the positions.
+    total: i64,
+}
+
+impl Position {
+    async fn read(config: &KafkaConfig, client_id: &str) -> Result<Self, InfraError> {
+        let topic = config.topics().dead_letter;
+        let reader = LogReader::new(config, client_id, GROUP, &topic)?;
+        let ends = reader.ends().await?;
+        let committed = reader
+            .committed()
+            .await
+            .map_err(|e| InfraError::RedrivePosition(Box::new(e)))?;
+        let total = ends.lag(&committed).iter().map(|(_, lag)| lag).sum();
+        Ok(Self {
+            topic,
+            reader,
+            ends,
+            committed,
+            total,
+        })
+    }
+}
+
 /// Lists the dead letters after the redrive group's position (at most `limit` of them).
 pub async fn pending(config: &KafkaConfig, limit: usize) -> Result<Pending, InfraError> {
-    let topic = config.topics().dead_letter;
-    let reader = LogReader::new(config, "imgpipe-redrive-list", GROUP, &topic)?;
-    let ends = reader.ends().await?;
-    let committed = reader
-        .committed()
-        .await
-        .map_err(|e| InfraError::RedrivePosition(Box::new(e)))?;
-    let total = ends.lag(&committed).iter().map(|(_, lag)| lag).sum();
+    let Position {
+        reader,
+        ends,
+        committed,
+        total,
+        ..
+    } = Position::read(config, "imgpipe-redrive-list").await?;
     let mut pending = Pending {
         total,
         letters: Vec::new(),
@@ -229,14 +259,13 @@ pub async fn redrive(
     options: &Options,
     progress: &mut (dyn Write + Send),
 ) -> Result<Summary, InfraError> {
-    let dead_letter_topic = config.topics().dead_letter;
-    let reader = LogReader::new(config, "imgpipe-redrive", GROUP, &dead_letter_topic)?;
-    let ends = reader.ends().await?;
-    let committed = reader
-        .committed()
-        .await
-        .map_err(|e| InfraError::RedrivePosition(Box::new(e)))?;
-    let total: i64 = ends.lag(&committed).iter().map(|(_, lag)| lag).sum();
+    let Position {
+        topic: dead_letter_topic,
+        reader,
+        ends,
+        committed,
+        total,
+    } = Position::read(config, "imgpipe-redrive").await?;
     let mut run = Run {
         producer: config
             .idempotent_producer_config("imgpipe-redrive")
