@@ -25,6 +25,12 @@ SHOTS = os.environ["SHOTS"]
 WAIT = 120  # seconds: a 4 MP photo's variants on a busy two-core machine
 
 
+def local_file(name):
+    """A file to hand to a file input: chromedriver refuses paths that are not canonical
+    (`..`, symlinks), and the corpus is reached as `<checkout>/e2e/../../shared/corpus`."""
+    return os.path.realpath(os.environ[name])
+
+
 def browser():
     options = webdriver.ChromeOptions()
     options.binary_location = os.environ.get("CHROMIUM", "/usr/bin/chromium")
@@ -80,14 +86,14 @@ def main():
             "const i = document.createElement('input'); i.type = 'file'; i.id = 'dropped';"
             "i.style.display = 'none'; document.body.append(i);"
         )
-        driver.find_element(By.ID, "dropped").send_keys(os.environ["PHOTO"])
+        driver.find_element(By.ID, "dropped").send_keys(local_file("PHOTO"))
         driver.execute_script(
             "const files = document.getElementById('dropped').files;"
             "const dt = new DataTransfer(); for (const f of files) dt.items.add(f);"
             "document.getElementById('drop').dispatchEvent("
             "  new DragEvent('drop', {dataTransfer: dt, bubbles: true, cancelable: true}));"
         )
-        driver.find_element(By.ID, "files").send_keys(os.environ["NOT_AN_IMAGE"])
+        driver.find_element(By.ID, "files").send_keys(local_file("NOT_AN_IMAGE"))
         wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "li.upload")) == 2)
         shot(driver, "02-uploading")
         refused = wait.until(
