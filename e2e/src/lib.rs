@@ -514,16 +514,10 @@ pub async fn read_topic(kafka: &KafkaConfig, topic: &str) -> anyhow::Result<Vec<
     let ends = reader.ends().await?;
     let mut scan = reader.scan(&StartAt::Beginning, &ends)?;
     let mut records = Vec::new();
-    loop {
-        match tokio::time::timeout(Duration::from_secs(60), scan.next()).await {
-            Ok(Some(record)) => records.push(record?),
-            Ok(None) => return Ok(records),
-            Err(_) => bail!(
-                "reading {topic} stalled with {} partitions unread",
-                scan.unfinished()
-            ),
-        }
+    while let Some(record) = scan.next_within(Duration::from_secs(60)).await? {
+        records.push(record);
     }
+    Ok(records)
 }
 
 /// Which workers a [`Pipeline`] runs in its own process (the test runs the others).

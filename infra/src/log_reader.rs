@@ -21,6 +21,10 @@ use crate::{InfraError, KafkaConfig};
 /// How long a metadata, watermark or offset query may take.
 const QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a bounded scan waits for its next record before taking the broker's silence for a
+/// fault ([`Scan::next_within`]): the scan knows there is more to read.
+pub const READ_STALL: Duration = Duration::from_secs(30);
+
 /// The offsets a partition holds: `low` is its first record's, `high` the next record's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span {

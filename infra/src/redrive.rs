@@ -25,7 +25,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use crate::consume::dead_letter_headers as dlq;
-use crate::log_reader::{header, LogReader, PartitionEnds, StartAt};
+use crate::log_reader::{header, LogReader, PartitionEnds, StartAt, READ_STALL};
 use crate::registry::EventCodec;
 use crate::{InfraError, KafkaConfig};
 
@@ -35,9 +35,6 @@ pub const GROUP: &str = crate::kafka::groups::REDRIVE;
 
 /// Committing every so many moved records bounds what a crashed run moves again.
 const COMMIT_EVERY: u64 = 100;
-
-/// How long to wait for the next record of a bounded scan before giving up on the broker.
-const READ_STALL: Duration = Duration::from_secs(30);
 
 /// One dead letter's place on the dead-letter topic: `partition:offset`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -271,7 +268,6 @@ pub async fn redrive(
             .idempotent_producer_config("imgpipe-redrive")
             .create()?,
         produce_timeout: Duration::from_millis(config.produce_timeout_ms),
-        may_commit: !options.dry_run,
         reach: Reach::default(),
         moved_origins: HashSet::new(),
         moved_since_commit: 0,
@@ -350,8 +346,6 @@ fn until(ends: &PartitionEnds, selection: &Selection) -> PartitionEnds {
 struct Run {
     producer: FutureProducer,
     produce_timeout: Duration,
-    /// Whether this run records what it moved (not for a dry run).
-    may_commit: bool,
     reach: Reach,
     moved_origins: HashSet<(String, String, String)>,
     moved_since_commit: u64,
@@ -405,9 +399,9 @@ impl Run {
         Ok(())
     }
 
-    /// Commits what is done, if this run may.
+    /// Commits what is done (a dry run records nothing).
     async fn commit(&mut self, reader: &LogReader) -> Result<(), InfraError> {
-        if self.may_commit && !self.reach.done_up_to.is_empty() {
+        if !self.summary.dry_run && !self.reach.done_up_to.is_empty() {
             reader
                 .commit(&self.reach.done_up_to)
                 .await

@@ -48,7 +48,7 @@ pub struct WebhookSetup {
 #[derive(Clone)]
 pub struct OperatorSetup {
     pub kafka: Arc<KafkaConfig>,
-    /// Decodes dead letters, to redrive one image's.
+    /// The redrive's decoder (it reads a record's image id when a run is for one image).
     pub codec: EventCodec,
     /// One log query (lag, the dead letters, a redrive) at a time per instance: each opens
     /// broker clients of its own. Two redrives on two instances (or one beside the command

@@ -9,9 +9,8 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::time::Duration;
 
-use imgpipe_infra::log_reader::{LogReader, StartAt};
+use imgpipe_infra::log_reader::{LogReader, StartAt, READ_STALL};
 use imgpipe_infra::registry::EventCodec;
 use imgpipe_infra::KafkaConfig;
 use imgpipe_schemas::{Event, ImageHistory};
@@ -19,9 +18,6 @@ use rdkafka::Message;
 use uuid::Uuid;
 
 use crate::error::AdminError;
-
-/// How long to wait for the next record of a bounded scan before giving up on the broker.
-const READ_STALL: Duration = Duration::from_secs(30);
 
 /// What the processor made of an upload or a request: the log's last result for an image
 /// ([`LoggedImage::latest`]), or a request's own.

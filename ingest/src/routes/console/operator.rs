@@ -9,6 +9,7 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -24,6 +25,8 @@ use imgpipe_infra::log_reader::LogReader;
 use imgpipe_infra::redrive::{self, LetterId, Options, Selection};
 use imgpipe_infra::BoxError;
 use imgpipe_projector::positions::StoredPositions;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
 
 use super::operator_pages::{self, GroupLag, LogProblem, Overview};
 use super::pages;
@@ -137,7 +140,7 @@ async fn dead_letters(
     State(state): State<AppState>,
     OperatorClient(session): OperatorClient,
 ) -> Response {
-    let kafka = std::sync::Arc::clone(&state.operator.kafka);
+    let kafka = Arc::clone(&state.operator.kafka);
     let pending = log_query(&state, redrive::pending(&kafka, LISTED_LETTERS)).await;
     operator_pages::dead_letters(&session, &pending).into_response()
 }
@@ -206,22 +209,17 @@ async fn redrive_letters(
         Ok(form) => form,
         Err(message) => return pages::problem(StatusCode::BAD_REQUEST, message),
     };
-    let permit = match tokio::time::timeout(
-        LOG_QUERY_WAIT,
-        std::sync::Arc::clone(&state.operator.log_queries).acquire_owned(),
-    )
-    .await
-    {
-        Ok(Ok(permit)) => permit,
-        _ => return operator_pages::log_problem(&session, &LogProblem::Busy).into_response(),
+    let permit = match log_turn(&state, Instant::now() + LOG_QUERY_WAIT).await {
+        Ok(permit) => permit,
+        Err(problem) => return operator_pages::log_problem(&session, &problem).into_response(),
     };
     let options = Options {
-        deadline: Some(tokio::time::Instant::now() + REDRIVE_RUN),
+        deadline: Some(Instant::now() + REDRIVE_RUN),
         keep_records: SHOWN_RECORDS,
         ..Options::new(form.selection.clone(), form.dry_run, 0)
     };
     let (kafka, codec) = (
-        std::sync::Arc::clone(&state.operator.kafka),
+        Arc::clone(&state.operator.kafka),
         state.operator.codec.clone(),
     );
     let client = session.client.clone();
@@ -262,11 +260,8 @@ async fn log_query<T, E: Into<BoxError>>(
     state: &AppState,
     query: impl Future<Output = Result<T, E>>,
 ) -> Result<T, LogProblem> {
-    let deadline = tokio::time::Instant::now() + LOG_QUERY_WAIT;
-    let _permit = tokio::time::timeout_at(deadline, state.operator.log_queries.acquire())
-        .await
-        .map_err(|_| LogProblem::Busy)?
-        .map_err(|_| LogProblem::Busy)?;
+    let deadline = Instant::now() + LOG_QUERY_WAIT;
+    let _permit = log_turn(state, deadline).await?;
     match tokio::time::timeout_at(deadline, query).await {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => {
@@ -275,6 +270,15 @@ async fn log_query<T, E: Into<BoxError>>(
             Err(LogProblem::Failed(error))
         }
         Err(_) => Err(LogProblem::TimedOut),
+    }
+}
+
+/// This instance's turn at the log (one query at a time), waited for until `deadline`.
+async fn log_turn(state: &AppState, deadline: Instant) -> Result<OwnedSemaphorePermit, LogProblem> {
+    let turns = Arc::clone(&state.operator.log_queries);
+    match tokio::time::timeout_at(deadline, turns.acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err(LogProblem::Busy),
     }
 }
 
